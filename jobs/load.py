@@ -1,0 +1,186 @@
+"""Load raw lake files for the cost job: read, check against the contract, quarantine the bad.
+
+A file that cannot be read or breaks the contract is moved (copy, then delete) to
+`_quarantine/<original relative path>` with `<that path>.reason.json` beside it, and the run
+carries on without it. Because it is no longer under `raw/`, it is not retried unless an agent
+uploads it again (a re-upload is a new file and is picked up by the next run).
+
+Checks (table -> table, raising InvalidFile with a machine-readable reason):
+- unreadable: not Parquet, truncated, or unreadable from storage;
+- schema: a required column missing, a column that does not cast to the contract type
+  (lake.schema.conform), a null in a required column, an unknown `direction`;
+- negative_counter: a byte, packet or connection delta below zero;
+- bad_window: window_end <= window_start;
+- wrong_hour: rows whose window_start is not in the hour the file's name says;
+- bad_name: a name that does not follow `<kind>-<node>-<YYYYMMDDTHHMMSSZ>.parquet`, so the
+  file's node and window (its identity, used to drop duplicate uploads) are unknown.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import posixpath
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lake import schema as S
+from lake.storage import Lake
+
+HOUR = dt.timedelta(hours=1)
+
+#: Columns a raw file must carry (the others are nullable enrichments the agent may lack).
+REQUIRED = {
+    "raw/flows": (
+        "window_start", "window_end", "node", "direction", "src_ip", "dst_ip", "orig_dst_ip",
+        "orig_dst_port", "dst_port", "proto", "tx_bytes", "tx_packets", "rx_bytes", "rx_packets",
+    ),
+    "raw/dns": ("window_start", "window_end", "node", "client_ip", "domain", "ip", "seen_at"),
+}
+COUNTERS = {
+    "raw/flows": ("tx_bytes", "tx_packets", "rx_bytes", "rx_packets", "connections"),
+    "raw/dns": (),
+}
+
+
+class InvalidFile(Exception):
+    """A raw file the job cannot use; `reason` is one word, the message says what is wrong."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def table_of(rel: str) -> str:
+    """'raw/flows' or 'raw/dns' for a raw file's relative path."""
+    parts = rel.split("/")
+    return "/".join(parts[:2])
+
+
+def file_hour(rel: str) -> dt.datetime:
+    """The hour a raw file belongs to (the hour of its window_start, from its name)."""
+    parsed = S.parse_raw_file_name(rel)
+    if parsed is None:
+        raise InvalidFile("bad_name", f"file name {posixpath.basename(rel)!r} does not follow "
+                          "<kind>-<node>-<YYYYMMDDTHHMMSSZ>.parquet, so its node and window are unknown")
+    return parsed[2].replace(minute=0, second=0, microsecond=0)
+
+
+def check(table: pa.Table, table_name: str, hour: dt.datetime | None = None) -> pa.Table:
+    """Conform `table` to the contract schema of `table_name`, or raise InvalidFile."""
+    missing = [c for c in REQUIRED[table_name] if c not in table.column_names]
+    if missing:
+        raise InvalidFile("schema", f"missing required column(s) {', '.join(missing)}")
+    try:
+        out = S.conform(table, S.TABLES[table_name].schema)
+    except ValueError as exc:
+        raise InvalidFile("schema", str(exc)) from exc
+    for c in REQUIRED[table_name]:
+        if out.column(c).null_count:
+            raise InvalidFile("schema", f"column {c!r} has {out.column(c).null_count} null value(s)")
+    if out.num_rows == 0:
+        return out
+    for c in COUNTERS[table_name]:
+        col = out.column(c)
+        if col.null_count < len(col) and pc.min(col).as_py() < 0:
+            n = pc.sum(pc.less(col, 0)).as_py()
+            raise InvalidFile("negative_counter", f"column {c!r} has {n} negative value(s)")
+    if table_name == "raw/flows":
+        bad = pc.sum(pc.invert(pc.is_in(out.column("direction"), pa.array(S.DIRECTIONS)))).as_py()
+        if bad:
+            raise InvalidFile("schema", f"column 'direction' has {bad} value(s) not in {S.DIRECTIONS}")
+    n_bad = pc.sum(pc.less_equal(out.column("window_end"), out.column("window_start"))).as_py()
+    if n_bad:
+        raise InvalidFile("bad_window", f"{n_bad} row(s) with window_end <= window_start")
+    if hour is not None:
+        lo = pa.scalar(hour, S.TS)
+        hi = pa.scalar(hour + HOUR, S.TS)
+        ws = out.column("window_start")
+        outside = pc.sum(pc.or_(pc.less(ws, lo), pc.greater_equal(ws, hi))).as_py()
+        if outside:
+            raise InvalidFile("wrong_hour", f"{outside} row(s) with window_start outside {hour:%Y-%m-%dT%H}:00Z, "
+                              "the hour the file name says")
+    return out
+
+
+def read_checked(lake: Lake, rel: str) -> pa.Table:
+    """Read one raw file and check it; raises InvalidFile (FileNotFoundError if it vanished)."""
+    table_name = table_of(rel)
+    if table_name not in REQUIRED:
+        raise InvalidFile("bad_name", f"{rel!r} is not under raw/flows or raw/dns")
+    hour = file_hour(rel)
+    try:
+        table = lake.read_table(rel)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any read failure means the file is unusable
+        if not lake.exists(rel):
+            raise FileNotFoundError(rel) from exc
+        raise InvalidFile("unreadable", _one_line(exc)) from exc
+    return check(table, table_name, hour)
+
+
+def quarantine(lake: Lake, rel: str, reason: str, error: str) -> str:
+    """Move `rel` to `_quarantine/<rel>` with a `.reason.json`; returns the quarantine path.
+
+    Safe when two workers quarantine the same file: the copy and the reason are rewritten with
+    the same content and the delete ignores a file already gone."""
+    dest = f"{S.QUARANTINE_DIR}/{rel}"
+    full_dest = lake.path(dest)
+    lake.fs.create_dir(posixpath.dirname(full_dest), recursive=True)
+    try:
+        lake.fs.copy_file(lake.path(rel), full_dest)
+    except FileNotFoundError:
+        if not lake.exists(dest):
+            raise
+    except OSError:
+        if not lake.exists(rel) and lake.exists(dest):
+            pass  # another worker moved it first
+        else:
+            raise
+    note = {
+        "path": rel,
+        "reason": reason,
+        "error": error,
+        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    lake.write_bytes(dest + ".reason.json", (json.dumps(note, indent=1) + "\n").encode())
+    lake.delete(rel)
+    return dest
+
+
+def load_files(lake: Lake, rels: list[str], table_name: str) -> tuple[pa.Table, list[dict]]:
+    """Read and check each file; quarantine the bad ones. Returns (concatenated table,
+    [{path, reason, error}] for the files quarantined). Files that vanished are skipped."""
+    tables, bad = [], []
+    for rel in rels:
+        try:
+            tables.append(read_checked(lake, rel))
+        except FileNotFoundError:
+            continue
+        except InvalidFile as exc:
+            quarantine(lake, rel, exc.reason, str(exc))
+            bad.append({"path": rel, "reason": exc.reason, "error": str(exc)})
+    schema = S.TABLES[table_name].schema
+    if not tables:
+        return schema.empty_table(), bad
+    return pa.concat_tables(tables), bad
+
+
+def read_inventory(lake: Lake, rels: list[str], kind: str) -> tuple[pa.Table, list[dict]]:
+    """Read inventory snapshots, conformed to the contract. An unreadable snapshot is skipped and
+    reported (not quarantined: several hours share it, and the next snapshot supersedes it)."""
+    schema = S.TABLES[f"inventory/{kind}"].schema
+    tables, bad = [], []
+    for rel in rels:
+        try:
+            tables.append(S.conform(lake.read_table(rel), schema))
+        except Exception as exc:  # noqa: BLE001 - reported, the run goes on with the rest
+            bad.append({"path": rel, "reason": "unreadable", "error": _one_line(exc)})
+    if not tables:
+        return schema.empty_table(), bad
+    return pa.concat_tables(tables), bad
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
