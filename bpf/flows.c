@@ -1,0 +1,189 @@
+// netmon flow counter: cgroup_skb ingress + egress, bytes and packets per connection.
+//
+// Attached to a cgroup v2 directory (normally the root) with BPF_F_ALLOW_MULTI. In
+// cgroup_skb programs offset 0 is the IP header and skb->len counts from it, which is what
+// conntrack's accounting counts too, so both modes agree on bytes.
+//
+// One map entry per connection per network namespace. The key is the tuple in the direction
+// of the first packet seen (like conntrack's "orig" tuple), so egress and ingress of one
+// connection land on one entry: a packet whose tuple matches the key counts as orig, one whose
+// reversed tuple matches counts as reply. The netns cookie keeps the two ends of a connection
+// between pods of one node apart (user space keeps the originating side only).
+//
+// Bound: MAX_FLOWS entries (a plain hash, preallocated; user space deletes ended and idle
+// entries). Packets that find the map full are counted per CPU in netmon_fstats, never lost
+// silently.
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+
+#ifndef MAX_FLOWS
+#define MAX_FLOWS 65536
+#endif
+
+// flow_val.flags
+#define F_LOCAL_FIRST 1   // the first packet was egress: a local socket opened the connection
+#define F_FIN_ORIG 2
+#define F_FIN_REPLY 4
+#define F_RST 8
+
+// netmon_fstats slots (per CPU, summed by user space)
+#define S_FULL_PACKETS 0  // packets not counted: map full
+#define S_FULL_BYTES 1
+#define S_UNTRACKED 2     // other protocols, non-echo ICMP, IPv6 extension headers, fragments
+#define S_SHORT 3         // headers could not be read
+
+struct flow_key {
+    u64 netns;
+    u8 src[16];
+    u8 dst[16];
+    u16 sport;            // host order; ICMP echo: the identifier on both sides
+    u16 dport;
+    u8 proto;
+    u8 family;            // 4 or 6
+    u8 pad[2];
+};
+
+struct flow_val {
+    u64 bytes[2];         // [0] orig (sender of the first packet -> peer), [1] reply
+    u64 packets[2];
+    u64 first_ns;         // bpf_ktime_get_ns() of the first packet
+    u64 last_ns;
+    u32 flags;
+    u32 pad;
+};
+
+BPF_TABLE("hash", struct flow_key, struct flow_val, netmon_flows, MAX_FLOWS);
+BPF_PERCPU_ARRAY(netmon_fstats, u64, 4);
+
+static __always_inline void stat_add(int slot, u64 n) {
+    u64 *c = netmon_fstats.lookup(&slot);
+    if (c)
+        *c += n;
+}
+
+static __always_inline int count(struct __sk_buff *skb, int egress) {
+    struct flow_key k = {};
+    u8 proto = 0;
+    u32 l4 = 0;
+    u8 vb = 0;
+    if (bpf_skb_load_bytes(skb, 0, &vb, 1) < 0) {
+        stat_add(S_SHORT, 1);
+        return 1;
+    }
+    if ((vb >> 4) == 4) {
+        struct iphdr ip;
+        if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0) {
+            stat_add(S_SHORT, 1);
+            return 1;
+        }
+        if (ip.frag_off & bpf_htons(0x1fff)) {   // non-first fragment: no ports
+            stat_add(S_UNTRACKED, 1);
+            return 1;
+        }
+        proto = ip.protocol;
+        l4 = ip.ihl * 4;
+        __builtin_memcpy(k.src, &ip.saddr, 4);
+        __builtin_memcpy(k.dst, &ip.daddr, 4);
+        k.family = 4;
+    } else if ((vb >> 4) == 6) {
+        struct ipv6hdr ip6;
+        if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) < 0) {
+            stat_add(S_SHORT, 1);
+            return 1;
+        }
+        proto = ip6.nexthdr;
+        l4 = sizeof(ip6);
+        __builtin_memcpy(k.src, &ip6.saddr, 16);
+        __builtin_memcpy(k.dst, &ip6.daddr, 16);
+        k.family = 6;
+    } else {
+        stat_add(S_UNTRACKED, 1);
+        return 1;
+    }
+
+    u8 tcpflags = 0;
+    if (proto == IPPROTO_TCP) {
+        u8 h[14];
+        if (bpf_skb_load_bytes(skb, l4, h, sizeof(h)) < 0) {
+            stat_add(S_SHORT, 1);
+            return 1;
+        }
+        k.sport = ((u16)h[0] << 8) | h[1];
+        k.dport = ((u16)h[2] << 8) | h[3];
+        tcpflags = h[13];
+    } else if (proto == IPPROTO_UDP) {
+        u8 h[4];
+        if (bpf_skb_load_bytes(skb, l4, h, sizeof(h)) < 0) {
+            stat_add(S_SHORT, 1);
+            return 1;
+        }
+        k.sport = ((u16)h[0] << 8) | h[1];
+        k.dport = ((u16)h[2] << 8) | h[3];
+    } else if ((proto == IPPROTO_ICMP && k.family == 4) || (proto == IPPROTO_ICMPV6 && k.family == 6)) {
+        u8 h[6];
+        if (bpf_skb_load_bytes(skb, l4, h, sizeof(h)) < 0) {
+            stat_add(S_SHORT, 1);
+            return 1;
+        }
+        u8 t = h[0];
+        int echo = k.family == 4 ? (t == 8 || t == 0) : (t == 128 || t == 129);
+        if (!echo) {   // errors belong to another connection; other types are rare
+            stat_add(S_UNTRACKED, 1);
+            return 1;
+        }
+        k.sport = ((u16)h[4] << 8) | h[5];
+        k.dport = k.sport;
+    } else {
+        stat_add(S_UNTRACKED, 1);
+        return 1;
+    }
+    k.proto = proto;
+    k.netns = bpf_get_netns_cookie(skb);
+
+    u64 len = skb->len;
+    u64 now = bpf_ktime_get_ns();
+    int dir = 0;
+    struct flow_val *v = netmon_flows.lookup(&k);
+    if (!v) {
+        struct flow_key r = k;
+        __builtin_memcpy(r.src, k.dst, 16);
+        __builtin_memcpy(r.dst, k.src, 16);
+        r.sport = k.dport;
+        r.dport = k.sport;
+        v = netmon_flows.lookup(&r);
+        dir = 1;
+        if (!v) {
+            struct flow_val nv = {};
+            nv.first_ns = now;
+            nv.flags = egress ? F_LOCAL_FIRST : 0;
+            dir = 0;
+            // insert = BPF_NOEXIST: another CPU may have created it a moment ago; then use
+            // theirs. A failed insert that leaves no entry means the map is full.
+            netmon_flows.insert(&k, &nv);
+            v = netmon_flows.lookup(&k);
+            if (!v) {
+                stat_add(S_FULL_PACKETS, 1);
+                stat_add(S_FULL_BYTES, len);
+                return 1;
+            }
+        }
+    }
+    if (dir == 0) {
+        __sync_fetch_and_add(&v->bytes[0], len);
+        __sync_fetch_and_add(&v->packets[0], 1);
+    } else {
+        __sync_fetch_and_add(&v->bytes[1], len);
+        __sync_fetch_and_add(&v->packets[1], 1);
+    }
+    v->last_ns = now;
+    if (tcpflags & 0x04)
+        v->flags |= F_RST;
+    if (tcpflags & 0x01)
+        v->flags |= dir ? F_FIN_REPLY : F_FIN_ORIG;
+    return 1;   // count, never drop
+}
+
+int netmon_flow_in(struct __sk_buff *skb) { return count(skb, 0); }
+int netmon_flow_out(struct __sk_buff *skb) { return count(skb, 1); }
