@@ -1,0 +1,185 @@
+"""The exporter: every cut window goes to the spool first (fsync), then an uploader thread
+moves the spool into the lake in order.
+
+Why spool first rather than only on failure: the window is durable the moment `submit`
+returns, so the run loop can forget it and keep polling while a slow or dead object store
+is retried in the background, and a crash mid-upload loses nothing (the file is still in
+the spool; the retried upload goes to the same deterministic lake path and replaces).
+Under normal operation the spool holds at most a window or two for a few milliseconds.
+
+If the spool disk itself refuses a write (full, read-only), the window is kept in memory
+(bounded by the same byte limit) and retried; that is the only state not on disk.
+"""
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import random
+import threading
+import time
+
+import pyarrow as pa
+
+from lake import schema as S
+
+log = logging.getLogger("netmon.exporter")
+
+
+class Exporter:
+    def __init__(self, lake, spool, metrics=None, backoff_initial: float = 1.0, backoff_max: float = 60.0):
+        self.lake = lake
+        self.spool = spool
+        self.metrics = metrics
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._unsaved: collections.deque[tuple[str, pa.Table]] = collections.deque()
+        self._failures = 0          # consecutive failed drain attempts (drives the backoff)
+        self._outage_logged = False
+        self._thread = threading.Thread(target=self._run, name="uploader", daemon=True)
+
+    # ------------------------------------------------------------------ producer side
+    def start(self) -> "Exporter":
+        self._thread.start()
+        return self
+
+    def submit_raw(self, table_name: str, node: str, window_start: dt.datetime, table: pa.Table) -> str:
+        """Hand over one node window of raw/flows or raw/dns. Same path as lake.writer.write_raw."""
+        rel = S.raw_file_path(table_name, node, window_start)
+        self.submit(rel, S.conform(table, S.TABLES[table_name].schema))
+        return rel
+
+    def submit_inventory(self, kind: str, snapshot_time: dt.datetime, table: pa.Table) -> str:
+        """Hand over one inventory snapshot table. Same path as lake.writer.write_inventory."""
+        rel = S.inventory_file_path(kind, snapshot_time)
+        self.submit(rel, S.conform(table, S.TABLES[f"inventory/{kind}"].schema))
+        return rel
+
+    def submit(self, rel: str, table: pa.Table) -> None:
+        """Make `table` durable in the spool (or, if the disk refuses, in memory) and wake the uploader."""
+        with self._lock:
+            backlog = bool(self._unsaved)
+        if backlog:
+            self._keep_in_memory(rel, table)  # keep the order behind what the disk refused before
+        else:
+            try:
+                self.spool.put(rel, table)
+            except OSError as exc:
+                log.error("spool write failed (%s); keeping %s in memory until the disk recovers", exc.strerror or exc, rel)
+                self._keep_in_memory(rel, table)
+        self._wake.set()
+
+    def _keep_in_memory(self, rel: str, table: pa.Table) -> None:
+        with self._lock:
+            self._unsaved.append((rel, table))
+            total = sum(t.nbytes for _, t in self._unsaved)
+            while total > self.spool.max_bytes and len(self._unsaved) > 1:
+                old_rel, old = self._unsaved.popleft()
+                total -= old.nbytes
+                log.warning("in-memory backlog over %d bytes: dropped the oldest window %s", self.spool.max_bytes, old_rel)
+                if self.metrics:
+                    self.metrics.spool_dropped.inc()
+                    self.metrics.spool_dropped_bytes.inc(old.nbytes)
+
+    # ------------------------------------------------------------------ uploader thread
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            if delay:
+                # Backing off: a new window does not cut the wait short (it is safe in the spool).
+                self._stop.wait(delay)
+            else:
+                self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            delay = self._attempt()
+
+    def _attempt(self, stop=None) -> float:
+        """One drain of the backlog; returns the delay before the next attempt (0 = wait for work)."""
+        try:
+            uploaded = self.drain(stop)
+        except Exception as exc:  # noqa: BLE001 - storage errors come in many types
+            self._failures += 1
+            if self.metrics:
+                self.metrics.upload_failures.inc()
+            files, size = self.spool.depth()
+            delay = min(self.backoff_max, self.backoff_initial * 2 ** min(self._failures - 1, 20))
+            delay *= random.uniform(0.5, 1.0)
+            msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+            if not self._outage_logged:
+                log.warning("upload to the lake failed (%s); %d file(s), %d bytes spooled; retrying with backoff", msg, files, size)
+                self._outage_logged = True
+            else:
+                log.debug("upload retry %d failed (%s); next in %.1fs", self._failures, msg, delay)
+            return delay
+        if self._outage_logged and uploaded:
+            log.info("lake reachable again: uploaded %d spooled file(s) after %d failed attempt(s)", uploaded, self._failures)
+        self._failures = 0
+        self._outage_logged = False
+        return 0.0
+
+    def drain(self, stop=None) -> int:
+        """Save what the disk refused earlier, then upload the spool in order. Raises on failure."""
+        self._save_unsaved()
+        uploaded = self.spool.upload(self.lake, write=self._write, stop=stop)
+        uploaded += self._upload_unsaved()
+        return uploaded
+
+    def _save_unsaved(self) -> None:
+        while True:
+            with self._lock:
+                if not self._unsaved:
+                    return
+                rel, table = self._unsaved[0]
+            try:
+                self.spool.put(rel, table)
+            except OSError:
+                return  # still refused: upload straight from memory below
+            with self._lock:
+                if self._unsaved and self._unsaved[0][0] == rel:
+                    self._unsaved.popleft()
+
+    def _upload_unsaved(self) -> int:
+        done = 0
+        while True:
+            with self._lock:
+                if not self._unsaved:
+                    return done
+                rel, table = self._unsaved[0]
+            self._write(self.lake, rel, table)
+            with self._lock:
+                if self._unsaved and self._unsaved[0][0] == rel:
+                    self._unsaved.popleft()
+            done += 1
+
+    def _write(self, lake, rel: str, table: pa.Table) -> None:
+        lake.write_table(rel, table)
+        log.debug("uploaded %s (%d rows)", rel, table.num_rows)
+        if self.metrics:
+            self.metrics.uploads.inc()
+            self.metrics.last_flush.set(time.time())
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self, timeout: float = 10.0) -> int:
+        """Stop the uploader, then try once more to empty the backlog within `timeout` seconds.
+        What is left stays in the spool for the next start. Returns the files left behind."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        final = threading.Thread(target=self._attempt, args=(lambda: time.monotonic() > deadline,), daemon=True)
+        final.start()
+        final.join(max(0.0, deadline - time.monotonic()))
+        files, size = self.spool.depth()
+        with self._lock:
+            in_memory = len(self._unsaved)
+        if files:
+            log.warning("%d file(s), %d bytes stay in the spool %s; they upload at the next start", files, size, self.spool.dir)
+        if in_memory:
+            log.error("%d window(s) could not be written to the spool or the lake and are lost at exit", in_memory)
+        return files + in_memory
