@@ -1,0 +1,535 @@
+"""The cost job around the stages: discover -> per-hour Ray tasks -> egress tiers in time order
+-> cost partitions -> rollups -> egress ledger -> manifests.
+
+Work unit: one hour of `raw/flows` (all nodes' windows whose window_start is in the hour).
+- Discovery (driver): list raw flows, DNS and inventory files; drop duplicate uploads (same
+  node and window_start, newest wins); pick the hours whose files changed since their manifest
+  (or, with --start/--end, every hour in range).
+- Wave 1 (one task per hour): load + check the hour's raw files (quarantining bad ones), the
+  inventory snapshots as of the hour's windows and the DNS answers within the lookback, build
+  the context, `cost_flows`. Returns the cost table (kept in the object store) and a small info
+  dict with the hour's internet-egress volume.
+- Tiering (driver, in time order): month-to-date offsets come from the egress ledger
+  (`_state/egress/<month>.json`); when an hour changes, every later processed hour of its month
+  is re-tiered from its stored partition so monthly totals stay exact.
+- Wave 2 (one task per hour): `apply_egress_tiers`, write `costs/flows/date=/hour=/part-0`.
+- Rollups (one task per affected date) from that date's cost partitions.
+- Then the ledger, then the manifests: a crash before the manifests re-does the hours.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
+
+import pyarrow as pa
+
+from jobs import load
+from jobs import state as st
+from jobs import summary as sm
+from lake import schema as S
+from lake.storage import Lake, open_lake
+
+HOUR = dt.timedelta(hours=1)
+UTC = dt.timezone.utc
+_INV_NAME_RE = re.compile(r"^(?P<kind>pods|services|nodes|endpoints)-(?P<stamp>\d{8}T\d{6}Z)\.parquet$")
+
+
+class JobError(Exception):
+    """A problem the user can fix (bad option, unreachable lake); printed as one line."""
+
+
+@dataclass
+class JobOptions:
+    lake_url: str
+    s3_endpoint: str | None = None
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    ray_address: str | None = None
+    config_path: str | None = None
+    ip_ranges_dir: str | None = None
+    #: "ray" (local Ray, or the cluster at ray_address) or "inline" (the same task functions
+    #: called in this process: unit tests of the bookkeeping, profiling).
+    executor: str = "ray"
+    num_cpus: int = 2
+    progress: TextIO | None = field(default_factory=lambda: sys.stderr)
+
+
+@dataclass
+class HourSpec:
+    """Everything one wave-1 task needs to cost one hour (paths only, no data)."""
+    hour: dt.datetime
+    flows: list[str]                 # raw flow files to cost (duplicates already dropped)
+    dns: list[str]                   # raw DNS files covering the hour and its lookback
+
+
+@dataclass
+class Plan:
+    compute: list[dt.datetime]                       # hours to (re)compute, in time order
+    retier: list[dt.datetime]                        # later hours whose egress tiers change
+    files: dict[dt.datetime, dict[str, st.FileSig]]  # per computed hour: its manifest files
+    specs: dict[dt.datetime, HourSpec]
+    inventory: dict[str, list[tuple[dt.datetime, str]]]  # kind -> [(snapshot time, path)] sorted
+    duplicates: list[str]                            # superseded uploads (not costed)
+    quarantined: list[dict]                          # files quarantined during discovery
+    ledgers: dict[str, st.EgressLedger]
+
+
+@dataclass
+class RunResult:
+    hours_computed: list[dt.datetime]
+    hours_retiered: list[dt.datetime]
+    rows_in: int
+    rows_out: int
+    files_read: int
+    duplicates: list[str]
+    quarantined: list[dict]
+    seconds: float
+    summary: sm.Summary
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------- stages
+# The pure stages (jobs/pipeline.py and friends) are imported here only, so the rest of this
+# module depends on nothing but their documented entry points.
+
+def _load_config(path: str | None):
+    from jobs import config as C  # noqa: PLC0415 - heavy imports stay out of the CLI's start-up
+    return C.load_config(path) if path else C.JobConfig()
+
+
+def _ranges_dir(opts_dir: str | None, cfg) -> str | None:
+    return opts_dir or getattr(cfg, "ip_ranges_dir", None)
+
+
+_RANGES_CACHE: dict[str | None, Any] = {}
+
+
+def _ip_ranges(directory: str | None):
+    """Published cloud IP ranges, loaded once per worker process."""
+    if directory not in _RANGES_CACHE:
+        from jobs import ipranges  # noqa: PLC0415
+        _RANGES_CACHE[directory] = ipranges.load_ranges(directory)
+    return _RANGES_CACHE[directory]
+
+
+def _build_context(inv: dict[str, pa.Table], dns: pa.Table, cfg, ranges_dir: str | None):
+    from jobs import pipeline  # noqa: PLC0415
+    return pipeline.build_context(
+        pods=inv["pods"], services=inv["services"], nodes=inv["nodes"], endpoints=inv["endpoints"],
+        dns=dns, config=cfg, ranges=_ip_ranges(ranges_dir),
+    )
+
+
+def _egress_volumes(costs: pa.Table) -> dict[str, int]:
+    from jobs import pipeline  # noqa: PLC0415
+    return {_key(k): int(v) for k, v in pipeline.egress_bytes(costs).items()}
+
+
+def _apply_tiers(costs: pa.Table, offsets: dict[str, int], cfg) -> pa.Table:
+    from jobs import pipeline  # noqa: PLC0415
+    tiered, _ = pipeline.apply_egress_tiers(costs, {_unkey(k): v for k, v in offsets.items()})
+    return tiered
+
+
+def _key(k) -> str:
+    """Ledger key of an offsets key (the stages may use (provider, region) tuples)."""
+    return "/".join(k) if isinstance(k, tuple) else str(k)
+
+
+def _unkey(k: str):
+    return tuple(k.split("/", 1)) if _TUPLE_KEYS else k
+
+
+_TUPLE_KEYS = True
+
+
+# ----------------------------------------------------------------------------- discovery
+
+def _identity_winners(lake: Lake, table: str, quarantined: list[dict]):
+    """List a raw table; quarantine badly named files; keep the newest upload per
+    (node, window_start). Returns ({hour: {path: sig}} of all files, {hour: [winners]}, losers)."""
+    by_id: dict[tuple[str, dt.datetime], list[tuple[int, str, st.FileSig]]] = {}
+    for info in lake.list_files(table):
+        rel = lake.rel(info.path)
+        parsed = S.parse_raw_file_name(rel)
+        if parsed is None:
+            try:
+                load.file_hour(rel)
+            except load.InvalidFile as exc:
+                load.quarantine(lake, rel, exc.reason, str(exc))
+                quarantined.append({"path": rel, "reason": exc.reason, "error": str(exc)})
+            continue
+        _, node, start = parsed
+        sig = st.sig_of(info)
+        by_id.setdefault((node, start), []).append((sig.mtime_ns, rel, sig))
+    all_files: dict[dt.datetime, dict[str, st.FileSig]] = {}
+    winners: dict[dt.datetime, list[str]] = {}
+    losers: list[str] = []
+    for (_, start), versions in by_id.items():
+        hour = st.hour_of(start)
+        versions.sort()
+        for _, rel, sig in versions:
+            all_files.setdefault(hour, {})[rel] = sig
+        winners.setdefault(hour, []).append(versions[-1][1])
+        losers.extend(rel for _, rel, _ in versions[:-1])
+    for w in winners.values():
+        w.sort()
+    return all_files, winners, sorted(losers)
+
+
+def _inventory_index(lake: Lake) -> dict[str, list[tuple[dt.datetime, str]]]:
+    out: dict[str, list[tuple[dt.datetime, str]]] = {}
+    for kind in S.INVENTORY_KINDS:
+        items = []
+        for info in lake.list_files(f"inventory/{kind}"):
+            rel = lake.rel(info.path)
+            m = _INV_NAME_RE.match(rel.rsplit("/", 1)[-1])
+            if m:
+                t = dt.datetime.strptime(m["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+                items.append((t, rel))
+        out[kind] = sorted(items)
+    return out
+
+
+def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None = None,
+         dns_lookback: dt.timedelta = dt.timedelta(hours=24)) -> Plan:
+    """Decide which hours to compute and which to re-tier. Reads listings and small JSON only."""
+    quarantined: list[dict] = []
+    flow_files, flow_winners, dup_flows = _identity_winners(lake, "raw/flows", quarantined)
+    dns_files, dns_winners, dup_dns = _identity_winners(lake, "raw/dns", quarantined)
+    manifests = st.read_manifests(lake)
+
+    if start is not None or end is not None:
+        lo = start or dt.datetime.min.replace(tzinfo=UTC)
+        hi = end or dt.datetime.max.replace(tzinfo=UTC)
+        compute = sorted(h for h in flow_winners if h < hi and h + HOUR > lo)
+    else:
+        compute = []
+        for h in sorted(flow_winners):
+            current = {**flow_files.get(h, {}), **dns_files.get(h, {})}
+            m = manifests.get(h)
+            if m is None or m.changed_files(current):
+                compute.append(h)
+
+    inv = _inventory_index(lake)
+    dns_hours = sorted(dns_winners)
+    specs, files = {}, {}
+    for h in compute:
+        lo_dns = h - dns_lookback - HOUR
+        dns = [p for dh in dns_hours if lo_dns <= dh <= h + HOUR for p in dns_winners[dh]]
+        specs[h] = HourSpec(hour=h, flows=flow_winners[h], dns=dns)
+        files[h] = {**flow_files.get(h, {}), **dns_files.get(h, {})}
+
+    # Re-tier: processed hours after the earliest changed hour of each month.
+    ledgers: dict[str, st.EgressLedger] = {}
+    retier: set[dt.datetime] = set()
+    computed = set(compute)
+    for h in compute:
+        month = st.month_of(h)
+        if month not in ledgers:
+            ledgers[month] = st.EgressLedger.load(lake, month)
+    for month, ledger in ledgers.items():
+        first = min(h for h in compute if st.month_of(h) == month)
+        for later in ledger.hours_after(first):
+            if later not in computed and ledger.hours.get(st.hour_id(later)):
+                retier.add(later)
+    return Plan(compute=compute, retier=sorted(retier), files=files, specs=specs, inventory=inv,
+                duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers)
+
+
+# ------------------------------------------------------------------------- task bodies
+
+_LAKES: dict[tuple[str, str | None], Lake] = {}
+
+
+def _lake(url: str, endpoint: str | None) -> Lake:
+    key = (url, endpoint)
+    if key not in _LAKES:
+        _LAKES[key] = open_lake(url, endpoint, create_bucket=False)
+    return _LAKES[key]
+
+
+def _select_snapshots(items: list[tuple[dt.datetime, str]], lo: dt.datetime, hi: dt.datetime) -> list[str]:
+    """Snapshots an as-of join over windows ending in [lo, hi] can pick: the latest at or before
+    `lo` (plus one earlier, since names carry whole seconds), every one up to `hi`; the earliest
+    if none precedes `hi` (the lake starts mid-stream)."""
+    if not items:
+        return []
+    upto = [i for i, (t, _) in enumerate(items) if t <= hi]
+    if not upto:
+        return [items[0][1]]
+    before = [i for i in upto if items[i][0] <= lo]
+    first = max(before[-1] - 1, 0) if before else 0
+    return [p for _, p in items[first:upto[-1] + 1]]
+
+
+def compute_hour(lake_url: str, endpoint: str | None, spec: HourSpec,
+                 inventory: dict[str, list[tuple[dt.datetime, str]]], cfg, ranges_dir: str | None):
+    """Wave 1: the hour's pre-tier cost table and an info dict (rows, egress, quarantined)."""
+    lake = _lake(lake_url, endpoint)
+    flows, bad = load.load_files(lake, spec.flows, "raw/flows")
+    dns, bad_dns = load.load_files(lake, spec.dns, "raw/dns")
+    if flows.num_rows:
+        import pyarrow.compute as pc  # noqa: PLC0415
+        lo, hi = pc.min(flows["window_end"]).as_py(), pc.max(flows["window_end"]).as_py()
+    else:
+        lo, hi = spec.hour, spec.hour + HOUR
+    inv, inv_bad = {}, []
+    for kind in S.INVENTORY_KINDS:
+        inv[kind], b = load.read_inventory(lake, _select_snapshots(inventory.get(kind, []), lo, hi), kind)
+        inv_bad += b
+    if flows.num_rows:
+        from jobs import pipeline  # noqa: PLC0415
+        ctx = _build_context(inv, dns, cfg, ranges_dir)
+        costs = S.conform(pipeline.cost_flows(flows, ctx), S.COST_FLOWS)
+    else:
+        costs = S.COST_FLOWS.empty_table()
+    info = {
+        "hour": spec.hour,
+        "rows_in": flows.num_rows,
+        "rows_out": costs.num_rows,
+        "files_read": len(spec.flows) - len(bad),
+        "egress": _egress_volumes(costs) if costs.num_rows else {},
+        "quarantined": bad + bad_dns,
+        "inventory_unreadable": inv_bad,
+    }
+    return costs, info
+
+
+def finish_hour(lake_url: str, endpoint: str | None, hour: dt.datetime, costs: pa.Table | None,
+                offsets: dict[str, int], cfg) -> dict:
+    """Wave 2: tier the hour's internet egress from month-to-date `offsets`, write its partition.
+    `costs` None means re-tier the stored partition (an earlier hour of the month changed)."""
+    lake = _lake(lake_url, endpoint)
+    rel = S.cost_file_path("costs/flows", hour)
+    if costs is None:
+        costs = S.conform(lake.read_table(rel), S.COST_FLOWS)
+    if costs.num_rows:
+        costs = S.conform(_apply_tiers(costs, offsets, cfg), S.COST_FLOWS)
+    lake.write_table(rel, costs)
+    return {"hour": hour, "rows": costs.num_rows, "partial": sm.partial(costs)}
+
+
+def rollup_date(lake_url: str, endpoint: str | None, day: dt.date) -> int:
+    """Rebuild the date's rollups from its cost partitions; returns the cost rows read."""
+    from jobs import rollup  # noqa: PLC0415
+    lake = _lake(lake_url, endpoint)
+    when = dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
+    parts = [lake.rel(i.path) for i in lake.list_files(f"costs/flows/date={day:%Y-%m-%d}")]
+    tables = [S.conform(lake.read_table(p), S.COST_FLOWS) for p in parts]
+    costs = pa.concat_tables(tables) if tables else S.COST_FLOWS.empty_table()
+    lake.write_table(S.cost_file_path("costs/namespace_hourly", when),
+                     S.conform(rollup.rollup_namespace_hourly(costs), S.COST_NAMESPACE_HOURLY))
+    lake.write_table(S.cost_file_path("costs/workload_daily", when),
+                     S.conform(rollup.rollup_workload_daily(costs), S.COST_WORKLOAD_DAILY))
+    return costs.num_rows
+
+
+# ----------------------------------------------------------------------------- executors
+
+class _Done:
+    """A finished 'future' for the inline executor."""
+    def __init__(self, value):
+        self.value = value
+
+
+class InlineExecutor:
+    def submit(self, fn: Callable, *args, num_returns: int = 1):
+        out = fn(*args)
+        return tuple(_Done(v) for v in out) if num_returns > 1 else _Done(out)
+
+    def get(self, fut):
+        return fut.value
+
+    def put(self, value):
+        return value
+
+    def arg(self, fut):
+        return fut.value
+
+    def ready(self, futs: list, timeout: float | None = 0) -> list:
+        return list(futs)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class RayExecutor:
+    def __init__(self, address: str | None, num_cpus: int):
+        # Must be set before Ray starts: keeps every listener on 127.0.0.1, no token auth locally.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        import ray  # noqa: PLC0415
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                                      "log_to_driver": True}
+            try:
+                if address:
+                    ray.init(address=address, **kwargs)
+                else:
+                    ray.init(num_cpus=num_cpus, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
+                raise JobError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
+                               f"{' '.join(str(exc).split())[:300]}") from exc
+            self.started = True
+        self._remote: dict[Callable, Any] = {}
+
+    def submit(self, fn: Callable, *args, num_returns: int = 1):
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(fn)
+        return self._remote[fn].options(num_returns=num_returns).remote(*args)
+
+    def get(self, fut):
+        return self.ray.get(fut)
+
+    def put(self, value):
+        return self.ray.put(value)  # shipped once, resolved in each task that takes it
+
+    def arg(self, fut):
+        return fut  # an ObjectRef passed to a task resolves there, without a trip to the driver
+
+    def ready(self, futs: list, timeout: float | None = 0) -> list:
+        if not futs:
+            return []
+        done, _ = self.ray.wait(futs, num_returns=len(futs), timeout=timeout)
+        return done
+
+    def shutdown(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+# ------------------------------------------------------------------------------- driver
+
+class _Progress:
+    def __init__(self, out: TextIO | None, total: int):
+        self.out, self.total, self.t0, self.last = out, total, time.monotonic(), 0.0
+        self.done = 0
+        self.rows = 0
+
+    def hour_done(self, rows: int, force: bool = False) -> None:
+        self.done += 1
+        self.rows += rows
+        now = time.monotonic()
+        if self.out is None or not (force or self.done == self.total or now - self.last >= 2.0):
+            return
+        self.last = now
+        el = now - self.t0
+        rate = self.rows / el if el > 0 else 0.0
+        print(f"cost: {self.done}/{self.total} hours written, {self.rows:,} rows, "
+              f"{rate:,.0f} rows/s, {el:.1f}s", file=self.out, flush=True)
+
+
+def _parse_lookback(cfg) -> dt.timedelta:
+    lb = getattr(cfg, "dns_lookback", None)
+    if lb is None:
+        return dt.timedelta(hours=24)
+    if isinstance(lb, dt.timedelta):
+        return lb
+    return dt.timedelta(seconds=float(lb))
+
+
+def run_cost_job(opts: JobOptions) -> RunResult:
+    t0 = time.monotonic()
+    if opts.start and opts.end and opts.end <= opts.start:
+        raise JobError(f"--end {opts.end.isoformat()} is not after --start {opts.start.isoformat()}")
+    lake = open_lake(opts.lake_url, opts.s3_endpoint)
+    lake.check_writable()
+    cfg = _load_config(opts.config_path)
+    ranges_dir = _ranges_dir(opts.ip_ranges_dir, cfg)
+    if ranges_dir and not os.path.isdir(ranges_dir):
+        raise JobError(f"IP ranges directory {ranges_dir!r} does not exist")
+    p = plan(lake, opts.start, opts.end, _parse_lookback(cfg))
+    todo = sorted(set(p.compute) | set(p.retier))
+    out = opts.progress
+    if out is not None:
+        print(f"cost: {len(p.compute)} hour(s) to compute, {len(p.retier)} to re-tier, "
+              f"{len(p.duplicates)} duplicate upload(s) skipped", file=out, flush=True)
+    infos: dict[dt.datetime, dict] = {}
+    partials: list[dict] = []
+    if todo:
+        ex = InlineExecutor() if opts.executor == "inline" else RayExecutor(opts.ray_address, opts.num_cpus)
+        try:
+            infos, partials = _execute(ex, opts, p, cfg, ranges_dir, todo, _Progress(out, len(todo)))
+        finally:
+            ex.shutdown()
+        for ledger in p.ledgers.values():
+            ledger.save(lake)
+        for h in p.compute:
+            info = infos[h]
+            st.write_manifest(lake, st.Manifest(
+                hour=h, files=p.files[h], rows_in=info["rows_in"], rows_out=info["rows_out"],
+                quarantined=[q["path"] for q in info["quarantined"]]))
+    quarantined = list(p.quarantined)
+    seen = {q["path"] for q in quarantined}
+    for info in infos.values():
+        for q in info["quarantined"]:
+            if q["path"] not in seen:
+                seen.add(q["path"])
+                quarantined.append(q)
+    return RunResult(
+        hours_computed=p.compute, hours_retiered=p.retier,
+        rows_in=sum(i["rows_in"] for i in infos.values()),
+        rows_out=sum(i["rows_out"] for i in infos.values()),
+        files_read=sum(i["files_read"] for i in infos.values()),
+        duplicates=p.duplicates, quarantined=quarantined,
+        seconds=time.monotonic() - t0, summary=sm.merge(partials),
+    )
+
+
+def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: _Progress):
+    url, ep = opts.lake_url, opts.s3_endpoint
+    computed = set(p.compute)
+    pending = deque(p.compute)
+    wave1: dict[dt.datetime, tuple] = {}
+    ahead = max(2, opts.num_cpus + 1)  # bounded look-ahead keeps the object store small
+    inv_ref = ex.put(p.inventory)
+
+    def top_up():
+        while pending and len(wave1) < ahead:
+            h = pending.popleft()
+            wave1[h] = ex.submit(compute_hour, url, ep, p.specs[h], inv_ref, cfg, ranges_dir, num_returns=2)
+
+    infos: dict[dt.datetime, dict] = {}
+    finals: list = []
+    partials: list[dict] = []
+
+    def collect(timeout):
+        for f in ex.ready(finals, timeout):
+            finals.remove(f)
+            res = ex.get(f)
+            partials.append(res["partial"])
+            progress.hour_done(res["rows"])
+
+    for h in todo:
+        ledger = p.ledgers[st.month_of(h)]
+        if h in computed:
+            top_up()
+            table_ref, info_ref = wave1.pop(h)
+            info = ex.get(info_ref)
+            infos[h] = info
+            ledger.set(h, info["egress"])
+            finals.append(ex.submit(finish_hour, url, ep, h, ex.arg(table_ref), ledger.offsets_before(h), cfg))
+            del table_ref
+            top_up()
+        else:
+            finals.append(ex.submit(finish_hour, url, ep, h, None, ledger.offsets_before(h), cfg))
+        collect(0)
+    while finals:
+        collect(None)
+    days = sorted({h.date() for h in todo})
+    for d in [ex.submit(rollup_date, url, ep, day) for day in days]:
+        ex.get(d)
+    return infos, partials
