@@ -1,0 +1,290 @@
+"""eBPF flow collector (`--collector ebpf`): bpf/flows.c counts bytes and packets per
+connection on the cgroup v2 root; this module turns the map into `ConnSample`s that match
+conntrack mode row for row.
+
+NAT. cgroup egress runs after the OUTPUT/POSTROUTING hooks and cgroup ingress after the
+reply was de-NATed, so a host process that dials a ClusterIP leaves two map entries: egress
+client -> backend (post-DNAT) and ingress ClusterIP -> client (de-NATed). A pod's own netns
+sees the ClusterIP both ways (kube-proxy translates later, in the host netns). Either way the
+kernel's conntrack table knows both tuples, so each map entry is matched against the NAT'ed
+conntrack entries (tuples where the reply source differs from the dialed destination) by any
+of its four views, and the entries of one connection are merged into one sample: `dst`/`dport`
+= what was dialed (the ClusterIP), `reply_src`/`reply_sport` = the backend, as in conntrack
+mode. A resolution is remembered for the entry's lifetime, so it survives the conntrack entry
+expiring first. The conntrack dump only runs when unresolved new entries exist.
+
+Identity. `ct_id` = a stable hash of the connection's tuple and its first-seen time (kernel
+monotonic ns), so a 5-tuple reused after its entry was removed is a new connection.
+
+End of a connection. TCP: RST, or FIN in both directions, and then idle for `close_grace`
+(the last ACKs still count); any protocol: idle for `idle_timeout`. The final counters are
+queued for `drain_ended()` and the map entries deleted. Both ends of a connection between two
+pods of this node are counted in two network namespaces; the originator's side is kept (as
+the host's conntrack keeps one entry).
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import socket
+import struct
+import time
+from typing import Callable, Iterable
+
+from node_agent import bpfload
+from node_agent.collectors.base import Collector, CollectorError
+from node_agent.flows import ConnSample
+
+KEY = struct.Struct("=Q16s16sHHBB2x")      # struct flow_key in bpf/flows.c
+VAL = struct.Struct("=QQQQQQII")           # struct flow_val
+F_LOCAL_FIRST, F_FIN_ORIG, F_FIN_REPLY, F_RST = 1, 2, 4, 8
+S_FULL_PACKETS, S_FULL_BYTES, S_UNTRACKED, S_SHORT = range(4)
+ICMP_PROTOS = (1, 58)
+PROG_NAMES = (b"netmon_flow_in", b"netmon_flow_out")
+
+# A NAT source returns conntrack samples (only src/dst/sport/dport/reply_src/reply_sport and
+# proto/family are used). Default: a dump of this netns's conntrack table.
+NatSource = Callable[[], Iterable[ConnSample]]
+
+
+def _default_nat_source() -> NatSource:
+    from node_agent.collectors.conntrack import ConntrackCollector  # lazy: pyroute2
+
+    ct = ConntrackCollector()
+    opened = []
+
+    def dump() -> Iterable[ConnSample]:
+        if not opened:
+            ct.open()
+            opened.append(True)
+        return ct.dump()
+
+    dump.close = ct.close  # type: ignore[attr-defined]
+    return dump
+
+
+class _Conn:
+    """One connection being reported: its canonical tuple, id and chosen netns."""
+
+    __slots__ = ("key", "ct_id", "netns", "seen")
+
+    def __init__(self, key: tuple, ct_id: int, netns: int):
+        self.key, self.ct_id, self.netns, self.seen = key, ct_id, netns, True
+
+
+class EbpfCollector(Collector):
+    name = "ebpf"
+
+    def __init__(
+        self,
+        cgroup_path: str | None = None,
+        max_flows: int = 65536,
+        idle_timeout: float = 120.0,
+        close_grace: float = 10.0,
+        nat_source: NatSource | None = None,
+    ):
+        self.cgroup_path = cgroup_path
+        self.max_flows = int(max_flows)
+        self.idle_ns = int(idle_timeout * 1e9)
+        self.grace_ns = int(close_grace * 1e9)
+        self._nat_source = nat_source
+        self._bpf = None
+        self._att: bpfload.Attachments | None = None
+        self._flows = None
+        # map key bytes -> (canonical tuple, reversed?) once resolved
+        self._resolved: dict[bytes, tuple[tuple, bool]] = {}
+        self._conns: dict[tuple, _Conn] = {}
+        self._ended: list[ConnSample] = []
+        self._polled_since_drain = False
+        self._map_entries = 0
+        self._stats = {"resyncs": 0, "events_lost": 0, "nat_dumps": 0, "nat_resolved": 0,
+                       "stale_detached": 0, "ended": 0, "duplicates_dropped": 0}
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        try:
+            cgroup = bpfload.find_cgroup2(self.cgroup_path)
+            self._bpf = bpfload.load("flows.c", [f"-DMAX_FLOWS={self.max_flows}"])
+            self._stats["stale_detached"] = bpfload.remove_stale(cgroup, PROG_NAMES)
+            self._att = bpfload.Attachments(cgroup)
+            atexit.register(self.close)
+            self._att.attach(self._bpf, "netmon_flow_in", bpfload.CGROUP_INET_INGRESS)
+            self._att.attach(self._bpf, "netmon_flow_out", bpfload.CGROUP_INET_EGRESS)
+        except bpfload.BpfError as e:
+            self.close()
+            raise CollectorError(f"ebpf collector: {e}") from None
+        except Exception:
+            self.close()
+            raise
+        self._flows = self._bpf.get_table("netmon_flows")
+        self.cgroup_path = cgroup
+
+    def close(self) -> None:
+        att, self._att = self._att, None
+        try:
+            if att is not None:
+                att.close()
+        finally:
+            closer = getattr(self._nat_source, "close", None)
+            if closer is not None:
+                closer()
+            if self._bpf is not None:
+                self._bpf.cleanup()
+                self._bpf = None
+            self._flows = None
+            atexit.unregister(self.close)
+
+    # -------------------------------------------------------------------------- reading
+
+    def _read(self) -> list[tuple]:
+        """The map as (key bytes, key fields, value fields) rows."""
+        try:
+            items = list(self._flows.items_lookup_batch())
+        except Exception:  # kernels without batch ops on this map type
+            items = list(self._flows.items())
+        unpk, unpv = KEY.unpack, VAL.unpack
+        out = []
+        for k, v in items:
+            kb = bytes(k)
+            out.append((kb, unpk(kb), unpv(bytes(v))))
+        return out
+
+    def _nat_index(self) -> dict[tuple, tuple[tuple, bool]]:
+        """Tuple view -> (canonical tuple, reversed?) for NAT'ed conntrack entries only."""
+        if self._nat_source is None:
+            self._nat_source = _default_nat_source()
+        self._stats["nat_dumps"] += 1
+        idx: dict[tuple, tuple[tuple, bool]] = {}
+        for s in self._nat_source():
+            if s.reply_src == s.dst and s.reply_sport == s.dport:
+                continue
+            canon = (s.family, s.proto, s.src, s.sport, s.dst, s.dport, s.reply_src, s.reply_sport)
+            p = s.proto
+            for a, ap, b, bp in ((s.src, s.sport, s.dst, s.dport), (s.src, s.sport, s.reply_src, s.reply_sport)):
+                idx[(p, a, ap, b, bp)] = (canon, False)
+                idx[(p, b, bp, a, ap)] = (canon, True)
+        return idx
+
+    def _poll(self) -> list[ConnSample]:
+        if self._flows is None:
+            raise CollectorError("ebpf collector is not open")
+        self._polled_since_drain = True
+        rows = self._read()
+        self._map_entries = len(rows)
+        now = time.monotonic_ns()
+        resolved = self._resolved
+
+        # Resolve new entries (one conntrack dump for all of them).
+        new = [r for r in rows if r[0] not in resolved]
+        if new:
+            nat = self._nat_index()
+            for kb, (netns, src, dst, sport, dport, proto, fam, *_), _v in new:
+                n = 4 if fam == 4 else 16
+                s, d = src[:n], dst[:n]
+                if proto in ICMP_PROTOS:       # ct tuples: echo id as sport, dport 0
+                    hit = nat.get((proto, s, sport, d, 0)) or nat.get((proto, s, 0, d, sport))
+                else:
+                    hit = nat.get((proto, s, sport, d, dport))
+                if hit is not None:
+                    self._stats["nat_resolved"] += 1
+                    resolved[kb] = hit
+                elif proto in ICMP_PROTOS:
+                    resolved[kb] = ((fam, proto, s, sport, d, 0, d, 0), False)
+                else:
+                    resolved[kb] = ((fam, proto, s, sport, d, dport, d, dport), False)
+
+        # Merge map entries into connections per netns: canonical -> netns -> accumulators
+        groups: dict[tuple, dict[int, list]] = {}
+        for kb, (netns, *_), (b0, b1, p0, p1, first, last, flags, _pad) in rows:
+            canon, rev = resolved[kb]
+            if rev:
+                b0, b1, p0, p1 = b1, b0, p1, p0
+                flags = (flags & ~(F_FIN_ORIG | F_FIN_REPLY)) | (F_FIN_REPLY if flags & F_FIN_ORIG else 0) | (
+                    F_FIN_ORIG if flags & F_FIN_REPLY else 0)
+            local_orig = bool(flags & F_LOCAL_FIRST) != rev   # local socket is the originator
+            per_ns = groups.setdefault(canon, {})
+            acc = per_ns.get(netns)
+            if acc is None:
+                per_ns[netns] = [b0, p0, b1, p1, first, last, flags, local_orig, [kb]]
+            else:
+                acc[0] += b0; acc[1] += p0; acc[2] += b1; acc[3] += p1
+                acc[4] = min(acc[4], first); acc[5] = max(acc[5], last)
+                acc[6] |= flags; acc[7] = acc[7] or local_orig
+                acc[8].append(kb)
+
+        live: list[ConnSample] = []
+        conns = self._conns
+        for c in conns.values():
+            c.seen = False
+        for canon, per_ns in groups.items():
+            conn = conns.get(canon)
+            if conn is None or conn.netns not in per_ns:
+                # The originator's netns if seen, else the busiest; then stick to it.
+                netns = max(per_ns, key=lambda ns: (per_ns[ns][7], per_ns[ns][0] + per_ns[ns][2], -ns))
+                first = min(a[4] for a in per_ns.values())
+                if conn is None:
+                    conn = conns[canon] = _Conn(canon, _ct_id(canon, first), netns)
+                else:
+                    conn.netns = netns
+            conn.seen = True
+            b0, p0, b1, p1, first, last, flags, _lo, _k = per_ns[conn.netns]
+            last = max(a[5] for a in per_ns.values())
+            flags = 0
+            for a in per_ns.values():
+                flags |= a[6]
+            fam, proto, s, sp, d, dp, rs, rsp = canon
+            idle = now - last
+            closed = proto == socket.IPPROTO_TCP and (
+                flags & F_RST or (flags & F_FIN_ORIG and flags & F_FIN_REPLY))
+            if idle >= self.idle_ns or (closed and idle >= self.grace_ns):
+                self._ended.append(ConnSample(conn.ct_id, fam, proto, s, d, sp, dp, rs, rsp, b0, p0, b1, p1, True))
+                self._stats["ended"] += 1
+                if len(per_ns) > 1:
+                    self._stats["duplicates_dropped"] += len(per_ns) - 1
+                for acc in per_ns.values():
+                    for kb in acc[8]:
+                        self._delete(kb)
+                del conns[canon]
+                continue
+            live.append(ConnSample(conn.ct_id, fam, proto, s, d, sp, dp, rs, rsp, b0, p0, b1, p1, False))
+        for canon in [k for k, c in conns.items() if not c.seen]:
+            del conns[canon]   # entries vanished without us (map cleared): forget them
+        return live
+
+    def _delete(self, kb: bytes) -> None:
+        self._resolved.pop(kb, None)
+        try:
+            del self._flows[self._flows.Key.from_buffer_copy(kb)]
+        except KeyError:
+            pass
+
+    # ---------------------------------------------------------------------- interface
+
+    def dump(self) -> list[ConnSample]:
+        return self._poll()
+
+    def drain_ended(self) -> list[ConnSample]:
+        if not self._polled_since_drain and self._flows is not None:
+            self._poll()
+        self._polled_since_drain = False
+        out, self._ended = self._ended, []
+        return out
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self._stats)
+        out["live"] = len(self._conns)
+        out["map_entries"] = self._map_entries
+        out["map_max_entries"] = self.max_flows
+        if self._bpf is not None:
+            st = self._bpf.get_table("netmon_fstats")
+            for name, slot in (("map_full_packets", S_FULL_PACKETS), ("map_full_bytes", S_FULL_BYTES),
+                               ("untracked_packets", S_UNTRACKED), ("short_packets", S_SHORT)):
+                out[name] = int(sum(st[st.Key(slot)]))
+            out["events_lost"] = out["map_full_packets"]
+        return out
+
+
+def _ct_id(canon: tuple, first_ns: int) -> int:
+    h = hashlib.blake2b(repr((canon, first_ns)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") >> 1   # positive int63 (fits int64 columns)
