@@ -1,0 +1,517 @@
+"""List/watch informers over the `kubernetes` client, and the node-filtered pod index.
+
+`Informer` keeps an in-memory copy of one resource collection, as client-go's reflector does:
+list (paginated) -> watch from the list's resourceVersion -> apply events; when the watch's
+resourceVersion has expired (410 Gone, as an HTTP status or an ERROR event) it relists and
+reconciles the store with the server's truth; on connection errors it reconnects with capped
+exponential backoff and jitter, resuming the watch from the last resourceVersion it saw
+(bookmarks keep that fresh, so a reconnect rarely needs a relist).
+
+Objects are kept as the API's JSON (dicts, camelCase keys), not as client model objects:
+deserialising into models costs several times the memory and CPU, and the agent has 128 MiB.
+Requests go through the client's generated `list_*` functions with `_preload_content=False`,
+so its configuration, authentication and transport are the ones used.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import random
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+Transform = Callable[[Obj], Obj]
+
+
+class _Expired(Exception):
+    """The resourceVersion we hold is gone from the server's history: relist."""
+
+
+def _uid(obj: Obj) -> str | None:
+    return (obj.get("metadata") or {}).get("uid")
+
+
+def _rv(obj: Obj) -> str | None:
+    return (obj.get("metadata") or {}).get("resourceVersion")
+
+
+def strip_bulk(obj: Obj) -> Obj:
+    """Drop fields nobody here reads and that dominate object size (managedFields, the
+    last-applied annotation), before an object is stored."""
+    md = obj.get("metadata")
+    if md:
+        md.pop("managedFields", None)
+        ann = md.get("annotations")
+        if ann:
+            ann.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    return obj
+
+
+class Informer:
+    """One collection kept in sync in a daemon thread.
+
+    `list_func` is a generated list function of the kubernetes client, e.g.
+    `CoreV1Api(api).list_pod_for_all_namespaces`. Handlers run in the informer's thread, in
+    event order: `on_add(obj)`, `on_update(old, new)`, `on_delete(obj)`; an exception in a
+    handler is logged and does not stop the informer.
+    """
+
+    def __init__(
+        self,
+        list_func: Callable[..., Any],
+        *,
+        field_selector: str | None = None,
+        label_selector: str | None = None,
+        name: str = "informer",
+        on_add: Callable[[Obj], None] | None = None,
+        on_update: Callable[[Obj, Obj], None] | None = None,
+        on_delete: Callable[[Obj], None] | None = None,
+        transform: Transform | None = strip_bulk,
+        page_size: int = 500,
+        watch_timeout: int = 300,
+        request_timeout: float = 30.0,
+        backoff_initial: float = 0.8,
+        backoff_max: float = 30.0,
+    ):
+        self.list_func = list_func
+        self.field_selector = field_selector
+        self.label_selector = label_selector
+        self.name = name
+        self.on_add, self.on_update, self.on_delete = on_add, on_update, on_delete
+        self.transform = transform
+        self.page_size = page_size
+        self.watch_timeout = int(watch_timeout)
+        self.request_timeout = request_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+
+        self._lock = threading.Lock()
+        self._store: dict[str, Obj] = {}
+        self._resource_version: str | None = None
+        self._synced = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._resp = None               # the open watch response, so stop() can cut it
+        self._watch_opened = self._watch_progress = False
+        self._stats = {"lists": 0, "relists": 0, "expired": 0, "reconnects": 0,
+                       "events": 0, "bookmarks": 0, "handler_errors": 0}
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    def start(self) -> "Informer":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"informer-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        _cut(self._resp)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        """True once the first full list has been applied (False if `timeout` passed first)."""
+        return self._synced.wait(timeout)
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    @property
+    def resource_version(self) -> str | None:
+        """The newest resourceVersion seen (list, event or bookmark)."""
+        return self._resource_version
+
+    def items(self) -> list[Obj]:
+        """A consistent copy of the store's objects (treat them as read-only)."""
+        with self._lock:
+            return list(self._store.values())
+
+    def get(self, uid: str) -> Obj | None:
+        with self._lock:
+            return self._store.get(uid)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._store)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /metrics: lists (all), relists (after the first), expired (410s seen),
+        reconnects (transport or server errors retried), events (ADDED/MODIFIED/DELETED
+        applied), bookmarks, handler_errors, objects (store size), synced (0/1)."""
+        with self._lock:
+            out = dict(self._stats)
+            out["objects"] = len(self._store)
+        out["synced"] = int(self.synced)
+        return out
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        need_list, failures, expired_run = True, 0, 0
+        while not self._stopping.is_set():
+            self._watch_opened = self._watch_progress = False
+            try:
+                if need_list:
+                    self._list()
+                    need_list = False
+                    failures = 0
+                self._watch()
+                failures = expired_run = 0   # the server ended the watch (timeout): watch again
+            except Exception as exc:  # transport errors, 5xx, 410, truncated streams, bad JSON
+                if self._stopping.is_set():
+                    break
+                if self._watch_opened:
+                    failures = 0             # the connection was good until it broke
+                if self._watch_progress:
+                    expired_run = 0
+                if isinstance(exc, _Expired) or (isinstance(exc, ApiException) and exc.status == 410):
+                    with self._lock:
+                        self._stats["expired"] += 1
+                    need_list = True
+                    expired_run += 1
+                    log.info("informer %s: resourceVersion %s expired; relisting", self.name, self._resource_version)
+                    # Relist at once; back off only when expiries repeat with no good watch between.
+                    if expired_run > 1 and self._stopping.wait(self._backoff(expired_run - 1)):
+                        break
+                    continue
+                failures += 1
+                with self._lock:
+                    self._stats["reconnects"] += 1
+                self.last_error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                delay = self._backoff(failures)
+                (log.warning if failures in (1, 5) or failures % 20 == 0 else log.debug)(
+                    "informer %s: %s; retrying in %.1fs (attempt %d)", self.name, self.last_error, delay, failures)
+                if self._stopping.wait(delay):
+                    break
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(self.backoff_max, self.backoff_initial * (2 ** min(failures - 1, 30)))
+        return delay * random.uniform(0.5, 1.0)   # jitter: reconnecting agents do not stampede
+
+    def _selectors(self) -> dict[str, str]:
+        kw = {}
+        if self.field_selector:
+            kw["field_selector"] = self.field_selector
+        if self.label_selector:
+            kw["label_selector"] = self.label_selector
+        return kw
+
+    def _list(self) -> None:
+        items: list[Obj] = []
+        cont: str | None = None
+        rv = None
+        while True:
+            kw = self._selectors()
+            if self.page_size:
+                kw["limit"] = self.page_size
+            if cont:
+                kw["_continue"] = cont
+            resp = self.list_func(_preload_content=False, _request_timeout=(self.request_timeout, self.request_timeout),
+                                  **kw)
+            try:
+                body = json.loads(resp.data)
+            finally:
+                resp.release_conn()
+            meta = body.get("metadata") or {}
+            rv = meta.get("resourceVersion")
+            for obj in body.get("items") or ():
+                items.append(self.transform(obj) if self.transform else obj)
+            cont = meta.get("continue")
+            if not cont:
+                break
+            if self._stopping.is_set():
+                return
+        self._replace(items, rv)
+
+    def _replace(self, items: list[Obj], rv: str | None) -> None:
+        """Swap in a full list and tell handlers what changed since the old store."""
+        new = {}
+        for obj in items:
+            uid = _uid(obj)
+            if uid:
+                new[uid] = obj
+        with self._lock:
+            old = self._store
+            self._store = new
+            self._resource_version = rv
+            first = self._stats["lists"] == 0
+            self._stats["lists"] += 1
+            if not first:
+                self._stats["relists"] += 1
+        for uid, obj in old.items():
+            if uid not in new:
+                self._call(self.on_delete, obj)
+        for uid, obj in new.items():
+            prev = old.get(uid)
+            if prev is None:
+                self._call(self.on_add, obj)
+            elif _rv(prev) != _rv(obj):
+                self._call(self.on_update, prev, obj)
+        self._synced.set()
+
+    def _watch(self) -> None:
+        from kubernetes.watch.watch import iter_resp_lines
+
+        resp = self.list_func(
+            watch=True,
+            resource_version=self._resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.watch_timeout,
+            _preload_content=False,
+            # The server ends the watch after watch_timeout; a read that waits much longer than
+            # that means the connection died silently.
+            _request_timeout=(self.request_timeout, self.watch_timeout + self.request_timeout),
+            **self._selectors(),
+        )
+        self._resp = resp
+        self._watch_opened = True
+        try:
+            if self._stopping.is_set():
+                return
+            for line in iter_resp_lines(resp):
+                if not line:
+                    continue
+                event = json.loads(line)
+                self._apply(event.get("type"), event.get("object") or {})
+                if self._stopping.is_set():
+                    return
+        finally:
+            self._resp = None
+            resp.release_conn()
+            resp.close()
+
+    def _apply(self, type_: str | None, obj: Obj) -> None:
+        if type_ == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise _Expired()
+            raise RuntimeError(f"watch error {code} {obj.get('reason')}: {obj.get('message')}")
+        self._watch_progress = True
+        rv = _rv(obj)
+        if type_ == "BOOKMARK":
+            with self._lock:
+                self._stats["bookmarks"] += 1
+                if rv:
+                    self._resource_version = rv
+            return
+        if type_ not in ("ADDED", "MODIFIED", "DELETED"):
+            raise RuntimeError(f"unknown watch event type {type_!r}")
+        uid = _uid(obj)
+        if self.transform:
+            obj = self.transform(obj)
+        with self._lock:
+            self._stats["events"] += 1
+            if rv:
+                self._resource_version = rv
+            if not uid:
+                return
+            prev = self._store.get(uid)
+            if type_ == "DELETED":
+                self._store.pop(uid, None)
+            else:
+                self._store[uid] = obj
+        if type_ == "DELETED":
+            if prev is not None:
+                self._call(self.on_delete, obj)
+        elif prev is None:
+            self._call(self.on_add, obj)
+        else:
+            self._call(self.on_update, prev, obj)
+
+    def _call(self, handler, *args) -> None:
+        if handler is None:
+            return
+        try:
+            handler(*args)
+        except Exception:
+            with self._lock:
+                self._stats["handler_errors"] += 1
+            log.exception("informer %s: handler %s failed", self.name, getattr(handler, "__name__", handler))
+
+
+def _cut(resp) -> None:
+    """Unblock a thread reading a watch response by shutting its socket down."""
+    if resp is None:
+        return
+    import socket
+
+    conn = getattr(resp, "connection", None) or getattr(resp, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------- pod index
+
+
+def canonical_ip(text: str | None) -> str | None:
+    """IPv4 dotted quad / IPv6 compressed (the lake's form), or None if not an IP."""
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text).compressed
+    except ValueError:
+        return None
+
+
+def pod_ips(pod: Obj) -> list[str]:
+    """All of a pod's IPs (status.podIPs, dual stack), canonical, in order, without repeats."""
+    status = pod.get("status") or {}
+    raw = [p.get("ip") for p in status.get("podIPs") or () if isinstance(p, dict)]
+    if not raw and status.get("podIP"):
+        raw = [status["podIP"]]
+    out: list[str] = []
+    for ip in raw:
+        c = canonical_ip(ip)
+        if c and c not in out:
+            out.append(c)
+    return out
+
+
+def _slim_pod(pod: Obj) -> Obj:
+    """What the pod index keeps of a pod (a few hundred bytes instead of tens of KiB)."""
+    md = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    return {
+        "metadata": {k: md.get(k) for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")},
+        "spec": {"nodeName": spec.get("nodeName"), "hostNetwork": bool(spec.get("hostNetwork"))},
+        "status": {"phase": status.get("phase"), "podIP": status.get("podIP"), "podIPs": status.get("podIPs")},
+    }
+
+
+_DONE_PHASES = ("Succeeded", "Failed")
+
+
+class PodIndex:
+    """Pods scheduled on one node, by IP.
+
+    `lookup(ip)` -> (name, namespace, host_network) or None, for every pod IP (both
+    families). An IP held by several pods resolves to the best claimant: a running pod over
+    a finished one (finished pods keep their IP in status while the IP is reused), a pod
+    network pod over a hostNetwork one, then the newest. hostNetwork pods carry the node's
+    IP, so a lookup that returns host_network=True means "the node": callers must attribute
+    such traffic to the node, not to that pod. `local_ips()` is the set of pod-network IPs
+    on this node (hostNetwork pods excluded).
+    """
+
+    def __init__(self, api, node_name: str, *, start: bool = True, **informer_kwargs):
+        from kubernetes import client as k8s_client
+
+        self.node_name = node_name
+        self._lock = threading.Lock()
+        self._pods: dict[str, tuple[tuple[str, ...], tuple]] = {}    # uid -> (ips, entry)
+        self._claims: dict[str, dict[str, tuple]] = {}               # ip -> {uid: entry}
+        self._best: dict[str, tuple[str, str, bool]] = {}            # ip -> answer
+        informer_kwargs.setdefault("transform", _slim_pod)
+        self.informer = Informer(
+            k8s_client.CoreV1Api(api).list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={node_name}",
+            name=f"pods@{node_name}",
+            on_add=self._upsert,
+            on_update=lambda old, new: self._upsert(new),
+            on_delete=self._remove,
+            **informer_kwargs,
+        )
+        if start:
+            self.start()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> "PodIndex":
+        self.informer.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.informer.stop(timeout)
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        return self.informer.wait_synced(timeout)
+
+    @property
+    def synced(self) -> bool:
+        return self.informer.synced
+
+    def stats(self) -> dict[str, int]:
+        out = self.informer.stats()
+        with self._lock:
+            out["ips"] = len(self._best)
+        return out
+
+    # ---------------------------------------------------------------- queries
+
+    def lookup(self, ip: str) -> tuple[str, str, bool] | None:
+        with self._lock:
+            return self._best.get(ip)
+
+    def local_ips(self) -> set[str]:
+        with self._lock:
+            return {ip for ip, ans in self._best.items() if not ans[2]}
+
+    # ---------------------------------------------------------------- maintenance
+
+    def _upsert(self, pod: Obj) -> None:
+        md = pod.get("metadata") or {}
+        uid = md.get("uid")
+        if not uid:
+            return
+        spec = pod.get("spec") or {}
+        phase = (pod.get("status") or {}).get("phase")
+        # Sort key: higher is better (running, pod network, newer).
+        entry = (phase not in _DONE_PHASES, not spec.get("hostNetwork"), md.get("creationTimestamp") or "",
+                 md.get("name"), md.get("namespace"), bool(spec.get("hostNetwork")))
+        ips = tuple(pod_ips(pod))
+        with self._lock:
+            old_ips = self._pods.get(uid, ((), None))[0]
+            self._pods[uid] = (ips, entry)
+            for ip in old_ips:
+                if ip not in ips:
+                    self._unclaim(ip, uid)
+            for ip in ips:
+                self._claims.setdefault(ip, {})[uid] = entry
+                self._refresh(ip)
+
+    def _remove(self, pod: Obj) -> None:
+        uid = (pod.get("metadata") or {}).get("uid")
+        with self._lock:
+            ips, _ = self._pods.pop(uid, ((), None))
+            for ip in ips:
+                self._unclaim(ip, uid)
+
+    def _unclaim(self, ip: str, uid: str) -> None:
+        claims = self._claims.get(ip)
+        if claims is not None:
+            claims.pop(uid, None)
+            if not claims:
+                del self._claims[ip]
+        self._refresh(ip)
+
+    def _refresh(self, ip: str) -> None:
+        claims = self._claims.get(ip)
+        if not claims:
+            self._best.pop(ip, None)
+            return
+        best = max(claims.values(), key=lambda e: e[:4])
+        self._best[ip] = (best[3], best[4], best[5])
+
+
+def wait_all_synced(informers: Iterable[Informer], timeout: float | None) -> bool:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for inf in informers:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not inf.wait_synced(left):
+            return False
+    return True
