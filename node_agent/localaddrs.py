@@ -1,0 +1,55 @@
+"""This host's own interface addresses (standalone mode's notion of "local").
+
+In a cluster the run loop adds the node's pod IPs (PodIndex.local_ips()); without
+Kubernetes, local means the addresses configured on this host's interfaces. Read over
+rtnetlink with pyroute2, optionally inside another network namespace (tests).
+"""
+from __future__ import annotations
+
+import time
+
+
+def host_addresses(netns: str | None = None) -> set[str]:
+    """Every IPv4/IPv6 address on this host's (or `netns`'s) interfaces, canonical strings."""
+    import ipaddress
+
+    from pyroute2 import IPRoute, NetNS
+
+    ipr = NetNS(netns, flags=0) if netns else IPRoute()
+    try:
+        out = set()
+        for msg in ipr.get_addr():
+            # IFA_LOCAL is ours on point-to-point links, where IFA_ADDRESS is the peer
+            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if addr:
+                out.add(str(ipaddress.ip_address(addr.split("%")[0])))
+        return out
+    finally:
+        ipr.close()
+
+
+class LocalAddrs:
+    """`is_local` for Accounter.cut: host addresses (refreshed at most every `ttl` seconds)
+    plus any extra addresses (e.g. pod IPs) supplied by the caller."""
+
+    def __init__(self, netns: str | None = None, ttl: float = 60.0, extra: set[str] | None = None):
+        self.netns = netns
+        self.ttl = ttl
+        self.extra = set(extra or ())
+        self._addrs: set[str] = set()
+        self._at = float("-inf")
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._at > self.ttl:
+            self._addrs = host_addresses(self.netns)
+            self._at = time.monotonic()
+
+    def addresses(self) -> set[str]:
+        self._refresh()
+        return self._addrs | self.extra
+
+    def __call__(self, ip: str) -> bool:
+        if ip in self.extra:
+            return True
+        self._refresh()
+        return ip in self._addrs
