@@ -1,0 +1,43 @@
+# netmon node agent and inventory snapshotter: `netmon-agent run` / `netmon-agent inventory`.
+# Build from the repository root:  docker build -f docker/agent.Dockerfile -t ghcr.io/netmon/netmon-agent:0.1.0 .
+#
+# Base pinned by exact tag (Debian bookworm, the Python of constraints.txt's lock). For
+# byte-for-byte reproducible builds also pin its digest, e.g.
+#   FROM python:3.11.14-slim-bookworm@sha256:<digest from `docker buildx imagetools inspect`>
+# and let a bot (Renovate/Dependabot) bump both together.
+FROM python:3.11.14-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# BCC (with its bundled clang/LLVM) compiles bpf/ on the node against the host's kernel
+# headers, which the DaemonSet mounts at /lib/modules and /usr/src; no headers in the image.
+# conntrack/nft/ip are for operators debugging on the node.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      bpfcc-tools python3-bpfcc conntrack nftables iproute2 \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/netmon
+# Dependencies first (cached layer), installed from the same pins as CI and scripts/setup.sh.
+COPY pyproject.toml constraints.txt ./
+COPY lake/ lake/
+COPY node_agent/ node_agent/
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install -c constraints.txt ".[agent]" \
+ # BCC's Python module is pure ctypes over the system libbcc: link it into the venv, as
+ # scripts/setup.sh does (the PyPI package named `bcc` is unrelated).
+ && ln -s /usr/lib/python3/dist-packages/bcc \
+      "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc" \
+ && /opt/venv/bin/python -c "import bcc, node_agent"
+
+# The eBPF C sources, loaded by BCC at run time (working directory /opt/netmon).
+COPY bpf/ bpf/
+ENV PATH=/opt/venv/bin:$PATH
+
+# Runs as root by default: the DaemonSet needs it (privileged, conntrack, eBPF). The
+# inventory Deployment overrides the user (runAsUser 65532) and mounts a read-only root.
+ENTRYPOINT ["netmon-agent"]
+CMD ["run"]
