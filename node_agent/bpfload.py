@@ -106,7 +106,7 @@ def load(source: str, cflags: list[str] | None = None):
     except OSError as e:
         raise BpfError(f"cannot read BPF source {path}: {e.strerror}") from None
     try:
-        return bcc.BPF(text=text, cflags=cflags or [])
+        return bcc.BPF(text=text.encode(), cflags=cflags or [])
     except Exception as e:  # BCC raises bare Exception on compile/load failures
         raise BpfError(f"loading {source} failed: {e}") from None
 
@@ -222,7 +222,7 @@ class Attachments:
     def attach(self, bpf, func_name: str, attach_type: int):
         bcc = _import_bcc()
         try:
-            fn = bpf.load_func(func_name, bcc.BPF.CGROUP_SKB)
+            fn = bpf.load_func(func_name.encode(), bcc.BPF.CGROUP_SKB)
         except Exception as e:
             raise BpfError(f"loading program {func_name} failed: {e}") from None
         try:

@@ -117,7 +117,7 @@ class EbpfCollector(Collector):
         except Exception:
             self.close()
             raise
-        self._flows = self._bpf.get_table("netmon_flows")
+        self._flows = self._bpf.get_table(b"netmon_flows")
         self.cgroup_path = cgroup
 
     def close(self) -> None:
@@ -277,7 +277,7 @@ class EbpfCollector(Collector):
         out["map_entries"] = self._map_entries
         out["map_max_entries"] = self.max_flows
         if self._bpf is not None:
-            st = self._bpf.get_table("netmon_fstats")
+            st = self._bpf.get_table(b"netmon_fstats")
             for name, slot in (("map_full_packets", S_FULL_PACKETS), ("map_full_bytes", S_FULL_BYTES),
                                ("untracked_packets", S_UNTRACKED), ("short_packets", S_SHORT)):
                 out[name] = int(sum(st[st.Key(slot)]))

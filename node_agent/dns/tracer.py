@@ -1,0 +1,120 @@
+"""DNS tracer: bpf/dns.c on cgroup ingress copies every UDP DNS response a local socket
+receives (source port 53, IPv4 and IPv6, first 512 bytes) into a ring buffer; a thread here
+parses them (dns/parser.py) into the IP -> domain cache (dns/cache.py) and the window's
+lookups. Works with either flow collector.
+
+Usage: `t = DnsTracer(cgroup_path, ttl_cap=120); t.open()`, then every window
+`t.take_window()` -> lookups for dns/exporter.py, `t.lookup(ip)` -> domain; `t.close()`
+detaches (also at interpreter exit). Raises bpfload.BpfError when BPF cannot run here.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import socket
+import struct
+import threading
+import time
+
+from node_agent import bpfload
+from node_agent.dns.cache import DEFAULT_TTL_CAP, DnsCache, Lookup
+from node_agent.dns.parser import ParseStats, parse_response
+
+EVENT_HDR = struct.Struct("=BxHH2x16s16s")   # struct dns_event before data[]
+PROG_NAMES = (b"netmon_dns_in",)
+
+
+class DnsTracer:
+    def __init__(self, cgroup_path: str | None = None, ttl_cap: float = DEFAULT_TTL_CAP,
+                 max_entries: int = 100_000, poll_ms: int = 200):
+        self.cgroup_path = cgroup_path
+        self.cache = DnsCache(ttl_cap, max_entries)
+        self.parse_stats = ParseStats()
+        self.poll_ms = poll_ms
+        self._lock = threading.Lock()
+        self._bpf = None
+        self._att: bpfload.Attachments | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._events = 0
+        self._stale = 0
+
+    def open(self) -> None:
+        try:
+            cgroup = bpfload.find_cgroup2(self.cgroup_path)
+            self._bpf = bpfload.load("dns.c")
+            self._stale = bpfload.remove_stale(cgroup, PROG_NAMES)
+            self._bpf[b"netmon_dns_events"].open_ring_buffer(self._on_event)
+            self._att = bpfload.Attachments(cgroup)
+            atexit.register(self.close)
+            self._att.attach(self._bpf, "netmon_dns_in", bpfload.CGROUP_INET_INGRESS)
+        except Exception:
+            self.close()
+            raise
+        self.cgroup_path = cgroup
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="netmon-dns", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        bpf = self._bpf
+        while not self._stop.is_set():
+            bpf.ring_buffer_poll(self.poll_ms)
+
+    def _on_event(self, _ctx, data, size) -> int:
+        raw = ctypes.string_at(data, size)
+        if len(raw) < EVENT_HDR.size:
+            return 0
+        family, n, _orig, client, _server = EVENT_HDR.unpack_from(raw)
+        payload = raw[EVENT_HDR.size: EVENT_HDR.size + n]
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        client_ip = socket.inet_ntop(af, client[: 4 if family == 4 else 16])
+        with self._lock:
+            self._events += 1
+            answers = parse_response(payload, self.parse_stats)
+            if answers:
+                self.cache.observe(client_ip, answers, time.time())
+        return 0
+
+    def poll(self, timeout_ms: int = 0) -> None:
+        """Consume pending events now (the thread does this continuously)."""
+        if self._bpf is not None:
+            self._bpf.ring_buffer_consume()
+
+    def take_window(self) -> list[Lookup]:
+        with self._lock:
+            self.cache.expire(time.time())
+            return self.cache.take_window()
+
+    def lookup(self, ip: str) -> str | None:
+        with self._lock:
+            return self.cache.lookup(ip, time.time())
+
+    def stats(self) -> dict[str, int]:
+        out = {"dns_events": self._events, "dns_cache_entries": len(self.cache),
+               "dns_cache_evicted": self.cache.evicted, "dns_stale_detached": self._stale,
+               **self.parse_stats.as_dict()}
+        if self._bpf is not None:
+            st = self._bpf.get_table(b"netmon_dstats")
+            out["dns_events_lost"] = int(sum(st[st.Key(0)]))
+            out["dns_copy_failed"] = int(sum(st[st.Key(1)]))
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        th, self._thread = self._thread, None
+        if th is not None and th is not threading.current_thread():
+            th.join(timeout=5)
+        att, self._att = self._att, None
+        try:
+            if att is not None:
+                att.close()
+        finally:
+            if self._bpf is not None:
+                try:
+                    self._bpf.ring_buffer_consume()   # responses seen before the detach
+                except Exception:
+                    pass
+                self._bpf.cleanup()
+                self._bpf = None
+            atexit.unregister(self.close)
