@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 import pyarrow as pa
 
-from lake.schema import RAW_FLOWS, TS
+from lake.schema import RAW_FLOWS, TS, as_utc
 from node_agent.flows import ConnSample
 
 _M64 = (1 << 64) - 1
@@ -75,7 +75,6 @@ class Accounter:
             self.observe_ended(collector.drain_ended())   # ended before start: not ours
             self.observe_dump(collector.iter_dump())      # baseline
             self.observe_ended(collector.drain_ended())   # ended during the baseline dump
-            self._count_unseen = True
         else:
             self.observe_ended(collector.drain_ended())
             self.observe_dump(collector.iter_dump())
@@ -142,9 +141,12 @@ class Accounter:
             if cur != last:
                 self._add(s, k, cur, last)
         # tombstones had their drain: anything still missing ended without a DESTROY we saw
-        if self._baselined and self._missing and self._count_unseen:
+        if self._missing:
             st["forgotten"] += len(self._missing)
             self._missing = {}
+        # from the first drain after the baseline on, a connection never dumped was born
+        # after the baseline and counts in full
+        self._count_unseen = self._baselined
 
     def _add(self, s: ConnSample, k: int, cur: int, last: int) -> None:
         ob, op, rb, rp = cur & _M64, (cur >> 64) & _M64, (cur >> 128) & _M64, cur >> 192
@@ -180,6 +182,7 @@ class Accounter:
         originator is local, inbound if the real peer (reply_src) or the dialed address is
         local; neither = transit: dropped, counted in stats.
         """
+        window_start, window_end = as_utc(window_start), as_utc(window_end)
         test = is_local if callable(is_local) else frozenset(is_local).__contains__
         window, self._window, self._window_conns = self._window, {}, set()
         names: dict[bytes, str] = {}
