@@ -7,10 +7,12 @@ the entries closest to expiry go first. Times are seconds (time.time()).
 
 `take_window()` hands over the lookups observed since the last call, one per
 (client, domain, ip) with the latest sighting, for the raw/dns table (dns/exporter.py).
+Thread-safe: the tracer's thread observes while the agent's loop expires and takes windows.
 """
 from __future__ import annotations
 
 import heapq
+import threading
 from typing import Iterable, NamedTuple
 
 DEFAULT_TTL_CAP = 120.0
@@ -33,9 +35,14 @@ class DnsCache:
         self._entries: dict[str, tuple[str, float]] = {}     # ip -> (domain, expires_at)
         self._window: dict[tuple[str, str, str], Lookup] = {}
         self.evicted = 0
+        self._lock = threading.Lock()
 
     def observe(self, client_ip: str, answers: Iterable[tuple[str, str, int]], seen_at: float) -> None:
         """Record one response's answers [(domain asked, ip, ttl)] seen by `client_ip`."""
+        with self._lock:
+            self._observe(client_ip, answers, seen_at)
+
+    def _observe(self, client_ip: str, answers: Iterable[tuple[str, str, int]], seen_at: float) -> None:
         for domain, ip, ttl in answers:
             self._entries[ip] = (domain, seen_at + min(float(ttl), self.ttl_cap))
             self._window[(client_ip, domain, ip)] = Lookup(client_ip, domain, ip, int(ttl), seen_at)
@@ -43,22 +50,24 @@ class DnsCache:
             self._evict(len(self._entries) - self.max_entries)
 
     def lookup(self, ip: str, now: float) -> str | None:
-        hit = self._entries.get(ip)
+        with self._lock:
+            hit = self._entries.get(ip)
         if hit is None or hit[1] <= now:
             return None
         return hit[0]
 
     def expire(self, now: float) -> int:
         """Drop expired entries; returns how many."""
-        dead = [ip for ip, (_d, exp) in self._entries.items() if exp <= now]
-        for ip in dead:
-            del self._entries[ip]
-        return len(dead)
+        with self._lock:
+            dead = [ip for ip, (_d, exp) in self._entries.items() if exp <= now]
+            for ip in dead:
+                del self._entries[ip]
+            return len(dead)
 
     def take_window(self) -> list[Lookup]:
-        out = sorted(self._window.values(), key=lambda x: (x.seen_at, x.client_ip, x.domain, x.ip))
-        self._window = {}
-        return out
+        with self._lock:
+            window, self._window = self._window, {}
+        return sorted(window.values(), key=lambda x: (x.seen_at, x.client_ip, x.domain, x.ip))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -3,9 +3,10 @@ receives (source port 53, IPv4 and IPv6, first 512 bytes) into a ring buffer; a 
 parses them (dns/parser.py) into the IP -> domain cache (dns/cache.py) and the window's
 lookups. Works with either flow collector.
 
-Usage: `t = DnsTracer(cgroup_path, ttl_cap=120); t.open()`, then every window
-`t.take_window()` -> lookups for dns/exporter.py, `t.lookup(ip)` -> domain; `t.close()`
-detaches (also at interpreter exit). Raises bpfload.BpfError when BPF cannot run here.
+Usage: `t = DnsTracer(cgroup_path, ttl_cap=120); t.open()` (or `start()`), then every
+window `t.take_window()` (or `t.cache.take_window()`) -> lookups for dns/exporter.py,
+`t.lookup(ip)` -> domain; `t.close()` detaches (also at interpreter exit). Raises
+bpfload.BpfError when BPF cannot run here.
 """
 from __future__ import annotations
 
@@ -26,12 +27,11 @@ PROG_NAMES = (b"netmon_dns_in",)
 
 class DnsTracer:
     def __init__(self, cgroup_path: str | None = None, ttl_cap: float = DEFAULT_TTL_CAP,
-                 max_entries: int = 100_000, poll_ms: int = 200):
+                 max_entries: int = 100_000, poll_ms: int = 200, cache: DnsCache | None = None):
         self.cgroup_path = cgroup_path
-        self.cache = DnsCache(ttl_cap, max_entries)
+        self.cache = cache if cache is not None else DnsCache(ttl_cap, max_entries)
         self.parse_stats = ParseStats()
         self.poll_ms = poll_ms
-        self._lock = threading.Lock()
         self._bpf = None
         self._att: bpfload.Attachments | None = None
         self._thread: threading.Thread | None = None
@@ -69,26 +69,22 @@ class DnsTracer:
         payload = raw[EVENT_HDR.size: EVENT_HDR.size + n]
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         client_ip = socket.inet_ntop(af, client[: 4 if family == 4 else 16])
-        with self._lock:
-            self._events += 1
-            answers = parse_response(payload, self.parse_stats)
-            if answers:
-                self.cache.observe(client_ip, answers, time.time())
+        self._events += 1      # only this thread writes these counters
+        answers = parse_response(payload, self.parse_stats)
+        if answers:
+            self.cache.observe(client_ip, answers, time.time())
         return 0
 
-    def poll(self, timeout_ms: int = 0) -> None:
-        """Consume pending events now (the thread does this continuously)."""
-        if self._bpf is not None:
-            self._bpf.ring_buffer_consume()
+    def start(self) -> "DnsTracer":
+        self.open()
+        return self
 
     def take_window(self) -> list[Lookup]:
-        with self._lock:
-            self.cache.expire(time.time())
-            return self.cache.take_window()
+        self.cache.expire(time.time())
+        return self.cache.take_window()
 
     def lookup(self, ip: str) -> str | None:
-        with self._lock:
-            return self.cache.lookup(ip, time.time())
+        return self.cache.lookup(ip, time.time())
 
     def stats(self) -> dict[str, int]:
         out = {"dns_events": self._events, "dns_cache_entries": len(self.cache),
