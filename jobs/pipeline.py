@@ -1,0 +1,71 @@
+"""The cost job's stages composed: raw flows -> costs/flows (docs/costing.md).
+
+    encode -> orient -> resolve -> classify -> price -> conform(COST_FLOWS)
+
+`cost_flows` is pure and independent per batch (the Ray driver runs it per hour in
+parallel); `apply_egress_tiers` then adds the tiered internet-egress cost, hour by hour in
+time order, carrying month-to-date offsets per (provider, region).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from jobs import classify as _classify
+from jobs import pricing as _pricing
+from jobs import resolve as _resolve
+from jobs.config import JobConfig
+from jobs.dns import DnsIndex
+from jobs.inventory import Snapshots
+from jobs.ipaddr import PrefixTable
+from jobs.ipranges import CloudRanges
+from jobs.pricing import RateCards, apply_egress_tiers, egress_bytes  # noqa: F401 (re-exported)
+from jobs.rollup import rollup_namespace_hourly, rollup_workload_daily  # noqa: F401 (re-exported)
+from lake import schema as S
+
+
+@dataclass
+class Context:
+    """Everything cost_flows needs besides the flows; built once per run, shared by batches."""
+    config: JobConfig
+    pods: Snapshots
+    services: Snapshots
+    nodes: Snapshots
+    endpoints: Snapshots
+    dns: DnsIndex
+    ranges: CloudRanges | None
+    cards: RateCards
+    rules: PrefixTable | None
+
+
+def build_context(inventory_tables: dict[str, pa.Table], dns: pa.Table | None, config: JobConfig,
+                  ranges: CloudRanges | None, cards: RateCards | None = None) -> Context:
+    """`inventory_tables` by kind ("pods", "services", "nodes", "endpoints"; "inventory/pods"
+    also accepted), each holding all snapshots the run may need; missing kinds are empty."""
+    inv = {k.rsplit("/", 1)[-1]: v for k, v in (inventory_tables or {}).items()}
+    unknown = set(inv) - set(S.INVENTORY_KINDS)
+    if unknown:
+        raise ValueError(f"unknown inventory kind(s): {', '.join(sorted(unknown))}")
+    return Context(
+        config=config,
+        pods=Snapshots("pods", inv.get("pods")),
+        services=Snapshots("services", inv.get("services")),
+        nodes=Snapshots("nodes", inv.get("nodes")),
+        endpoints=Snapshots("endpoints", inv.get("endpoints")),
+        dns=DnsIndex(dns, config.dns_lookback_s),
+        ranges=ranges,
+        cards=cards or _pricing.default_cards(),
+        rules=_classify.rules_table(config.rules),
+    )
+
+
+def cost_flows(raw_flows: pa.Table, ctx: Context) -> pa.Table:
+    """Raw flow rows (RAW_FLOWS; IP columns may be dictionary-encoded) -> COST_FLOWS rows,
+    priced except for the tiered part of internet egress."""
+    t = _resolve.encode(raw_flows)
+    t = _resolve.orient(t, ctx)
+    t = _resolve.resolve(t, ctx)
+    t = _classify.classify(t, ctx)
+    t = _pricing.price(t, ctx)
+    return S.conform(t, S.COST_FLOWS)

@@ -1,0 +1,337 @@
+"""Resolution stages: raw flow rows -> oriented rows -> rows with source and destination
+attributed as of their window (docs/costing.md §1-4).
+
+Stages (all pure, Arrow in, Arrow out):
+- `encode(raw)`: RAW_FLOWS with src_ip/dst_ip/orig_dst_ip as dictionary<int32, string>
+  columns sharing ONE dictionary of unique addresses (everything downstream resolves that
+  dictionary once and maps back by index), window_end and node dictionary-encoded.
+- `orient(t, ctx)`: drops inbound rows whose peer is a cluster pod or node (the peer's node
+  reports the same flow as outbound) and turns the remaining inbound rows around so src_* is
+  always the cluster side.
+- `resolve(t, ctx)`: the COST_FLOWS attribution columns (src_* and dst_* up to dst_domain)
+  as dictionary-encoded arrays; traffic_class, cloud tags and cost come later.
+
+Per call, each inventory kind contributes only the snapshots the rows' windows select, and
+each lookup is keyed by (snapshot, id into a per-call dictionary): integer indexing over the
+rows, never string joins.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.inventory import KeyLookup, ids_in, to_us
+from lake import schema as S
+
+IP_COLS = ("src_ip", "dst_ip", "orig_dst_ip")
+KIND = {k: i for i, k in enumerate(S.DST_KINDS)}
+
+
+# ------------------------------------------------------------------ helpers
+
+def _single(col) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        if pa.types.is_dictionary(col.type) and col.num_chunks > 1:
+            col = col.unify_dictionaries()
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return col
+
+
+def dict_parts(col) -> tuple[pa.Array, np.ndarray]:
+    """(dictionary, int64 codes with -1 for null) of a column, encoding it if needed."""
+    col = _single(col)
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    codes = col.indices.cast(pa.int64()).fill_null(-1).to_numpy()
+    return col.dictionary, codes
+
+
+def pick(dictionary: pa.Array, idx: np.ndarray) -> pa.DictionaryArray:
+    """dictionary[idx] as a dictionary array; idx < 0 gives null."""
+    ind = pa.array(idx.astype(np.int32, copy=False), pa.int32(), mask=idx < 0)
+    return pa.DictionaryArray.from_arrays(ind, dictionary.cast(pa.string()))
+
+
+def choose(n: int, parts: list[tuple[np.ndarray, pa.Array, np.ndarray]]) -> pa.DictionaryArray:
+    """First part whose mask is true (and index >= 0) gives the row's value, else null."""
+    out = np.full(n, -1, np.int64)
+    done = np.zeros(n, bool)
+    dicts, offset = [], 0
+    for mask, dictionary, idx in parts:
+        m = mask & ~done & (idx >= 0)
+        out[m] = idx[m] + offset
+        done |= m
+        dicts.append(dictionary.cast(pa.string()))
+        offset += len(dictionary)
+    dictionary = pa.concat_arrays(dicts) if dicts else pa.array([], pa.string())
+    return pick(dictionary, out)
+
+
+def valid(col) -> np.ndarray:
+    return pc.is_valid(_single(col)).to_numpy(zero_copy_only=False)
+
+
+def equals(col, value: str) -> np.ndarray:
+    """col == value per row (false for null), computed on the dictionary."""
+    d, codes = dict_parts(col)
+    hit = pc.fill_null(pc.equal(d.cast(pa.string()), value), False).to_numpy(zero_copy_only=False)
+    return np.where(codes >= 0, hit[np.maximum(codes, 0)], False) if len(hit) else np.zeros(len(codes), bool)
+
+
+def common_codes(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of two string columns in one shared dictionary (-1 for null)."""
+    da, ca = dict_parts(a)
+    db, cb = dict_parts(b)
+    u = pc.unique(pa.concat_arrays([da.cast(pa.string()), db.cast(pa.string())]))
+    ma, mb = ids_in(da, u), ids_in(db, u)
+    ra = np.where(ca >= 0, ma[np.maximum(ca, 0)] if len(ma) else -1, -1)
+    rb = np.where(cb >= 0, mb[np.maximum(cb, 0)] if len(mb) else -1, -1)
+    return ra, rb
+
+
+# ------------------------------------------------------------------ encode
+
+def encode(raw: pa.Table) -> pa.Table:
+    """RAW_FLOWS with the three IP columns sharing one dictionary (input may already be
+    dictionary-encoded, e.g. read with read_dictionary)."""
+    cols = {}
+    for field in S.RAW_FLOWS:
+        if field.name not in raw.column_names:
+            cols[field.name] = pa.nulls(raw.num_rows, field.type)
+            continue
+        col = raw.column(field.name)
+        if pa.types.is_dictionary(col.type) or col.type.equals(field.type):
+            cols[field.name] = col
+        else:
+            try:
+                cols[field.name] = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(f"raw flows column {field.name!r}: cannot cast {col.type} to {field.type}") from exc
+    parts = [dict_parts(cols[c]) for c in IP_COLS]
+    ipd = pc.unique(pa.concat_arrays([d.cast(pa.string()) for d, _ in parts]).drop_null())
+    for name, (d, codes) in zip(IP_COLS, parts):
+        remap = ids_in(d, ipd)
+        ids = np.where(codes >= 0, remap[np.maximum(codes, 0)] if len(remap) else -1, -1)
+        cols[name] = pick(ipd, ids)
+    cols["node"] = _single(cols["node"])
+    if not pa.types.is_dictionary(cols["node"].type):
+        cols["node"] = pc.dictionary_encode(cols["node"])
+    return pa.table(cols)
+
+
+def shared_ip_dictionary(t: pa.Table) -> tuple[pa.Array, dict[str, np.ndarray]]:
+    """The IP dictionary and codes of the three IP columns (re-unified if needed)."""
+    cols = [_single(t.column(c)) for c in IP_COLS]
+    if all(pa.types.is_dictionary(c.type) for c in cols) and cols[0].dictionary.equals(cols[1].dictionary) \
+            and cols[0].dictionary.equals(cols[2].dictionary):
+        ipd = cols[0].dictionary
+        return ipd, {c: a.indices.cast(pa.int64()).fill_null(-1).to_numpy() for c, a in zip(IP_COLS, cols)}
+    e = encode(t.select(list(IP_COLS) + ["node"]))
+    return shared_ip_dictionary(e)
+
+
+# ------------------------------------------------------------------ as-of selection
+
+class AsOf:
+    """One inventory kind restricted to the snapshots a batch of rows needs."""
+
+    def __init__(self, snaps, we_codes: np.ndarray, we_unique: np.ndarray):
+        g = snaps.snap_of(we_unique)
+        used = np.unique(g[g >= 0])
+        self.table, self.local, g2l = snaps.select(used)
+        self.n = len(used)
+        self.snap = np.where(g >= 0, g2l[np.maximum(g, 0)], -1)[we_codes] if len(g) else np.zeros(0, np.int64)
+        self.rows = np.arange(self.table.num_rows)
+
+
+def window_codes(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes per row, unique window_end in us, window_end per row in us)."""
+    enc = _single(t.column("window_end"))
+    if not pa.types.is_dictionary(enc.type):
+        enc = pc.dictionary_encode(enc)
+    uniq = to_us(enc.dictionary)
+    codes = enc.indices.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    return codes, uniq, uniq[codes] if len(uniq) else np.zeros(0, np.int64)
+
+
+class Inventory:
+    """Per-call lookups over the as-of inventory (pods, nodes, services, endpoints)."""
+
+    def __init__(self, ctx, t: pa.Table, ipd: pa.Array, node_dict: pa.Array | None = None):
+        codes, uniq, self.we = window_codes(t)
+        self.pods = AsOf(ctx.pods, codes, uniq)
+        self.nodes = AsOf(ctx.nodes, codes, uniq)
+        self.services = AsOf(ctx.services, codes, uniq)
+        self.endpoints = AsOf(ctx.endpoints, codes, uniq)
+        n_ip = len(ipd)
+        P, N, E = self.pods.table, self.nodes.table, self.endpoints.table
+        # node names: one dictionary for the reporting node, pods' nodes, endpoints' nodes
+        names = [N.column("name"), P.column("node"), E.column("node")]
+        if node_dict is not None:
+            names.append(node_dict)
+        self.names = pc.unique(pa.concat_arrays([_single(c).cast(pa.string()) for c in names]).drop_null())
+        n_names = len(self.names)
+        # pods: non-hostNetwork by IP; Running pods win over others holding the same IP
+        hostnet = pc.fill_null(_single(P.column("host_network")), False).to_numpy(zero_copy_only=False)
+        running = pc.fill_null(pc.equal(_single(P.column("phase")), "Running"), False).to_numpy(zero_copy_only=False)
+        order = np.lexsort((running,))
+        pod_ip = ids_in(P.column("ip"), ipd)
+        self.pod_node = ids_in(P.column("node"), self.names)
+        o = order[~hostnet[order]]
+        self.pod_by_ip = KeyLookup(self.pods.local[o], pod_ip[o], o, self.pods.n, n_ip)
+        h = order[hostnet[order]]
+        self.hostnet_by_ip = KeyLookup(self.pods.local[h], pod_ip[h], self.pod_node[h], self.pods.n, n_ip)
+        # nodes: by name (row) and by internal/external IP (name id)
+        node_name = ids_in(N.column("name"), self.names)
+        self.node_by_name = KeyLookup(self.nodes.local, node_name, self.nodes.rows, self.nodes.n, n_names)
+        loc2 = np.concatenate([self.nodes.local, self.nodes.local])
+        ips2 = np.concatenate([ids_in(N.column("external_ip"), ipd), ids_in(N.column("internal_ip"), ipd)])
+        self.node_by_ip = KeyLookup(loc2, ips2, np.concatenate([node_name, node_name]), self.nodes.n, n_ip)
+        fill = lambda col, v: pc.fill_null(_single(col).cast(pa.string()), v)
+        self.node_zone = _single(N.column("zone")).cast(pa.string())
+        self.node_region = fill(N.column("region"), ctx.config.region)
+        self.node_provider = pc.utf8_lower(fill(N.column("provider"), ctx.config.provider))
+        # services by ClusterIP
+        Sv = self.services.table
+        self.svc_by_ip = KeyLookup(self.services.local, ids_in(Sv.column("cluster_ip"), ipd),
+                                   self.services.rows, self.services.n, n_ip)
+        # endpoints by IP: the smallest (namespace, service, port) wins, so written last
+        if E.num_rows:
+            eorder = pc.sort_indices(E, sort_keys=[("namespace", "descending"), ("service", "descending"),
+                                                  ("port", "descending")]).to_numpy()
+        else:
+            eorder = np.zeros(0, np.int64)
+        self.ep_by_ip = KeyLookup(self.endpoints.local[eorder], ids_in(E.column("ip"), ipd)[eorder],
+                                  eorder, self.endpoints.n, n_ip)
+        self.ep_node = ids_in(E.column("node"), self.names)
+
+    def node_ip_owner(self, ip_ids: np.ndarray) -> np.ndarray:
+        """Node name id when the address is a node's (or a hostNetwork pod's), else -1."""
+        a = self.node_by_ip(self.nodes.snap, ip_ids)
+        return np.where(a >= 0, a, self.hostnet_by_ip(self.pods.snap, ip_ids))
+
+
+# ------------------------------------------------------------------ orient
+
+def orient(t: pa.Table, ctx) -> pa.Table:
+    """Keep outbound rows; drop inbound rows from cluster peers; turn the rest around."""
+    direction = equals(t.column("direction"), "inbound")
+    if not direction.any():
+        return t
+    ipd, ids = shared_ip_dictionary(t)
+    inb_idx = np.flatnonzero(direction)
+    sub = t.take(pa.array(inb_idx))
+    inv = Inventory(ctx, sub, ipd)
+    src = ids["src_ip"][inb_idx]
+    cluster = (inv.pod_by_ip(inv.pods.snap, src) >= 0) | (inv.node_ip_owner(src) >= 0)
+    keep_in = pa.array(~cluster)
+    out = t.filter(pa.array(~direction))
+    inb = sub.filter(keep_in)
+    swap = {"src_ip": "dst_ip", "dst_ip": "src_ip", "orig_dst_ip": "src_ip", "dst_port": "orig_dst_port",
+            "tx_bytes": "rx_bytes", "rx_bytes": "tx_bytes", "tx_packets": "rx_packets", "rx_packets": "tx_packets",
+            "src_pod": "dst_pod", "dst_pod": "src_pod", "src_namespace": "dst_namespace",
+            "dst_namespace": "src_namespace"}
+    turned = pa.table({name: inb.column(swap.get(name, name)) for name in t.column_names}, schema=t.schema)
+    res = pa.concat_tables([out, turned])
+    return res
+
+
+# ------------------------------------------------------------------ resolve
+
+def resolve(t: pa.Table, ctx) -> pa.Table:
+    """Attribute every row's source and destination as of its window (docs/costing.md §3-4)."""
+    n = t.num_rows
+    ipd, ids = shared_ip_dictionary(t)
+    sid, did, oid = ids["src_ip"], ids["dst_ip"], ids["orig_dst_ip"]
+    node_dict, node_codes = dict_parts(t.column("node"))
+    inv = Inventory(ctx, t, ipd, node_dict)
+    P, N, Sv, E = inv.pods.table, inv.nodes.table, inv.services.table, inv.endpoints.table
+    psnap, nsnap, ssnap, esnap = inv.pods.snap, inv.nodes.snap, inv.services.snap, inv.endpoints.snap
+    every = np.ones(n, bool)
+
+    # ---- source (§3)
+    name_map = ids_in(node_dict, inv.names)
+    src_node_id = np.where(node_codes >= 0, name_map[np.maximum(node_codes, 0)] if len(name_map) else -1, -1)
+    srow = inv.node_by_name(nsnap, src_node_id)
+    src_is_node = inv.node_ip_owner(sid) >= 0
+    r_ip = inv.pod_by_ip(psnap, sid)
+    pod_d, pod_code = dict_parts(t.column("src_pod"))
+    ns_d, ns_code = dict_parts(t.column("src_namespace"))
+    raw = pod_code >= 0
+    # does the raw (agent-enriched) pod name agree with the as-of pod at src_ip?
+    inv_pod_code, inv_ns_code = ids_in(P.column("name"), pod_d), ids_in(P.column("namespace"), ns_d)
+    rsafe = np.maximum(r_ip, 0)
+    if P.num_rows:
+        agree = (r_ip >= 0) & (inv_pod_code[rsafe] == pod_code) & (inv_ns_code[rsafe] == ns_code)
+    else:
+        agree = np.zeros(n, bool)
+    w_row = np.where(raw, np.where(agree, r_ip, -1), r_ip)
+    other = np.flatnonzero(raw & ~agree & ~src_is_node)
+    if len(other) and P.num_rows:
+        # the agent named a pod the IP lookup did not find: find it by namespace/name
+        n_pod = max(len(pod_d), 1)
+        key = np.where((inv_pod_code >= 0) & (inv_ns_code >= 0), inv_ns_code * n_pod + inv_pod_code, -1)
+        by_name = KeyLookup(inv.pods.local, key, inv.pods.rows, inv.pods.n, (len(ns_d) + 1) * n_pod)
+        qk = np.where(ns_code[other] >= 0, ns_code[other] * n_pod + pod_code[other], -1)
+        w_row[other] = by_name(psnap[other], qk)
+    w_row = np.where(src_is_node, -1, w_row)
+    app = ~src_is_node
+    cfg = ctx.config
+    cols = {
+        "window_start": t.column("window_start"),
+        "window_end": t.column("window_end"),
+        "direction": t.column("direction"),
+        "src_node": t.column("node"),
+        "src_zone": pick(inv.node_zone, srow),
+        "src_region": choose(n, [(every, inv.node_region, srow), (every, pa.array([cfg.region]), np.zeros(n, np.int64))]),
+        "src_provider": choose(n, [(every, inv.node_provider, srow), (every, pa.array([cfg.provider]), np.zeros(n, np.int64))]),
+        "src_ip": t.column("src_ip"),
+        "src_namespace": choose(n, [(raw & app, ns_d, ns_code), (~raw & app, P.column("namespace").combine_chunks(), r_ip)]),
+        "src_pod": choose(n, [(raw & app, pod_d, pod_code), (~raw & app, P.column("name").combine_chunks(), r_ip)]),
+        "src_workload_kind": pick(_single(P.column("workload_kind")), w_row),
+        "src_workload": pick(_single(P.column("workload_name")), w_row),
+    }
+
+    # ---- destination (§4)
+    r_pod = inv.pod_by_ip(psnap, did)
+    svc = inv.svc_by_ip(ssnap, oid)
+    svc = np.where(svc >= 0, svc, inv.svc_by_ip(ssnap, did))
+    dn_ip = inv.node_ip_owner(did)
+    ep = inv.ep_by_ip(esnap, did)
+    kind = np.full(n, KIND["external"], np.int64)
+    kind = np.where(ep >= 0, KIND["endpoint"], kind)
+    kind = np.where(dn_ip >= 0, KIND["node"], kind)
+    kind = np.where(r_pod >= 0, KIND["pod"], kind)
+    kind = np.where(svc >= 0, KIND["service"], kind)
+    pod_node = inv.pod_node[np.maximum(r_pod, 0)] if P.num_rows else np.full(n, -1)
+    ep_node = inv.ep_node[np.maximum(ep, 0)] if E.num_rows else np.full(n, -1)
+    dst_node = np.where(r_pod >= 0, pod_node, np.where(dn_ip >= 0, dn_ip, np.where(ep >= 0, ep_node, -1)))
+    drow = inv.node_by_name(nsnap, dst_node)
+    backend = (r_pod >= 0) | (dn_ip >= 0)
+    is_svc, is_pod, is_node, is_ep = (kind == KIND[k] for k in ("service", "pod", "node", "endpoint"))
+    s_ = lambda c: _single(c)
+    cols.update({
+        "dst_kind": pick(pa.array(S.DST_KINDS), kind),
+        "dst_namespace": choose(n, [(is_svc, s_(Sv.column("namespace")), svc), (is_pod, s_(P.column("namespace")), r_pod),
+                                    (is_ep, s_(E.column("namespace")), ep)]),
+        "dst_name": choose(n, [(is_svc, s_(Sv.column("name")), svc), (is_pod, s_(P.column("name")), r_pod),
+                               (is_node, inv.names, dn_ip), (is_ep, s_(E.column("service")), ep)]),
+        "dst_service": pick(s_(Sv.column("name")), svc),
+        "dst_pod": pick(s_(P.column("name")), r_pod),
+        "dst_workload_kind": pick(s_(P.column("workload_kind")), r_pod),
+        "dst_workload": pick(s_(P.column("workload_name")), r_pod),
+        "dst_node": pick(inv.names, dst_node),
+        "dst_zone": choose(n, [(backend, inv.node_zone, drow), (ep >= 0, s_(E.column("zone")), ep),
+                               (ep >= 0, inv.node_zone, drow)]),
+        "dst_region": pick(inv.node_region, drow),
+        "dst_domain": ctx.dns.lookup(ipd, sid, did, inv.we),
+        "dst_ip": t.column("dst_ip"),
+        "dst_port": t.column("dst_port"),
+        "proto": t.column("proto"),
+        "tx_bytes": t.column("tx_bytes"),
+        "rx_bytes": t.column("rx_bytes"),
+        "tx_packets": t.column("tx_packets"),
+        "rx_packets": t.column("rx_packets"),
+    })
+    return pa.table(cols)
