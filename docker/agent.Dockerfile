@@ -21,20 +21,22 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/netmon
-# Dependencies first (cached layer), installed from the same pins as CI and scripts/setup.sh.
-COPY pyproject.toml constraints.txt ./
+# Installed from the same pins as CI and scripts/setup.sh.
+COPY pyproject.toml constraints.txt README.md ./
 COPY lake/ lake/
 COPY node_agent/ node_agent/
+# The eBPF C sources, compiled by BCC on the node. node_agent/bpfload.py finds them beside
+# its own package (node_agent/../bpf), so the package is installed in place (editable, as
+# scripts/setup.sh does) and runs from /opt/netmon, next to /opt/netmon/bpf.
+COPY bpf/ bpf/
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install -c constraints.txt ".[agent]" \
+ && /opt/venv/bin/pip install -c constraints.txt -e ".[agent]" \
  # BCC's Python module is pure ctypes over the system libbcc: link it into the venv, as
  # scripts/setup.sh does (the PyPI package named `bcc` is unrelated).
  && ln -s /usr/lib/python3/dist-packages/bcc \
       "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc" \
- && /opt/venv/bin/python -c "import bcc, node_agent"
+ && cd / && /opt/venv/bin/python -c "import bcc, node_agent.bpfload as b; assert b.BPF_SRC_DIR.is_dir(), b.BPF_SRC_DIR"
 
-# The eBPF C sources, loaded by BCC at run time (working directory /opt/netmon).
-COPY bpf/ bpf/
 ENV PATH=/opt/venv/bin:$PATH
 
 # Runs as root by default: the DaemonSet needs it (privileged, conntrack, eBPF). The

@@ -15,9 +15,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 USER root
 WORKDIR /opt/netmon
-COPY pyproject.toml constraints.txt ./
+COPY pyproject.toml constraints.txt README.md ./
 COPY lake/ lake/
-COPY node_agent/ node_agent/
 COPY jobs/ jobs/
 # Installed into the image's own Python (the one `ray start` runs), pinned by constraints.txt,
 # so the cluster's Ray is exactly the 2.60.0 the base image ships.

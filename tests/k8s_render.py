@@ -44,7 +44,7 @@ def load_yaml_docs(path: str) -> list[dict]:
         return [d for d in yaml.safe_load_all(f) if d]
 
 
-def _key(obj: dict) -> tuple[str, str, str]:
+def object_key(obj: dict) -> tuple[str, str, str]:
     md = obj.get("metadata", {})
     return obj["kind"], md.get("namespace", ""), md["name"]
 

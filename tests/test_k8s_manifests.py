@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
-from k8s_render import _key, render, split_image  # noqa: E402
+from k8s_render import object_key, render, split_image  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K8S = os.path.join(ROOT, "k8s")
@@ -104,8 +104,8 @@ def env_of(container: dict, objs: list[dict]) -> dict[str, str]:
 def test_renderer_matches_kubectl_kustomize(target):
     out = subprocess.run(["kubectl", "kustomize", os.path.join(K8S, target)],
                          capture_output=True, text=True, check=True).stdout
-    real = {_key(o): o for o in yaml.safe_load_all(out) if o}
-    mine = {_key(o): o for o in render(os.path.join(K8S, target))}
+    real = {object_key(o): o for o in yaml.safe_load_all(out) if o}
+    mine = {object_key(o): o for o in render(os.path.join(K8S, target))}
     assert sorted(mine) == sorted(real)
     for k in real:
         assert mine[k] == real[k], k
@@ -113,7 +113,7 @@ def test_renderer_matches_kubectl_kustomize(target):
 
 def test_rendered_names_are_unique(rendered):
     _, objs = rendered
-    keys = [_key(o) for o in objs]
+    keys = [object_key(o) for o in objs]
     assert len(keys) == len(set(keys))
 
 
@@ -501,7 +501,10 @@ def test_dockerfile_pins_and_sources(name):
         for pkg in ("bpfcc-tools", "python3-bpfcc", "conntrack", "nftables", "iproute2"):
             assert re.search(rf"\b{pkg}\b", runs), pkg
         assert "/usr/lib/python3/dist-packages/bcc" in runs
-        assert ("COPY", "bpf/ bpf/") in instrs
+        # node_agent/bpfload.py looks for the C sources at node_agent/../bpf: both are copied
+        # side by side and the package is installed in place (editable), not into site-packages.
+        assert ("COPY", "bpf/ bpf/") in instrs and ("COPY", "node_agent/ node_agent/") in instrs
+        assert '-e ".[agent]"' in runs
         assert ("ENTRYPOINT", '["netmon-agent"]') in instrs
     else:
         assert image == "rayproject/ray" and tag == f"{constraint('ray')}-py311"
