@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="kubeconfig path (default: in-cluster config, else ~/.kube/config) [KUBECONFIG]")
         sp.add_argument("--listen", default=_env("NETMON_LISTEN", listen_default),
                         help=f"HOST:PORT for /healthz and /metrics, 'off' to disable (default {listen_default}) [NETMON_LISTEN]")
+        sp.add_argument("--upload-retry-max", default=_env("NETMON_UPLOAD_RETRY_MAX", "60s"),
+                        help="longest wait between upload retries while storage is down (default 60s) [NETMON_UPLOAD_RETRY_MAX]")
         sp.add_argument("--log-level", default=_env("NETMON_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="[NETMON_LOG_LEVEL]")
 
@@ -216,6 +218,7 @@ def cmd_run(args) -> int:
         raise UsageError(f"--poll-interval ({args.poll_interval}) must not be longer than --flush-interval ({args.flush_interval})")
     dns_ttl_cap = _duration("--dns-ttl-cap", args.dns_ttl_cap)
     listen = _listen(args.listen)
+    retry_max = _duration("--upload-retry-max", args.upload_retry_max)
     dns_mode = args.dns if args.dns is not None else (None if not args.standalone else False)
 
     metrics = Metrics()
@@ -237,7 +240,7 @@ def cmd_run(args) -> int:
     exporter = None
     try:
         health, health_server = _start_health(listen, max(3 * poll, 30.0), metrics)
-        exporter = Exporter(lake, spool, metrics).start()   # uploads what an earlier run spooled
+        exporter = Exporter(lake, spool, metrics, backoff_max=retry_max).start()  # uploads what an earlier run spooled
         if api is not None:
             from node_agent.informer import PodIndex
 
@@ -294,6 +297,7 @@ def cmd_inventory(args) -> int:
 
     interval = _duration("--interval", args.interval)
     listen = _listen(args.listen)
+    retry_max = _duration("--upload-retry-max", args.upload_retry_max)
     metrics = Metrics()
     lake, spool = _open_storage(args, metrics)
     api = _kube_api(args.kubeconfig)
@@ -305,7 +309,7 @@ def cmd_inventory(args) -> int:
     exporter = None
     try:
         health, health_server = _start_health(listen, max(3 * interval, 60.0), metrics)
-        exporter = Exporter(lake, spool, metrics).start()
+        exporter = Exporter(lake, spool, metrics, backoff_max=retry_max).start()
         run_inventory(api, exporter, interval, metrics, health, _stop_event())
     finally:
         if exporter is not None:
