@@ -19,6 +19,7 @@ Work unit: one hour of `raw/flows` (all nodes' windows whose window_start is in 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
+import numpy as np
 import pyarrow as pa
 
 from jobs import load
@@ -37,6 +39,8 @@ from lake import schema as S
 from lake.storage import Lake, open_lake
 
 HOUR = dt.timedelta(hours=1)
+#: Parquet metadata key of a cost partition: the month-to-date egress offsets it was tiered from.
+OFFSETS_META = b"netmon.egress_offsets"
 UTC = dt.timezone.utc
 _INV_NAME_RE = re.compile(r"^(?P<kind>pods|services|nodes|endpoints)-(?P<stamp>\d{8}T\d{6}Z)\.parquet$")
 
@@ -108,26 +112,25 @@ def _load_config(path: str | None):
 
 
 def _ranges_dir(opts_dir: str | None, cfg) -> str | None:
-    return opts_dir or getattr(cfg, "ip_ranges_dir", None)
+    return opts_dir or cfg.ip_ranges_dir
 
 
 _RANGES_CACHE: dict[str | None, Any] = {}
 
 
 def _ip_ranges(directory: str | None):
-    """Published cloud IP ranges, loaded once per worker process."""
+    """Published cloud IP ranges, loaded once per worker process (None: no cloud tagging)."""
+    if directory is None:
+        return None
     if directory not in _RANGES_CACHE:
-        from jobs import ipranges  # noqa: PLC0415
-        _RANGES_CACHE[directory] = ipranges.load_ranges(directory)
+        from jobs.ipranges import CloudRanges  # noqa: PLC0415
+        _RANGES_CACHE[directory] = CloudRanges.load_dir(directory)
     return _RANGES_CACHE[directory]
 
 
 def _build_context(inv: dict[str, pa.Table], dns: pa.Table, cfg, ranges_dir: str | None):
     from jobs import pipeline  # noqa: PLC0415
-    return pipeline.build_context(
-        pods=inv["pods"], services=inv["services"], nodes=inv["nodes"], endpoints=inv["endpoints"],
-        dns=dns, config=cfg, ranges=_ip_ranges(ranges_dir),
-    )
+    return pipeline.build_context(inv, dns, cfg, _ip_ranges(ranges_dir))
 
 
 def _egress_volumes(costs: pa.Table) -> dict[str, int]:
@@ -135,22 +138,35 @@ def _egress_volumes(costs: pa.Table) -> dict[str, int]:
     return {_key(k): int(v) for k, v in pipeline.egress_bytes(costs).items()}
 
 
-def _apply_tiers(costs: pa.Table, offsets: dict[str, int], cfg) -> pa.Table:
+def _tier_amounts(costs: pa.Table, offsets: dict[str, int]) -> np.ndarray:
+    """The tiered internet-egress cost of each row given month-to-date `offsets` (0 elsewhere)."""
     from jobs import pipeline  # noqa: PLC0415
-    tiered, _ = pipeline.apply_egress_tiers(costs, {_unkey(k): v for k, v in offsets.items()})
-    return tiered
+    i = costs.schema.get_field_index("cost_usd")
+    zero = costs.set_column(i, costs.schema.field(i), pa.array(np.zeros(costs.num_rows), pa.float64()))
+    tiered, _ = pipeline.apply_egress_tiers(zero, {_unkey(k): v for k, v in offsets.items()})
+    return tiered.column("cost_usd").to_numpy()
+
+
+def _apply_tiers(costs: pa.Table, offsets: dict[str, int], old_offsets: dict[str, int] | None) -> pa.Table:
+    """Add the tiered egress cost to pre-tier `costs`; with `old_offsets`, `costs` were already
+    tiered from those offsets (a stored partition): swap the old tier amounts for the new."""
+    cost = costs.column("cost_usd").to_numpy().astype(np.float64)
+    if old_offsets is not None:
+        old = _tier_amounts(costs, old_offsets)
+        cost = np.where(old != 0, cost - old, cost)
+    new = _tier_amounts(costs, offsets)
+    cost = np.where(new != 0, cost + new, cost)
+    i = costs.schema.get_field_index("cost_usd")
+    return costs.set_column(i, costs.schema.field(i), pa.array(cost, pa.float64()))
 
 
 def _key(k) -> str:
-    """Ledger key of an offsets key (the stages may use (provider, region) tuples)."""
+    """Ledger key of a tier key: the stages use (provider, region) tuples."""
     return "/".join(k) if isinstance(k, tuple) else str(k)
 
 
-def _unkey(k: str):
-    return tuple(k.split("/", 1)) if _TUPLE_KEYS else k
-
-
-_TUPLE_KEYS = True
+def _unkey(k: str) -> tuple[str, ...]:
+    return tuple(k.split("/", 1))
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -307,16 +323,29 @@ def compute_hour(lake_url: str, endpoint: str | None, spec: HourSpec,
 
 
 def finish_hour(lake_url: str, endpoint: str | None, hour: dt.datetime, costs: pa.Table | None,
-                offsets: dict[str, int], cfg) -> dict:
+                offsets: dict[str, int], old_offsets: dict[str, int] | None) -> dict:
     """Wave 2: tier the hour's internet egress from month-to-date `offsets`, write its partition.
-    `costs` None means re-tier the stored partition (an earlier hour of the month changed)."""
+    `costs` None means re-tier the stored partition (an earlier hour of the month changed): its
+    old tier amounts are recomputed from the offsets recorded in its metadata (`old_offsets`,
+    the ledger's, if absent) and swapped for the new ones.
+
+    The offsets a partition was tiered from are kept in its Parquet metadata, so re-tiering is
+    exact even if a crash left the ledger behind the partitions."""
     lake = _lake(lake_url, endpoint)
     rel = S.cost_file_path("costs/flows", hour)
     if costs is None:
-        costs = S.conform(lake.read_table(rel), S.COST_FLOWS)
+        stored = lake.read_table(rel)
+        meta = (stored.schema.metadata or {}).get(OFFSETS_META)
+        if meta is not None:
+            old_offsets = json.loads(meta)
+        costs = S.conform(stored, S.COST_FLOWS)
+    else:
+        old_offsets = None
     if costs.num_rows:
-        costs = S.conform(_apply_tiers(costs, offsets, cfg), S.COST_FLOWS)
-    lake.write_table(rel, costs)
+        costs = S.conform(_apply_tiers(costs, offsets, old_offsets), S.COST_FLOWS)
+    meta = dict(S.COST_FLOWS.metadata or {})
+    meta[OFFSETS_META] = json.dumps(dict(sorted(offsets.items()))).encode()
+    lake.write_table(rel, costs.replace_schema_metadata(meta))
     return {"hour": hour, "rows": costs.num_rows, "partial": sm.partial(costs)}
 
 
@@ -433,12 +462,7 @@ class _Progress:
 
 
 def _parse_lookback(cfg) -> dt.timedelta:
-    lb = getattr(cfg, "dns_lookback", None)
-    if lb is None:
-        return dt.timedelta(hours=24)
-    if isinstance(lb, dt.timedelta):
-        return lb
-    return dt.timedelta(seconds=float(lb))
+    return dt.timedelta(seconds=float(cfg.dns_lookback_s))
 
 
 def run_cost_job(opts: JobOptions) -> RunResult:
@@ -502,6 +526,8 @@ def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: _Pr
             h = pending.popleft()
             wave1[h] = ex.submit(compute_hour, url, ep, p.specs[h], inv_ref, cfg, ranges_dir, num_returns=2)
 
+    # offsets the stored partitions of re-tiered hours were priced with (before this run)
+    old = {h: p.ledgers[st.month_of(h)].offsets_before(h) for h in p.retier}
     infos: dict[dt.datetime, dict] = {}
     finals: list = []
     partials: list[dict] = []
@@ -521,11 +547,11 @@ def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: _Pr
             info = ex.get(info_ref)
             infos[h] = info
             ledger.set(h, info["egress"])
-            finals.append(ex.submit(finish_hour, url, ep, h, ex.arg(table_ref), ledger.offsets_before(h), cfg))
+            finals.append(ex.submit(finish_hour, url, ep, h, ex.arg(table_ref), ledger.offsets_before(h), None))
             del table_ref
             top_up()
         else:
-            finals.append(ex.submit(finish_hour, url, ep, h, None, ledger.offsets_before(h), cfg))
+            finals.append(ex.submit(finish_hour, url, ep, h, None, ledger.offsets_before(h), old[h]))
         collect(0)
     while finals:
         collect(None)
