@@ -82,6 +82,12 @@ def containers(pod: dict) -> list[dict]:
     return pod.get("initContainers", []) + pod["containers"]
 
 
+def flag(container: dict, name: str) -> str:
+    args = container["args"]
+    assert args.count(name) == 1, f"{container['name']}: {name} given {args.count(name)} times"
+    return args[args.index(name) + 1]
+
+
 def env_of(container: dict, objs: list[dict]) -> dict[str, str]:
     """The env a container gets from literal values and ConfigMaps (Secrets left out)."""
     env: dict[str, str] = {}
@@ -229,8 +235,9 @@ def test_agent_daemonset_exactly_as_the_spec(rendered):
         ("/usr/src", "/usr/src", True, "Directory"),
         ("/var/lib/netmon/spool", "/var/lib/netmon/spool", False, "DirectoryOrCreate"),
     }
-    # The agent is told where the host's cgroup v2 root is mounted.
-    assert c["args"][c["args"].index("--cgroup-path") + 1] == "/host/sys/fs/cgroup"
+    # The agent is told where the host's cgroup v2 root and its spool are mounted.
+    assert flag(c, "--cgroup-path") == "/host/sys/fs/cgroup"
+    assert flag(c, "--spool") == "/var/lib/netmon/spool"
 
 
 def test_inventory_deployment(rendered):
@@ -248,7 +255,27 @@ def test_inventory_deployment(rendered):
     agent = one(objs, "DaemonSet", "netmon-agent")["spec"]["template"]["spec"]["containers"][0]
     assert c["envFrom"] == agent["envFrom"]
     # With a read-only root, everything the process writes is a mounted volume.
-    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/var/lib/netmon/spool", "/tmp"}
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {flag(c, "--spool"), "/tmp"}
+
+
+@pytest.mark.parametrize("kind,name", [("DaemonSet", "netmon-agent"), ("Deployment", "netmon-inventory")])
+def test_command_lines_parse_with_the_real_cli(dev, monkeypatch, kind, name):
+    """The args and env the manifests give are what `netmon-agent` accepts and means."""
+    from node_agent.cli import build_parser
+
+    [c] = one(dev, kind, name)["spec"]["template"]["spec"]["containers"]
+    env = env_of(c, dev)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if any(e["name"] == "NODE_NAME" for e in c.get("env", [])):
+        monkeypatch.setenv("NODE_NAME", "node-a")   # the downward API's value at run time
+    args = build_parser().parse_args(c["args"])
+    assert args.command == c["args"][0]
+    assert args.lake == "s3://netmon/lake" and args.s3_endpoint == "http://minio.netmon.svc:9000"
+    assert args.spool in {m["mountPath"] for m in c["volumeMounts"]}
+    assert int(args.listen.rsplit(":", 1)[1]) == c["livenessProbe"]["httpGet"]["port"] == c["ports"][0]["containerPort"]
+    if kind == "DaemonSet":
+        assert args.node == "node-a" and args.cgroup_path == "/host/sys/fs/cgroup"
 
 
 RBAC = {
