@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K8S = os.path.join(ROOT, "k8s")
 TARGETS = ["base", "overlays/dev", "overlays/aws"]
 K8S_VERSION = "1.31.0"          # oldest Kubernetes we document support for
-WORKLOAD_KINDS = {"Deployment", "DaemonSet", "Job", "StatefulSet", "RayCronJob", "RayJob"}
+WORKLOAD_KINDS = {"Deployment", "DaemonSet", "Job", "StatefulSet", "ReplicaSet"}  # spec.template
 
 
 @pytest.fixture(scope="module", params=TARGETS)
@@ -67,6 +67,10 @@ def pod_templates(obj: dict) -> list[tuple[str, dict]]:
         if "submitterPodTemplate" in job:
             out.append(("submitter", job["submitterPodTemplate"]))
         return out
+    if obj["kind"] == "CronJob":
+        return [("pod", spec["jobTemplate"]["spec"]["template"])]
+    if obj["kind"] == "Pod":
+        return [("pod", obj)]
     if obj["kind"] in WORKLOAD_KINDS:
         return [("pod", spec["template"])]
     return []
