@@ -47,20 +47,63 @@ PROG_NAMES = (b"netmon_flow_in", b"netmon_flow_out")
 NatSource = Callable[[], Iterable[ConnSample]]
 
 
-def _default_nat_source() -> NatSource:
-    from node_agent.collectors.conntrack import ConntrackCollector  # lazy: pyroute2
+class ConntrackNat:
+    """NAT source: a dump-only ctnetlink socket (no DESTROY subscription: only the tuples are
+    needed) in this network namespace or `netns`, parsed by node_agent/netlink/ctparse.py."""
 
-    ct = ConntrackCollector()
-    opened = []
+    def __init__(self, netns: str | None = None, timeout: float = 30.0):
+        self.netns = netns
+        self.timeout = timeout
+        self._sock = None
+        self._seq = 0
 
-    def dump() -> Iterable[ConnSample]:
-        if not opened:
-            ct.open()
-            opened.append(True)
-        return ct.dump()
+    def _open(self) -> None:
+        from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST
+        from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
+        from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET, nfct_msg
+        from pyroute2.netns import create_socket
 
-    dump.close = ct.close  # type: ignore[attr-defined]
-    return dump
+        try:
+            self._sock = create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_NETFILTER)
+            self._sock.bind((0, 0))
+        except OSError as e:
+            raise CollectorError(f"ebpf collector: cannot open a ctnetlink socket for NAT lookups: {e.strerror or e}") from None
+        def request(seq: int) -> bytes:
+            msg = nfct_msg()
+            msg["header"]["type"] = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
+            msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+            msg["header"]["sequence_number"] = seq
+            msg["nfgen_family"] = socket.AF_UNSPEC   # IPv4 and IPv6
+            msg.encode()
+            return msg.data
+
+        self._request = request
+
+    def __call__(self) -> list[ConnSample]:
+        import select
+
+        from node_agent.netlink.ctparse import CtParser, ParseError
+
+        if self._sock is None:
+            self._open()
+        sock = self._sock
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        sock.send(self._request(self._seq))
+        parser, out, done = CtParser(), [], False
+        deadline = time.monotonic() + self.timeout
+        while not done:
+            if not select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise CollectorError("ebpf collector: conntrack dump for NAT lookups timed out")
+            try:
+                done = parser.feed(sock.recv(1 << 16), out)
+            except ParseError:
+                continue
+        return out
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 class _Conn:
@@ -82,12 +125,14 @@ class EbpfCollector(Collector):
         idle_timeout: float = 120.0,
         close_grace: float = 10.0,
         nat_source: NatSource | None = None,
+        conntrack_netns: str | None = None,
     ):
         self.cgroup_path = cgroup_path
         self.max_flows = int(max_flows)
         self.idle_ns = int(idle_timeout * 1e9)
         self.grace_ns = int(close_grace * 1e9)
-        self._nat_source = nat_source
+        # Where the NAT happened: the host netns on a node (kube-proxy); tests pass theirs.
+        self._nat_source = nat_source if nat_source is not None else ConntrackNat(conntrack_netns)
         self._bpf = None
         self._att: bpfload.Attachments | None = None
         self._flows = None
@@ -152,8 +197,6 @@ class EbpfCollector(Collector):
 
     def _nat_index(self) -> dict[tuple, tuple[tuple, bool]]:
         """Tuple view -> (canonical tuple, reversed?) for NAT'ed conntrack entries only."""
-        if self._nat_source is None:
-            self._nat_source = _default_nat_source()
         self._stats["nat_dumps"] += 1
         idx: dict[tuple, tuple[tuple, bool]] = {}
         for s in self._nat_source():

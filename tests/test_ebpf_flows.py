@@ -1,0 +1,237 @@
+"""eBPF flow collector against conntrack on the same traffic.
+
+Two namespaces (tests/netns.py): the client netns is "the node", with conntrack on and an
+nft DNAT that makes 10.96.0.10 / fd96::10 a "ClusterIP" for the server in the other netns.
+The client's processes run in a cgroup of our own where the BCC programs are attached (other
+traffic on this machine is not ours to count). Both collectors run at once, each feeds an
+Accounter, and the cut windows must be the same rows: same keys (real ports, ClusterIP as
+orig_dst_ip and the backend as dst_ip), bytes, packets and connections.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from netns import make_pair
+
+
+NAT = """
+table ip nm_nat {
+  chain out { type nat hook output priority -100;
+    ip daddr 10.96.0.10 tcp dport 80 dnat to 10.77.0.2:8080
+    ip daddr 10.96.0.10 udp dport 5353 dnat to 10.77.0.2:9090
+  }
+}
+table ip6 nm_nat6 {
+  chain out { type nat hook output priority -100;
+    ip6 daddr fd96::10 tcp dport 80 dnat to [fd77::2]:8080
+  }
+}
+"""
+
+SERVER = textwrap.dedent("""
+    import socket, struct, threading, time
+    def tcp_conn(c):
+        want = struct.unpack("!Q", c.recv(8, socket.MSG_WAITALL))[0]
+        while c.recv(65536):
+            pass
+        c.sendall(b"r" * want)
+        c.close()
+    def tcp():
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("::", 8080)); s.listen(16)
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=tcp_conn, args=(c,), daemon=True).start()
+    def udp():
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", 9090))
+        while True:
+            d, peer = s.recvfrom(65536)
+            s.sendto(b"u" * 100, peer)
+    threading.Thread(target=tcp, daemon=True).start()
+    threading.Thread(target=udp, daemon=True).start()
+    print("ready", flush=True)
+    time.sleep(300)
+""")
+
+CLIENT = textwrap.dedent("""
+    import socket, struct, subprocess
+    def tcp(host, port, send, reply):
+        s = socket.create_connection((host, port), timeout=10)
+        s.sendall(struct.pack("!Q", reply) + b"s" * send)
+        s.shutdown(socket.SHUT_WR)
+        got = 0
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += len(d)
+        s.close()
+        assert got == reply, (host, got)
+    def udp(fam, host, port, n, size):
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        s.connect((host, port))
+        for _ in range(n):
+            s.send(b"q" * size)
+            assert len(s.recv(1000)) == 100
+        s.close()
+    tcp("10.96.0.10", 80, 200000, 50000)       # via the v4 ClusterIP
+    tcp("10.96.0.10", 80, 3000, 10)            # a second connection of the same flow key
+    tcp("10.77.0.2", 8080, 30000, 1000)        # direct
+    tcp("fd96::10", 80, 70000, 7000)           # via the v6 ClusterIP
+    udp(socket.AF_INET, "10.96.0.10", 5353, 5, 300)
+    udp(socket.AF_INET6, "fd77::2", 9090, 3, 200)
+    subprocess.run(["ping", "-q", "-c", "3", "-i", "0.2", "-s", "100", "10.77.0.2"], check=True, capture_output=True)
+    subprocess.run(["ping", "-q", "-6", "-c", "2", "-i", "0.2", "fd77::2"], check=True, capture_output=True)
+    print("done")
+""")
+
+
+def _rows(table):
+    return sorted(table.drop_columns(["src_pod", "src_namespace", "dst_pod", "dst_namespace"]).to_pylist(),
+                  key=lambda r: (r["proto"], r["src_ip"], r["dst_ip"], r["orig_dst_ip"], r["orig_dst_port"], r["dst_port"]))
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+def test_ebpf_rows_equal_conntrack_rows():
+    from node_agent import bpfload
+    from node_agent.accounter import Accounter
+    from node_agent.collectors.conntrack import ConntrackCollector
+    from node_agent.collectors.ebpf import EbpfCollector
+
+    cgroup = os.path.join(bpfload.find_cgroup2(), f"netmon-test-{uuid.uuid4().hex[:6]}")
+    os.mkdir(cgroup)
+    client, server = make_pair("nmebpf")
+    srv = None
+    ct = eb = None
+    left = None
+    try:
+        client.enable_conntrack()
+        client.nft(NAT)
+        client.run("ip", "route", "add", "10.96.0.0/16", "dev", client.dev)
+        client.run("ip", "-6", "route", "add", "fd96::/64", "dev", client.dev)
+        srv = server.popen(sys.executable, "-c", SERVER, stdout=subprocess.PIPE, text=True)
+        assert srv.stdout.readline().strip() == "ready"
+
+        # a crashed earlier agent's attachments: open() must remove them
+        stale = bpfload.load("flows.c")
+        crashed = bpfload.Attachments(cgroup)
+        crashed.attach(stale, "netmon_flow_in", bpfload.CGROUP_INET_INGRESS)
+        crashed.attach(stale, "netmon_flow_out", bpfload.CGROUP_INET_EGRESS)
+        stale.cleanup()
+
+        ct = ConntrackCollector(netns=client.name)
+        ct.open()
+        eb = EbpfCollector(cgroup_path=cgroup, conntrack_netns=client.name, close_grace=1.0)
+        eb.open()
+        assert sorted(bpfload.attached_names(cgroup, 0) + bpfload.attached_names(cgroup, 1)) == [
+            b"netmon_flow_in", b"netmon_flow_out"]
+        acc_ct, acc_eb = Accounter(), Accounter()
+        acc_ct.poll(ct)
+        acc_eb.poll(eb)            # baselines (nothing yet)
+
+        def in_cgroup():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+        r = subprocess.run(client.cmd(sys.executable, "-c", CLIENT), preexec_fn=in_cgroup,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        time.sleep(1.5)            # past close_grace: closed TCP connections end in the ebpf collector
+        for _ in range(2):
+            acc_ct.poll(ct)
+            acc_eb.poll(eb)
+        ws = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+        we = ws + dt.timedelta(minutes=1)
+        local = {"10.77.0.1", "fd77::1"}
+        t_ct = acc_ct.cut(ws, we, "node-a", local)
+        t_eb = acc_eb.cut(ws, we, "node-a", local)
+        eb_stats = eb.stats()
+    finally:
+        if eb is not None:
+            eb.close()
+            left = bpfload.attached_names(cgroup, 0) + bpfload.attached_names(cgroup, 1)
+        if ct is not None:
+            ct.close()
+        if srv is not None:
+            srv.kill()
+            srv.wait()
+        client.delete()
+        server.delete()
+        os.rmdir(cgroup)
+
+    assert left == []                      # close() detached both programs
+    rows_ct, rows_eb = _rows(t_ct), _rows(t_eb)
+    assert t_eb.schema.equals(t_ct.schema)
+    assert rows_eb == rows_ct
+    by_key = {(r["proto"], r["orig_dst_ip"], r["orig_dst_port"]): r for r in rows_eb}
+    # NAT kept both ways: what was dialed and the real backend, with real ports
+    svc = by_key[(6, "10.96.0.10", 80)]
+    assert (svc["dst_ip"], svc["dst_port"], svc["connections"], svc["direction"]) == ("10.77.0.2", 8080, 2, "outbound")
+    assert svc["tx_bytes"] > 203000 + 16 and svc["rx_bytes"] > 50010
+    assert by_key[(6, "fd96::10", 80)]["dst_ip"] == "fd77::2"
+    # UDP bytes are exact: IP + UDP headers + payload
+    u4 = by_key[(17, "10.96.0.10", 5353)]
+    assert (u4["dst_ip"], u4["dst_port"]) == ("10.77.0.2", 9090)
+    assert (u4["tx_packets"], u4["tx_bytes"], u4["rx_packets"], u4["rx_bytes"]) == (5, 5 * 328, 5, 5 * 128)
+    u6 = by_key[(17, "fd77::2", 9090)]
+    assert (u6["tx_packets"], u6["tx_bytes"], u6["rx_bytes"]) == (3, 3 * 248, 3 * 148)
+    # ICMP echo: 3 requests of 100 bytes payload (+8 ICMP +20 IP), replies the same
+    p4 = by_key[(1, "10.77.0.2", 0)]
+    assert (p4["tx_packets"], p4["tx_bytes"], p4["rx_packets"], p4["rx_bytes"]) == (3, 384, 3, 384)
+    assert by_key[(58, "fd77::2", 0)]["tx_packets"] == 2
+    assert eb_stats["map_full_packets"] == 0 and eb_stats["nat_resolved"] >= 6
+    assert eb_stats["stale_detached"] == 2
+    assert eb_stats["ended"] == 4              # the closed TCP connections (UDP/ICMP wait for idle expiry)
+
+
+def test_clear_error_without_root():
+    # A child drops to nobody (or we already are not root): one clear CollectorError line.
+    code = textwrap.dedent("""
+        import os
+        from node_agent.collectors.base import CollectorError
+        from node_agent.collectors.ebpf import EbpfCollector
+        if os.geteuid() == 0:   # after the imports: nobody cannot read this interpreter's files
+            os.setgid(65534); os.setuid(65534)
+        try:
+            EbpfCollector().open()
+        except CollectorError as e:
+            print(e)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith("ebpf collector: eBPF needs root"), r.stdout
+
+
+def test_clear_error_without_kernel_headers(monkeypatch):
+    from node_agent import bpfload
+    from node_agent.collectors.base import CollectorError
+    from node_agent.collectors.ebpf import EbpfCollector
+
+    real = os.uname()
+    fake = os.uname_result((real.sysname, real.nodename, "0.0.0-netmon-none", real.version, real.machine))
+    monkeypatch.setattr(bpfload.os, "uname", lambda: fake)
+    monkeypatch.setattr(bpfload.os, "geteuid", lambda: 0)
+    with pytest.raises(CollectorError, match="kernel headers missing: /lib/modules/0.0.0-netmon-none/build"):
+        EbpfCollector().open()
+
+
+def test_cgroup_path_must_be_cgroup2(tmp_path):
+    from node_agent import bpfload
+
+    with pytest.raises(bpfload.BpfError, match="is not a cgroup v2 directory"):
+        bpfload.find_cgroup2(str(tmp_path))
