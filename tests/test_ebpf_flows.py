@@ -2,8 +2,9 @@
 
 Two namespaces (tests/netns.py): the client netns is "the node", with conntrack on and an
 nft DNAT that makes 10.96.0.10 / fd96::10 a "ClusterIP" for the server in the other netns.
-The client's processes run in a cgroup of our own where the BCC programs are attached (other
-traffic on this machine is not ours to count). Both collectors run at once, each feeds an
+Client and server processes run in a cgroup of our own where the BCC programs are attached
+(other traffic on this machine is not ours to count), so both ends of each connection are
+seen, in two network namespaces, as for two pods of one node. Both collectors run at once, each feeds an
 Accounter, and the cut windows must be the same rows: same keys (real ports, ClusterIP as
 orig_dst_ip and the backend as dst_ip), bytes, packets and connections.
 """
@@ -123,7 +124,13 @@ def test_ebpf_rows_equal_conntrack_rows():
         client.nft(NAT)
         client.run("ip", "route", "add", "10.96.0.0/16", "dev", client.dev)
         client.run("ip", "-6", "route", "add", "fd96::/64", "dev", client.dev)
-        srv = server.popen(sys.executable, "-c", SERVER, stdout=subprocess.PIPE, text=True)
+        def in_cgroup():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+        # The server runs in the traced cgroup too, as two pods of one node would: its end of
+        # every connection lands in another netns's map entries and must not count twice.
+        srv = server.popen(sys.executable, "-c", SERVER, stdout=subprocess.PIPE, text=True, preexec_fn=in_cgroup)
         assert srv.stdout.readline().strip() == "ready"
 
         # a crashed earlier agent's attachments: open() must remove them
@@ -142,10 +149,6 @@ def test_ebpf_rows_equal_conntrack_rows():
         acc_ct, acc_eb = Accounter(), Accounter()
         acc_ct.poll(ct)
         acc_eb.poll(eb)            # baselines (nothing yet)
-
-        def in_cgroup():
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
 
         r = subprocess.run(client.cmd(sys.executable, "-c", CLIENT), preexec_fn=in_cgroup,
                            capture_output=True, text=True, timeout=120)
@@ -196,6 +199,7 @@ def test_ebpf_rows_equal_conntrack_rows():
     assert eb_stats["map_full_packets"] == 0 and eb_stats["nat_resolved"] >= 6
     assert eb_stats["stale_detached"] == 2
     assert eb_stats["ended"] == 4              # the closed TCP connections (UDP/ICMP wait for idle expiry)
+    assert eb_stats["duplicates_dropped"] == 4  # ... each also seen from the server's netns
 
 
 def test_clear_error_without_root():
