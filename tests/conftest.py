@@ -90,3 +90,20 @@ def moto_s3(s3_env):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def costed_lake(tmp_path_factory):
+    """A small simulated lake (3 nodes, 2 hours) costed once per test session, in-process
+    (the Ray path is covered by the end-to-end tests). Tests must not modify it."""
+    from jobs.run import JobOptions, run_cost_job
+    from jobs.simulate import simulate
+    from lake.storage import open_lake
+
+    root = tmp_path_factory.mktemp("costed") / "lake"
+    lake = open_lake(str(root))
+    simulate(lake, nodes=3, hours=2, seed=11)
+    fixtures = os.path.join(os.path.dirname(__file__), "..", "jobs", "fixtures")
+    run_cost_job(JobOptions(lake_url=str(root), executor="inline", progress=None,
+                            ip_ranges_dir=os.path.abspath(fixtures)))
+    return root
