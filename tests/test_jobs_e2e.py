@@ -195,7 +195,7 @@ def test_duckdb_sql_over_the_output_gives_the_same_totals(local_run):
     costs = read_all(lake, "costs/flows")
     con = duckdb.connect()
     root = lake.root
-    by_class = dict((r[0], r[1:]) for r in con.sql(f"""
+    by_class = dict((r[0], r[1:]) for r in con.execute(f"""
         SELECT traffic_class, sum(tx_bytes), sum(rx_bytes), sum(cost_usd), count(*)
         FROM read_parquet('{root}/costs/flows/*/*/*.parquet', hive_partitioning = true)
         GROUP BY traffic_class""").fetchall())
@@ -206,13 +206,13 @@ def test_duckdb_sql_over_the_output_gives_the_same_totals(local_run):
         assert (tx, rx, n) == (want[k]["tx_bytes_sum"], want[k]["rx_bytes_sum"], want[k]["tx_bytes_count"])
         assert cost == pytest.approx(want[k]["cost_usd_sum"])
     # the hive partition columns agree with the rows' windows
-    bad = con.sql(f"""
+    bad = con.execute(f"""
         SELECT count(*) FROM read_parquet('{root}/costs/flows/*/*/*.parquet', hive_partitioning = true)
         WHERE strftime(window_start AT TIME ZONE 'UTC', '%Y-%m-%d') != CAST(date AS VARCHAR)
            OR CAST(hour AS INTEGER) != hour(window_start AT TIME ZONE 'UTC')""").fetchone()[0]
     assert bad == 0
     # and the rollup table queried by SQL matches the flow table queried by SQL
-    rows = con.sql(f"""
+    rows = con.execute(f"""
         WITH f AS (SELECT coalesce(src_namespace, '') ns, sum(cost_usd) c, sum(tx_bytes + rx_bytes) b
                    FROM read_parquet('{root}/costs/flows/*/*/*.parquet', hive_partitioning = true) GROUP BY 1),
              r AS (SELECT coalesce(namespace, '') ns, sum(cost_usd) c, sum(tx_bytes + rx_bytes) b
