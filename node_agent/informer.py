@@ -354,6 +354,47 @@ def _cut(resp) -> None:
             pass
 
 
+# --------------------------------------------------------------------------- list functions
+
+_QUERY_NAMES = (
+    ("field_selector", "fieldSelector"), ("label_selector", "labelSelector"), ("limit", "limit"),
+    ("_continue", "continue"), ("resource_version", "resourceVersion"), ("watch", "watch"),
+    ("allow_watch_bookmarks", "allowWatchBookmarks"), ("timeout_seconds", "timeoutSeconds"),
+)
+
+
+def api_lister(api, path: str) -> Callable[..., Any]:
+    """A list function for `Informer` on an API collection path (e.g. "/api/v1/pods"),
+    called like the client's generated `list_*` functions with `_preload_content=False`.
+
+    It runs the client's own request pipeline (ApiClient.param_serialize/call_api: the
+    configuration, token refresh, TLS and urllib3 transport of `api`) without importing the
+    generated API classes: `CoreV1Api` alone costs ~21 MiB and ~1 s to import here, which
+    the node agent's 128 MiB budget cannot spare.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    def list_func(*, _preload_content: bool = False, _request_timeout=None, **kwargs):
+        if _preload_content:
+            raise ValueError("api_lister functions return the raw response (_preload_content=False)")
+        unknown = set(kwargs) - {k for k, _ in _QUERY_NAMES}
+        if unknown:
+            raise TypeError(f"unexpected arguments {sorted(unknown)}")
+        query = [(wire, kwargs[k]) for k, wire in _QUERY_NAMES if kwargs.get(k) is not None]
+        method, url, headers, body, post = api.param_serialize(
+            method="GET", resource_path=path, query_params=query,
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        resp = api.call_api(method, url, header_params=headers, body=body, post_params=post,
+                            _request_timeout=_request_timeout)
+        if not 200 <= resp.status <= 299:
+            resp.read()
+            raise ApiException.from_response(http_resp=resp, body=None, data=None)
+        return resp.response
+
+    list_func.__name__ = f"list {path}"
+    return list_func
+
+
 # --------------------------------------------------------------------------- pod index
 
 
@@ -409,8 +450,6 @@ class PodIndex:
     """
 
     def __init__(self, api, node_name: str, *, start: bool = True, **informer_kwargs):
-        from kubernetes import client as k8s_client
-
         self.node_name = node_name
         self._lock = threading.Lock()
         self._pods: dict[str, tuple[tuple[str, ...], tuple]] = {}    # uid -> (ips, entry)
@@ -418,7 +457,7 @@ class PodIndex:
         self._best: dict[str, tuple[str, str, bool]] = {}            # ip -> answer
         informer_kwargs.setdefault("transform", _slim_pod)
         self.informer = Informer(
-            k8s_client.CoreV1Api(api).list_pod_for_all_namespaces,
+            api_lister(api, "/api/v1/pods"),
             field_selector=f"spec.nodeName={node_name}",
             name=f"pods@{node_name}",
             on_add=self._upsert,
@@ -515,3 +554,13 @@ def wait_all_synced(informers: Iterable[Informer], timeout: float | None) -> boo
         if not inf.wait_synced(left):
             return False
     return True
+
+
+def __getattr__(name: str):
+    # InventoryWatcher lives with the inventory builders (it needs pyarrow); importable from
+    # here too, since it is an informer user like PodIndex.
+    if name == "InventoryWatcher":
+        from node_agent.inventory import InventoryWatcher
+
+        return InventoryWatcher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
