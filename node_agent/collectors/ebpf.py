@@ -40,6 +40,11 @@ VAL = struct.Struct("=QQQQQQII")           # struct flow_val
 F_LOCAL_FIRST, F_FIN_ORIG, F_FIN_REPLY, F_RST = 1, 2, 4, 8
 S_FULL_PACKETS, S_FULL_BYTES, S_UNTRACKED, S_SHORT = range(4)
 ICMP_PROTOS = (1, 58)
+# ctnetlink (linux/netfilter/nfnetlink_conntrack.h, nf_conntrack_common.h)
+NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET = 1, 1
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+CTA_STATUS, CTA_STATUS_MASK = 3, 26
+IPS_DST_NAT = 1 << 5
 PROG_NAMES = (b"netmon_flow_in", b"netmon_flow_out")
 
 # A NAT source returns conntrack samples (only src/dst/sport/dport/reply_src/reply_sport and
@@ -49,18 +54,21 @@ NatSource = Callable[[], Iterable[ConnSample]]
 
 class ConntrackNat:
     """NAT source: a dump-only ctnetlink socket (no DESTROY subscription: only the tuples are
-    needed) in this network namespace or `netns`, parsed by node_agent/netlink/ctparse.py."""
+    needed) in this network namespace or `netns`, parsed by node_agent/netlink/ctparse.py.
+
+    The dump asks the kernel for DNAT'ed entries only (CTA_STATUS/CTA_STATUS_MASK filter,
+    Linux >= 5.19), so its cost follows the number of NAT'ed connections, not the table;
+    a kernel that rejects the filter gets a full dump (the index skips non-NAT entries)."""
 
     def __init__(self, netns: str | None = None, timeout: float = 30.0):
         self.netns = netns
         self.timeout = timeout
         self._sock = None
         self._seq = 0
+        self.filtered = True
 
     def _open(self) -> None:
-        from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST
-        from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
-        from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET, nfct_msg
+        from pyroute2.netlink import NETLINK_NETFILTER
         from pyroute2.netns import create_socket
 
         try:
@@ -68,18 +76,30 @@ class ConntrackNat:
             self._sock.bind((0, 0))
         except OSError as e:
             raise CollectorError(f"ebpf collector: cannot open a ctnetlink socket for NAT lookups: {e.strerror or e}") from None
-        def request(seq: int) -> bytes:
-            msg = nfct_msg()
-            msg["header"]["type"] = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
-            msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-            msg["header"]["sequence_number"] = seq
-            msg["nfgen_family"] = socket.AF_UNSPEC   # IPv4 and IPv6
-            msg.encode()
-            return msg.data
 
-        self._request = request
+    def _request(self, seq: int) -> bytes:
+        attrs = b""
+        if self.filtered:   # (status & IPS_DST_NAT) == IPS_DST_NAT
+            # attribute headers in host order, ctnetlink payloads in network order
+            attrs = (struct.pack("=HH", 8, CTA_STATUS) + struct.pack("!I", IPS_DST_NAT)
+                     + struct.pack("=HH", 8, CTA_STATUS_MASK) + struct.pack("!I", IPS_DST_NAT))
+        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0) + attrs    # nfgenmsg: both families
+        hdr = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+        return hdr + body
 
     def __call__(self) -> list[ConnSample]:
+        from node_agent.netlink.ctparse import NetlinkError
+
+        try:
+            return self._dump()
+        except NetlinkError:
+            if not self.filtered:
+                raise
+            self.filtered = False          # older kernel: no status filter in dumps
+            return self._dump()
+
+    def _dump(self) -> list[ConnSample]:
         import select
 
         from node_agent.netlink.ctparse import CtParser, ParseError
