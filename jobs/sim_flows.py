@@ -92,6 +92,7 @@ class _Static:
         self.e_sigma = np.array([e.sigma for e in c.edges], dtype=np.float64)
         self.e_fam6 = np.array([e.family == 6 for e in c.edges])
         self.e_inbound = np.array([e.inbound for e in c.edges])
+        self.e_split = np.array([e.target.startswith("svc:") or e.target == "out:s3" for e in c.edges])
         # target names -> group ids; "local" expands to one group per node at the end
         self.targets = sorted({e.target for e in c.edges if e.target != "local"})
         self.target_id = {t: i for i, t in enumerate(self.targets)}
@@ -248,9 +249,11 @@ def window_tables(c: Cluster, m: int) -> WindowTables:
     n = len(sel)
 
     # -- counters: heavy-tailed (lognormal) bytes around the edge's medians
+    # A pod's traffic to a service (or to S3) is spread over the backends it lands on.
     sigma = st.e_sigma[c_edge]
-    tx = np.maximum(np.exp(st.e_tx[c_edge] + sigma * rng.standard_normal(n)), 40).astype(np.int64)
-    rx = np.maximum(np.exp(st.e_rx[c_edge] + sigma * rng.standard_normal(n)), 40).astype(np.int64)
+    spread = np.where(st.e_split[c_edge], np.log(np.minimum(1.0, 2.0 / np.maximum(size[sel], 1))), 0.0)
+    tx = np.maximum(np.exp(st.e_tx[c_edge] + spread + sigma * rng.standard_normal(n)), 40).astype(np.int64)
+    rx = np.maximum(np.exp(st.e_rx[c_edge] + spread + sigma * rng.standard_normal(n)), 40).astype(np.int64)
     udp = st.e_proto[c_edge] == 17
     seg = np.where(udp, rng.uniform(60, 180, n), rng.uniform(300, 1448, n))
     tx_pk = np.maximum(np.ceil(tx / seg), 1).astype(np.int64)
