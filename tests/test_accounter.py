@@ -246,3 +246,24 @@ def test_naive_window_is_rejected():
     naive = dt.datetime(2026, 1, 1)
     with pytest.raises(ValueError, match="naive"):
         a.cut(naive, naive, "n1", LOCAL)
+
+
+def test_cut_does_not_import_pandas():
+    """pa.array(list) imports pandas (~55 MiB); the agent's 128 MiB budget cannot carry it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, datetime as dt, socket\n"
+        "from node_agent.accounter import Accounter\n"
+        "from node_agent.flows import ConnSample\n"
+        "a = Accounter(); a.observe_dump([])\n"
+        "ip = lambda s: socket.inet_pton(socket.AF_INET, s)\n"
+        "a.observe_dump([ConnSample(1, 4, 6, ip('10.0.0.1'), ip('10.0.0.2'), 1, 2, ip('10.0.0.2'), 2, 5, 1, 6, 1, False)])\n"
+        "t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)\n"
+        "assert a.cut(t, t, 'n1', {'10.0.0.1'}).num_rows == 1\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=__file__.rsplit("/tests/", 1)[0])
+    assert out.stdout.strip() == "False"

@@ -193,14 +193,92 @@ def parse_entry(buf, off: int, end: int, ended: bool) -> ConnSample:
     return ConnSample(ct_id, fam, proto, src, dst, sport, dport, reply[2], reply[4], ob, op, rb, rp, ended)
 
 
+def learn_layout(buf, off: int, end: int):
+    """A one-struct reader for messages shaped like this one, or None.
+
+    The kernel emits every entry of one kind (say IPv4 UDP with accounting on) with the
+    same attributes in the same order, so the whole message after nfgenmsg can be read by
+    one precompiled struct: it returns every attribute header (checked against this
+    message's headers, so a differently shaped message falls back to the generic walk)
+    and the fields we need. Only port-based tuples, 64-bit counters and CTA_ID qualify.
+    """
+    fmt = [">"]
+    headers: list[int] = []   # indexes of header words in the unpacked tuple
+    fields: dict[str, int] = {}
+    expected: list[int] = []
+    idx = 0
+    fam = None
+    pos = off
+    while pos + 4 <= end:
+        alen, atype = _NLA.unpack_from(buf, pos)
+        if alen < 4 or pos + alen > end:
+            return None
+        t = atype & _TYPE_MASK
+        padded = (alen + 3) & ~3
+        if pos + padded > end and pos + alen != end:
+            return None
+        fmt.append("I")
+        headers.append(idx)
+        expected.append(_BE32.unpack_from(buf, pos)[0])
+        idx += 1
+        if t in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY) and alen - 4 in (48, 72):
+            st = _T4 if alen - 4 == 48 else _T6
+            vals = st.unpack_from(buf, pos + 4)
+            tfam, num = _tuple(buf, pos + 4, pos + alen)[:2]
+            if tfam != (4 if st is _T4 else 6) or num in _ICMP_PROTOS or tuple(vals[:2]) == ():
+                return None
+            if not (vals[0] & _HMASK in (_H_IP4, _H_IP6) and vals[6] & _HMASK == _H_NUM):
+                return None  # not the fast shape: _tuple took its slow path
+            fam = tfam
+            fmt.append(st.format[1:])
+            for j in (0, 1, 3, 5, 6, 8, 10):  # nested headers
+                headers.append(idx + j)
+                expected.append(vals[j])
+            pre = "o" if t == CTA_TUPLE_ORIG else "r"
+            for name, j in (("src", 2), ("dst", 4), ("num", 7), ("sport", 9), ("dport", 11)):
+                fields[pre + name] = idx + j
+            idx += 12
+        elif t in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY) and alen == 28:
+            hp, pk, hb, by = _CNT.unpack_from(buf, pos + 4)
+            if hp & _HMASK != _H_PKTS or hb & _HMASK != _H_BYTES:
+                return None
+            fmt.append("IQIQ")
+            headers += [idx, idx + 2]
+            expected += [hp, hb]
+            pre = "o" if t == CTA_COUNTERS_ORIG else "r"
+            fields[pre + "pk"], fields[pre + "by"] = idx + 1, idx + 3
+            idx += 4
+        elif t == CTA_ID and alen == 8:
+            fmt.append("I")
+            fields["id"] = idx
+            idx += 1
+        elif padded > 4:
+            fmt.append(f"{padded - 4}x")
+        pos += padded
+    if pos != ((end + 3) & ~3) and pos != end:
+        return None
+    need = ("id", "onum", "osrc", "odst", "osport", "odport", "rsrc", "rsport", "oby", "opk", "rby", "rpk")
+    if fam is None or any(k not in fields for k in need):
+        return None
+    from operator import itemgetter
+
+    st = struct.Struct("".join(fmt))
+    if st.size > end - off:
+        return None
+    return (st.unpack_from, itemgetter(*headers), tuple(expected),
+            itemgetter(*(fields[k] for k in need)), fam)
+
+
 class CtParser:
     """Parses datagrams of ctnetlink messages into ConnSamples, counting what it skips."""
 
-    __slots__ = ("malformed", "messages")
+    __slots__ = ("malformed", "messages", "layouts")
+    MAX_LAYOUTS = 64
 
     def __init__(self) -> None:
         self.malformed = 0   # messages with sound framing but unparseable attributes (skipped)
         self.messages = 0
+        self.layouts: dict[int, list] = {}  # message length -> learned one-struct readers
 
     def feed(self, buf, out: list) -> bool:
         """Append the connections in one datagram to `out`; True once NLMSG_DONE is seen.
@@ -212,6 +290,9 @@ class CtParser:
         n = len(buf)
         append = out.append
         hdr = _HDR.unpack_from
+        layouts = self.layouts
+        new = tuple.__new__
+        cs = ConnSample
         while off + 16 <= n:
             mlen, mtype, _flags, _seq, _pid = hdr(buf, off)
             end = off + mlen
@@ -219,13 +300,23 @@ class CtParser:
                 raise ParseError(f"netlink message length {mlen} at offset {off} (datagram {n} bytes)")
             if mtype == CT_NEW or mtype == CT_DELETE:
                 self.messages += 1
-                if mlen < 20:
-                    self.malformed += 1
+                ended = mtype == CT_DELETE
+                for unpack, hget, hexp, vget, fam in layouts.get(mlen, ()):
+                    v = unpack(buf, off + 20)
+                    if hget(v) == hexp:
+                        i, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp = vget(v)
+                        append(new(cs, (i, fam, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp, ended)))
+                        break
                 else:
-                    try:
-                        append(parse_entry(buf, off + 20, end, mtype == CT_DELETE))
-                    except (ParseError, struct.error, IndexError):
+                    if mlen < 20:
                         self.malformed += 1
+                    else:
+                        try:
+                            append(parse_entry(buf, off + 20, end, ended))
+                        except (ParseError, struct.error, IndexError):
+                            self.malformed += 1
+                        else:
+                            self._learn(buf, off, end, mlen)
             elif mtype == NLMSG_DONE:
                 return True
             elif mtype == NLMSG_ERROR:
@@ -240,6 +331,17 @@ class CtParser:
         if off < n and n - off >= 4 and any(buf[off:n]):
             raise ParseError(f"{n - off} trailing bytes after the last netlink message")
         return False
+
+    def _learn(self, buf, off: int, end: int, mlen: int) -> None:
+        known = self.layouts.get(mlen, [])
+        if len(known) >= 4 or sum(map(len, self.layouts.values())) >= self.MAX_LAYOUTS:
+            return
+        try:
+            layout = learn_layout(buf, off + 20, end)
+        except (ParseError, struct.error, IndexError):
+            return
+        if layout is not None:
+            self.layouts[mlen] = known + [layout]
 
 
 def parse_datagram(buf) -> list[ConnSample]:
