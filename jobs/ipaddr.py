@@ -2,12 +2,13 @@
 
 The job resolves *unique* addresses, never rows: callers dictionary-encode IP columns and pass
 the dictionary here. IPv4 is parsed with Arrow kernels into integers; IPv6 (rarer) goes
-through `ipaddress` one unique address at a time.
+through socket.inet_pton one unique address at a time.
 """
 from __future__ import annotations
 
 import bisect
 import ipaddress
+import socket
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -45,13 +46,36 @@ def parse_ips(values: pa.Array | Sequence[str | None]) -> ParsedIPs:
         family[idx4[ok]] = 4
         v4[idx4[ok]] = val[ok]
     is6 = pc.fill_null(pc.match_substring(arr, ":"), False).to_numpy(zero_copy_only=False)
-    for i in np.flatnonzero(is6):  # unique IPv6 addresses only
+    idx6 = np.flatnonzero(is6)
+    strs = dict(zip(idx6.tolist(), arr.take(pa.array(idx6, pa.int64())).to_pylist())) if len(idx6) else {}
+    for i in idx6.tolist():  # unique IPv6 addresses only
         try:
-            v6[i] = int(ipaddress.IPv6Address(arr[i].as_py().split("%", 1)[0]))
+            v6[i] = int.from_bytes(socket.inet_pton(socket.AF_INET6, strs[i].split("%", 1)[0]), "big")
             family[i] = 6
-        except ValueError:
+        except (OSError, ValueError):
             pass
     return ParsedIPs(family, v4, v6)
+
+
+def parse_cidrs(cidrs: Sequence[str]) -> tuple[ParsedIPs, np.ndarray]:
+    """Network start addresses and prefix lengths of CIDR strings ("a/len"; a bare address
+    is a host route). Invalid entries get family 0. Host bits are cleared."""
+    arr = pa.array(list(cidrs), pa.string())
+    parts = pc.extract_regex(arr, r"^(?P<addr>[^/]+)(?:/(?P<len>\d{1,3}))?$")
+    addr = pc.struct_field(parts, "addr")
+    ln = pc.struct_field(parts, "len")
+    ips = parse_ips(addr)
+    full = np.where(ips.family == 6, 128, 32)
+    ln = pc.if_else(pc.equal(ln, ""), None, ln).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    ln = np.where(np.isnan(ln.astype(float)), full, ln).astype(np.int64) if len(ln) else np.zeros(0, np.int64)
+    bad = ln > full
+    family = np.where(bad, 0, ips.family).astype(np.int8)
+    host4 = (np.int64(1) << np.clip(32 - ln, 0, 32)) - 1
+    v4 = np.where(family == 4, ips.v4 & ~host4, 0)
+    v6 = ips.v6.copy()
+    for i in np.flatnonzero(family == 6):
+        v6[i] = v6[i] & ~((1 << (128 - int(ln[i]))) - 1)
+    return ParsedIPs(family, v4, v6), ln
 
 
 class PrefixTable:
@@ -60,29 +84,31 @@ class PrefixTable:
     Prefixes are either nested or disjoint. They are "painted" in ascending rank onto the
     elementary intervals between all prefix boundaries, so each interval ends up owned by the
     highest-ranked prefix covering it; lookup is one searchsorted. Rank defaults to the prefix
-    length (plain longest-prefix match); ties keep the later entry.
+    length (plain longest-prefix match); ties keep the later entry. Invalid CIDRs never match.
     """
 
-    def __init__(self, cidrs: Sequence[str], ranks: Sequence[tuple] | None = None):
-        nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    def __init__(self, cidrs: Sequence[str], ranks: Sequence[tuple] | None = None,
+                 parsed: tuple[ParsedIPs, np.ndarray] | None = None):
+        nets, plen = parsed or parse_cidrs(cidrs)
         if ranks is None:
-            ranks = [(n.prefixlen,) for n in nets]
-        order = sorted(range(len(nets)), key=lambda i: (ranks[i], i))
-        self.size = len(nets)
-        v4 = [i for i in order if nets[i].version == 4]
-        v6 = [i for i in order if nets[i].version == 6]
+            ranks = [(int(x),) for x in plen]
+        order = sorted(range(len(plen)), key=lambda i: (ranks[i], i))
+        self.size = len(plen)
+        fam = nets.family
+        v4 = np.array([i for i in order if fam[i] == 4], np.int64)
+        v6 = [i for i in order if fam[i] == 6]
         # IPv4: int64 boundaries, numpy painting
-        s4 = np.array([int(nets[i].network_address) for i in v4], np.int64)
-        e4 = np.array([int(nets[i].broadcast_address) + 1 for i in v4], np.int64)
-        self._b4 = np.unique(np.concatenate([s4, e4])) if v4 else np.zeros(0, np.int64)
+        s4 = nets.v4[v4]
+        e4 = s4 + (np.int64(1) << (32 - plen[v4]))
+        self._b4 = np.unique(np.concatenate([s4, e4]))
         self._w4 = np.full(len(self._b4), -1, np.int32)
         lo = np.searchsorted(self._b4, s4)
         hi = np.searchsorted(self._b4, e4)
-        for k, i in enumerate(v4):  # once per prefix at load time
+        for k, i in enumerate(v4.tolist()):  # once per prefix at load time
             self._w4[lo[k]:hi[k]] = i
         # IPv6: python ints (128-bit), bisect
-        s6 = [int(nets[i].network_address) for i in v6]
-        e6 = [int(nets[i].broadcast_address) + 1 for i in v6]
+        s6 = [nets.v6[i] for i in v6]
+        e6 = [nets.v6[i] + (1 << (128 - int(plen[i]))) for i in v6]
         self._b6 = sorted(set(s6) | set(e6))
         self._w6 = [-1] * len(self._b6)
         for k, i in enumerate(v6):

@@ -12,7 +12,6 @@ a regional tag ranks above a global one for the same prefix.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from jobs.ipaddr import ParsedIPs, PrefixTable
+from jobs.ipaddr import ParsedIPs, PrefixTable, parse_cidrs
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +96,15 @@ class CloudRanges:
             if provider is None:
                 raise IPRangesError("document is not an AWS, GCP, Azure or Oracle IP-range file")
             for cidr, service, region in _READERS[provider](doc):
-                try:
-                    net = ipaddress.ip_network(cidr, strict=False)
-                except ValueError:
-                    log.warning("skipping invalid %s prefix %r", provider, cidr)
-                    continue
-                cidrs.append(str(net))
+                cidrs.append(cidr)
                 prov.append(provider)
                 serv.append(service)
                 reg.append(region)
-                ranks.append(((provider, service) not in _GENERIC and bool(service),
-                              net.prefixlen, bool(region)))
+        parsed = parse_cidrs(cidrs)
+        plen = parsed[1]
+        ranks = [((p, s) not in _GENERIC and bool(s), int(n), bool(r)) for p, s, r, n in zip(prov, serv, reg, plen)]
         obj = lambda xs: np.array(xs, dtype=object)
-        return cls(obj(prov), obj(serv), obj(reg), PrefixTable(cidrs, ranks))
+        return cls(obj(prov), obj(serv), obj(reg), PrefixTable(cidrs, ranks, parsed))
 
     @classmethod
     def load_dir(cls, path: str | Path) -> "CloudRanges":
