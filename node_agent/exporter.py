@@ -43,6 +43,7 @@ class Exporter:
 
     # ------------------------------------------------------------------ producer side
     def start(self) -> "Exporter":
+        self._wake.set()               # upload what an earlier run left in the spool right away
         self._thread.start()
         return self
 
@@ -158,7 +159,7 @@ class Exporter:
 
     def _write(self, lake, rel: str, table: pa.Table) -> None:
         lake.write_table(rel, table)
-        log.debug("uploaded %s (%d rows)", rel, table.num_rows)
+        log.info("uploaded %s (%d rows)", rel, table.num_rows)
         if self.metrics:
             self.metrics.uploads.inc()
             self.metrics.last_flush.set(time.time())
