@@ -162,7 +162,8 @@ class Informer:
             self._watch_opened = self._watch_progress = False
             try:
                 if need_list:
-                    self._list()
+                    if not self._list():
+                        break                # stopped mid-list
                     need_list = False
                     failures = 0
                 self._watch()
@@ -206,7 +207,8 @@ class Informer:
             kw["label_selector"] = self.label_selector
         return kw
 
-    def _list(self) -> None:
+    def _list(self) -> bool:
+        """List every page, then swap the store; False if stopped before the end."""
         items: list[Obj] = []
         cont: str | None = None
         rv = None
@@ -230,8 +232,9 @@ class Informer:
             if not cont:
                 break
             if self._stopping.is_set():
-                return
+                return False
         self._replace(items, rv)
+        return True
 
     def _replace(self, items: list[Obj], rv: str | None) -> None:
         """Swap in a full list and tell handlers what changed since the old store."""
@@ -287,8 +290,8 @@ class Informer:
                     return
         finally:
             self._resp = None
+            resp.close()          # a half-read or cut stream must not go back to the pool
             resp.release_conn()
-            resp.close()
 
     def _apply(self, type_: str | None, obj: Obj) -> None:
         if type_ == "ERROR":

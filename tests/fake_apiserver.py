@@ -189,6 +189,7 @@ class FakeApiServer:
         self._history_rvs: list[int] = []
         self._drop_gen = 0
         self._bookmark_gen = 0
+        self._open_watches = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
@@ -342,6 +343,13 @@ class FakeApiServer:
         with self._cond:
             self._bookmark_gen += 1
             self._cond.notify_all()
+
+    @property
+    def open_watches(self) -> int:
+        """Watch streams established and waiting for changes (bookmark and drop requests
+        reach exactly these)."""
+        with self._cond:
+            return self._open_watches
 
     def count_requests(self, path: str | None = None, **query) -> int:
         """How many GETs matched `path` (exact) and every `query` item (value None = present)."""
@@ -520,9 +528,19 @@ class _Handler(BaseHTTPRequestHandler):
         timeout = float(query.get("timeoutSeconds") or 1800)
         rv_param = query.get("resourceVersion") or ""
         deadline = time.monotonic() + timeout
-        initial: list[dict] = []
         with api._cond:
             drop_gen, bookmark_gen = api._drop_gen, api._bookmark_gen
+            api._open_watches += 1
+        try:
+            self._stream(res, sel, kind, api_version, allow_bookmarks, deadline, rv_param, drop_gen, bookmark_gen)
+        finally:
+            with api._cond:
+                api._open_watches -= 1
+
+    def _stream(self, res, sel, kind, api_version, allow_bookmarks, deadline, rv_param, drop_gen, bookmark_gen):
+        api = self.api
+        initial: list[dict] = []
+        with api._cond:
             if rv_param in ("", "0"):
                 sent_rv = api._rv
                 initial = [copy.deepcopy(o) for _, o in sorted(api._objects[res].items()) if sel(o)]

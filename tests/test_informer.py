@@ -264,7 +264,7 @@ def test_bookmarks_advance_resource_version_and_spare_a_relist(server, api, info
     informers.append(inf)
     inf.start()
     assert inf.wait_synced(20)
-    wait_until(lambda: server.count_requests("/api/v1/pods", watch="true") >= 1, what="watch open")
+    wait_until(lambda: server.open_watches >= 1, what="watch open")
     for i in range(5):                                   # other nodes' churn: not our events
         server.create("pods", pod(f"other{i}", "n2"))
     assert int(inf.resource_version) < server.resource_version
@@ -309,7 +309,7 @@ def test_handler_errors_are_counted_not_fatal(server, api, informers):
 def test_stop_ends_the_thread_blocked_in_a_watch(server, api):
     inf = Informer(k8s_client.CoreV1Api(api).list_pod_for_all_namespaces, name="pods", **FAST).start()
     assert inf.wait_synced(20)
-    wait_until(lambda: server.count_requests("/api/v1/pods", watch="true") >= 1, what="watch open")
+    wait_until(lambda: server.open_watches >= 1, what="watch open")
     inf.stop(timeout=10)
     assert not inf._thread.is_alive()
 
@@ -406,3 +406,82 @@ def test_pod_index_converges_after_410(server, api, informers):
     wait_until(lambda: idx.local_ips() == {"10.1.0.3", "10.1.0.4"}, what="index == server after relist")
     assert idx.lookup("10.1.0.1") is None and idx.lookup("10.1.0.2") is None
     assert idx.stats()["relists"] >= 1
+
+
+# ------------------------------------------------------------------------------ protocol details
+
+
+def test_namespaced_list_and_label_selector(server, api, informers):
+    server.create("pods", pod("web-1", "n1", ns="shop", labels={"app": "web", "tier": "front"}))
+    server.create("pods", pod("web-2", "n2", ns="shop", labels={"app": "web", "tier": "back"}))
+    server.create("pods", pod("web-3", "n1", ns="other", labels={"app": "web", "tier": "front"}))
+    core = k8s_client.CoreV1Api(api)
+
+    def list_shop(**kw):
+        return core.list_namespaced_pod("shop", **kw)
+
+    inf = Informer(list_shop, label_selector="app=web,tier in (front)", name="shop-front", **FAST)
+    informers.append(inf)
+    inf.start()
+    assert inf.wait_synced(20)
+    assert [o["metadata"]["name"] for o in inf.items()] == ["web-1"]
+    # Relabelled into the selection: the watch turns the MODIFIED into an ADDED.
+    w2 = server.get("pods", "web-2", "shop")
+    w2["metadata"]["labels"]["tier"] = "front"
+    server.update("pods", w2)
+    wait_until(lambda: len(inf.items()) == 2, what="relabelled pod enters")
+    # ... and out of it: a DELETED for this watch, though the pod still exists.
+    w1 = server.get("pods", "web-1", "shop")
+    w1["metadata"]["labels"]["tier"] = "back"
+    server.update("pods", w1)
+    wait_until(lambda: [o["metadata"]["name"] for o in inf.items()] == ["web-2"], what="relabelled pod leaves")
+    assert server.count_requests("/api/v1/namespaces/shop/pods", watch="true") >= 1
+
+
+def test_official_watch_helper_understands_the_fake_server(server, api):
+    """The client's own kubernetes.watch.Watch reads our stream: events, bookmarks, and a 410
+    raised as ApiException (so the fake is faithful beyond what Informer itself parses)."""
+    from kubernetes import watch
+    from kubernetes.client.exceptions import ApiException
+
+    core = k8s_client.CoreV1Api(api)
+    server.create("pods", pod("a", "n1", ["10.0.0.1"]))
+    listed = core.list_pod_for_all_namespaces()
+    assert [p.metadata.name for p in listed.items] == ["a"]
+    rv = listed.metadata.resource_version
+    server.create("pods", pod("b", "n1", ["10.0.0.2"]))
+    server.delete("pods", "a")
+    w = watch.Watch()
+    seen = []
+    for event in w.stream(core.list_pod_for_all_namespaces, resource_version=rv, timeout_seconds=2):
+        seen.append((event["type"], event["object"].metadata.name))
+        if len(seen) == 2:
+            w.stop()
+    assert seen == [("ADDED", "b"), ("DELETED", "a")]
+    assert w.resource_version == str(server.resource_version)
+
+    server.compact()
+    with pytest.raises(ApiException) as exc:
+        for _ in watch.Watch().stream(core.list_pod_for_all_namespaces, resource_version=rv, timeout_seconds=2):
+            pass
+    assert exc.value.status == 410
+
+
+def test_watch_without_resource_version_starts_with_the_current_state(server, api):
+    from kubernetes import watch
+
+    core = k8s_client.CoreV1Api(api)
+    server.create("pods", pod("x", "n1"))
+    server.create("pods", pod("y", "n2"))
+    names = [e["object"].metadata.name
+             for e in watch.Watch().stream(core.list_pod_for_all_namespaces, field_selector="spec.nodeName=n1",
+                                           timeout_seconds=1)]
+    assert names == ["x"]
+
+
+def test_unsupported_field_selector_is_rejected_like_the_real_server(server, api):
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException) as exc:
+        k8s_client.CoreV1Api(api).list_service_for_all_namespaces(field_selector="spec.clusterIP=1.2.3.4")
+    assert exc.value.status == 400
