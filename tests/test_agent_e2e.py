@@ -34,7 +34,7 @@ import pytest
 from conftest import free_port
 from netns import Netns, make_pair
 
-pytestmark = [pytest.mark.privileged, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -396,6 +396,7 @@ def metric(text: str, name: str) -> float:
 # ------------------------------------------------------------------------------ tests
 
 
+@pytest.mark.privileged
 def test_every_byte_reaches_the_lake_exactly_once_through_an_outage_and_a_restart(tmp_path, s3_env):
     a, b = setup_namespaces()
     procs = []
@@ -523,3 +524,137 @@ def test_every_byte_reaches_the_lake_exactly_once_through_an_outage_and_a_restar
     payload = sum(sum(o.get("chunks", [o.get("size", 0)])) for ops in phases for o in ops if o["op"] == "tcp")
     tcp_tx = sum(v[0] for k, v in got.items() if k[0] == 6)
     assert payload < tcp_tx < payload + 200 * sum(v[1] for k, v in got.items() if k[0] == 6)
+
+
+def kube_pod(name, ns, node, ips, host_network=False):
+    return {
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+        "spec": {"nodeName": node, "hostNetwork": host_network, "containers": [{"name": "c", "image": "busybox"}]},
+        "status": {"phase": "Running", "podIP": ips[0], "podIPs": [{"ip": i} for i in ips]},
+    }
+
+
+@pytest.mark.privileged
+def test_pod_enrichment_from_the_api_server(tmp_path):
+    from fake_apiserver import FakeApiServer
+    import pyarrow.parquet as pq
+
+    a, b = setup_namespaces()
+    procs = []
+    agent = None
+    api = FakeApiServer()
+    try:
+        # Two "pod IPs" on the client namespace besides its node address 10.77.0.1.
+        for ip in ("10.77.0.11", "10.77.0.12"):
+            a.run("ip", "addr", "add", f"{ip}/24", "dev", a.dev)
+        in_netns(a, api.start)                   # the API server listens on a's loopback
+        api.create("pods", kube_pod("client-0", "shop", "node-a", ["10.77.0.11"]))
+        api.create("pods", kube_pod("echo-0", "tools", "node-a", ["10.77.0.12"]))
+        api.create("pods", kube_pod("node-exporter-x", "monitoring", "node-a", ["10.77.0.1"], host_network=True))
+        api.create("pods", kube_pod("db-0", "db", "node-b", ["10.77.0.2"]))   # another node
+        kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
+        for ns in (a, b):                        # servers: b (remote node) and a (the echo pod)
+            p = ns.popen(PY, "-c", SERVER, stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout.readline().strip() == "ready"
+        lake = tmp_path / "lake"
+        agent = AgentProc(a, ["run", "--node", "node-a", "--kubeconfig", kubeconfig, "--lake", str(lake),
+                              "--spool", str(tmp_path / "spool"), "--poll-interval", "1s", "--flush-interval", "5s",
+                              "--listen", "off", "--no-dns"], str(tmp_path / "agent.log"), dict(os.environ))
+        agent.wait_for("agent running")
+        traffic(a, [
+            {"op": "tcp", "host": "10.77.0.2", "port": 8080, "size": 5000, "bind": "10.77.0.11"},
+            {"op": "tcp", "host": "10.77.0.12", "port": 8080, "size": 3000, "bind": "10.77.0.11"},
+            {"op": "tcp", "host": "10.77.0.2", "port": 8080, "size": 4000, "bind": "10.77.0.1"},
+            {"op": "udp", "host": CLUSTER_IP, "port": 53, "sizes": [64], "bind": "10.77.0.11"},
+        ])
+        time.sleep(1.0)
+        assert agent.terminate() == 0, agent.text()
+    finally:
+        if agent is not None:
+            agent.kill()
+        for p in procs:
+            p.kill()
+            p.wait()
+        api.stop()
+        a.delete()
+        b.delete()
+
+    files = sorted(lake.glob("raw/flows/date=*/hour=*/node=node-a/*.parquet"))
+    assert files
+    rows = [r for f in files for r in pq.read_table(f).to_pylist() if r["src_ip"].startswith("10.77.")]
+    by = defaultdict(lambda: [0, None])
+    for r in rows:
+        k = (r["src_ip"], r["orig_dst_ip"], r["proto"], r["src_pod"], r["src_namespace"], r["dst_pod"], r["dst_namespace"])
+        by[k][0] += r["tx_bytes"]
+        by[k][1] = r["direction"]
+    got = {k: v[1] for k, v in by.items()}
+    assert got == {
+        # a pod on this node talking to a pod on another node: only the source is ours
+        ("10.77.0.11", "10.77.0.2", 6, "client-0", "shop", None, None): "outbound",
+        # pod to pod on this node: both sides named
+        ("10.77.0.11", "10.77.0.12", 6, "client-0", "shop", "echo-0", "tools"): "outbound",
+        # the node's own address is also a hostNetwork pod's: attributed to the node, not the pod
+        ("10.77.0.1", "10.77.0.2", 6, None, None, None, None): "outbound",
+        # via the ClusterIP
+        ("10.77.0.11", CLUSTER_IP, 17, "client-0", "shop", None, None): "outbound",
+    }
+    for (src, dst, proto, *_), (tx, _) in by.items():
+        payload = {("10.77.0.11", "10.77.0.2"): 5000, ("10.77.0.11", "10.77.0.12"): 3000,
+                   ("10.77.0.1", "10.77.0.2"): 4000, ("10.77.0.11", CLUSTER_IP): 64}[(src, dst)]
+        if proto == 17:
+            assert tx == payload + 28
+        else:
+            assert payload < tx < payload + 1000
+
+
+def test_inventory_snapshots_from_the_api_server(tmp_path):
+    from fake_apiserver import FakeApiServer
+    import pyarrow.parquet as pq
+
+    api = FakeApiServer().start()
+    proc = None
+    try:
+        api.create("pods", kube_pod("web-7d9f8b6c5-abcde", "shop", "node-a", ["10.244.1.5", "fd00::5"]))
+        api.create("pods", kube_pod("db-0", "db", "node-b", ["10.244.2.9"]))
+        api.create("nodes", {"metadata": {"name": "node-a", "labels": {
+            "topology.kubernetes.io/zone": "us-east-1a", "topology.kubernetes.io/region": "us-east-1"}},
+            "spec": {"providerID": "aws:///us-east-1a/i-0123"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.1.10"}]}})
+        api.create("services", {"metadata": {"name": "web", "namespace": "shop"},
+                                "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"]}})
+        kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
+        lake = tmp_path / "lake"
+        log = open(tmp_path / "inventory.log", "w")
+        proc = subprocess.Popen([PY, "-m", "node_agent", "inventory", "--lake", str(lake), "--kubeconfig", kubeconfig,
+                                 "--spool", str(tmp_path / "spool"), "--interval", "2s", "--listen", "off"],
+                                stdout=log, stderr=log, cwd=REPO)
+        deadline = time.monotonic() + 60
+        while len(list(lake.glob("inventory/pods/date=*/*.parquet"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "inventory.log").read_text()
+            time.sleep(0.2)
+        api.create("pods", kube_pod("late-0", "shop", "node-a", ["10.244.1.6"]))
+        n = len(list(lake.glob("inventory/pods/date=*/*.parquet")))
+        while len(list(lake.glob("inventory/pods/date=*/*.parquet"))) < n + 2:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "inventory.log").read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        api.stop()
+    snaps = sorted(lake.glob("inventory/pods/date=*/*.parquet"))
+    first = pq.read_table(snaps[0]).to_pylist()
+    assert sorted((r["name"], r["namespace"], r["ip"], r["node"]) for r in first) == [
+        ("db-0", "db", "10.244.2.9", "node-b"),
+        ("web-7d9f8b6c5-abcde", "shop", "10.244.1.5", "node-a"),
+        ("web-7d9f8b6c5-abcde", "shop", "fd00::5", "node-a"),
+    ]
+    assert "late-0" in {r["name"] for r in pq.read_table(snaps[-1]).to_pylist()}
+    for kind in ("services", "nodes", "endpoints"):
+        assert len(list(lake.glob(f"inventory/{kind}/date=*/*.parquet"))) == len(snaps)
+    nodes = pq.read_table(sorted(lake.glob("inventory/nodes/date=*/*.parquet"))[-1]).to_pylist()
+    assert [(r["name"], r["zone"], r["region"], r["provider"]) for r in nodes] == [("node-a", "us-east-1a", "us-east-1", "aws")]
+    # Snapshot names are their times: one file per kind per snapshot, none overwritten.
+    assert len({p.name for p in snaps}) == len(snaps)
