@@ -4,11 +4,12 @@
 // cgroup_skb programs offset 0 is the IP header and skb->len counts from it, which is what
 // conntrack's accounting counts too, so both modes agree on bytes.
 //
-// One map entry per connection per network namespace. The key is the tuple in the direction
-// of the first packet seen (like conntrack's "orig" tuple), so egress and ingress of one
-// connection land on one entry: a packet whose tuple matches the key counts as orig, one whose
-// reversed tuple matches counts as reply. The netns cookie keeps the two ends of a connection
-// between pods of one node apart (user space keeps the originating side only).
+// One map entry per connection per network namespace. The key holds the two endpoints in a
+// fixed order (side A = the smaller (address, port)), so both directions of a connection find
+// the same entry with one lookup; the value remembers which side sent the first packet (the
+// "orig" side, as in conntrack), and each packet counts as orig or reply by its sender.
+// The netns cookie keeps the two ends of a connection between pods of one node apart (user
+// space keeps the originating side only).
 //
 // Bound: MAX_FLOWS entries (a plain hash, preallocated; user space deletes ended and idle
 // entries). Packets that find the map full are counted per CPU in netmon_fstats, never lost
@@ -27,6 +28,7 @@
 #define F_FIN_ORIG 2
 #define F_FIN_REPLY 4
 #define F_RST 8
+#define F_ORIG_IS_B 16    // the first packet was sent by side B
 
 // netmon_fstats slots (per CPU, summed by user space)
 #define S_FULL_PACKETS 0  // packets not counted: map full
@@ -36,10 +38,10 @@
 
 struct flow_key {
     u64 netns;
-    u8 src[16];
-    u8 dst[16];
-    u16 sport;            // host order; ICMP echo: the identifier on both sides
-    u16 dport;
+    u64 a[2];             // side A address (IPv4: first 4 bytes, rest 0)
+    u64 b[2];             // side B address
+    u16 aport;            // host order; ICMP echo: the identifier on both sides
+    u16 bport;
     u8 proto;
     u8 family;            // 4 or 6
     u8 pad[2];
@@ -65,6 +67,9 @@ static __always_inline void stat_add(int slot, u64 n) {
 
 static __always_inline int count(struct __sk_buff *skb, int egress) {
     struct flow_key k = {};
+    u64 src[2] = {}, dst[2] = {};
+    u16 sport = 0, dport = 0;
+    u8 family = 0;
     u8 proto = 0;
     u32 l4 = 0;
     u8 vb = 0;
@@ -84,9 +89,9 @@ static __always_inline int count(struct __sk_buff *skb, int egress) {
         }
         proto = ip.protocol;
         l4 = ip.ihl * 4;
-        __builtin_memcpy(k.src, &ip.saddr, 4);
-        __builtin_memcpy(k.dst, &ip.daddr, 4);
-        k.family = 4;
+        __builtin_memcpy(src, &ip.saddr, 4);
+        __builtin_memcpy(dst, &ip.daddr, 4);
+        family = 4;
     } else if ((vb >> 4) == 6) {
         struct ipv6hdr ip6;
         if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) < 0) {
@@ -95,9 +100,9 @@ static __always_inline int count(struct __sk_buff *skb, int egress) {
         }
         proto = ip6.nexthdr;
         l4 = sizeof(ip6);
-        __builtin_memcpy(k.src, &ip6.saddr, 16);
-        __builtin_memcpy(k.dst, &ip6.daddr, 16);
-        k.family = 6;
+        __builtin_memcpy(src, &ip6.saddr, 16);
+        __builtin_memcpy(dst, &ip6.daddr, 16);
+        family = 6;
     } else {
         stat_add(S_UNTRACKED, 1);
         return 1;
@@ -110,8 +115,8 @@ static __always_inline int count(struct __sk_buff *skb, int egress) {
             stat_add(S_SHORT, 1);
             return 1;
         }
-        k.sport = ((u16)h[0] << 8) | h[1];
-        k.dport = ((u16)h[2] << 8) | h[3];
+        sport = ((u16)h[0] << 8) | h[1];
+        dport = ((u16)h[2] << 8) | h[3];
         tcpflags = h[13];
     } else if (proto == IPPROTO_UDP) {
         u8 h[4];
@@ -119,69 +124,67 @@ static __always_inline int count(struct __sk_buff *skb, int egress) {
             stat_add(S_SHORT, 1);
             return 1;
         }
-        k.sport = ((u16)h[0] << 8) | h[1];
-        k.dport = ((u16)h[2] << 8) | h[3];
-    } else if ((proto == IPPROTO_ICMP && k.family == 4) || (proto == IPPROTO_ICMPV6 && k.family == 6)) {
+        sport = ((u16)h[0] << 8) | h[1];
+        dport = ((u16)h[2] << 8) | h[3];
+    } else if ((proto == IPPROTO_ICMP && family == 4) || (proto == IPPROTO_ICMPV6 && family == 6)) {
         u8 h[6];
         if (bpf_skb_load_bytes(skb, l4, h, sizeof(h)) < 0) {
             stat_add(S_SHORT, 1);
             return 1;
         }
         u8 t = h[0];
-        int echo = k.family == 4 ? (t == 8 || t == 0) : (t == 128 || t == 129);
+        int echo = family == 4 ? (t == 8 || t == 0) : (t == 128 || t == 129);
         if (!echo) {   // errors belong to another connection; other types are rare
             stat_add(S_UNTRACKED, 1);
             return 1;
         }
-        k.sport = ((u16)h[4] << 8) | h[5];
-        k.dport = k.sport;
+        sport = ((u16)h[4] << 8) | h[5];
+        dport = sport;
     } else {
         stat_add(S_UNTRACKED, 1);
         return 1;
     }
+    // Side A = the smaller (address, port): both directions build the same key.
+    int from_a = src[0] < dst[0] || (src[0] == dst[0] && (src[1] < dst[1] || (src[1] == dst[1] && sport <= dport)));
+    if (from_a) {
+        k.a[0] = src[0]; k.a[1] = src[1]; k.aport = sport;
+        k.b[0] = dst[0]; k.b[1] = dst[1]; k.bport = dport;
+    } else {
+        k.a[0] = dst[0]; k.a[1] = dst[1]; k.aport = dport;
+        k.b[0] = src[0]; k.b[1] = src[1]; k.bport = sport;
+    }
     k.proto = proto;
+    k.family = family;
     k.netns = bpf_get_netns_cookie(skb);
 
     u64 len = skb->len;
     u64 now = bpf_ktime_get_ns();
-    int dir = 0;
     struct flow_val *v = netmon_flows.lookup(&k);
     if (!v) {
-        struct flow_key r = k;
-        __builtin_memcpy(r.src, k.dst, 16);
-        __builtin_memcpy(r.dst, k.src, 16);
-        r.sport = k.dport;
-        r.dport = k.sport;
-        v = netmon_flows.lookup(&r);
-        dir = 1;
+        struct flow_val nv = {};
+        nv.first_ns = now;
+        nv.flags = (egress ? F_LOCAL_FIRST : 0) | (from_a ? 0 : F_ORIG_IS_B);
+        // insert = BPF_NOEXIST: another CPU may have created it a moment ago; then use
+        // theirs. A failed insert that leaves no entry means the map is full.
+        netmon_flows.insert(&k, &nv);
+        v = netmon_flows.lookup(&k);
         if (!v) {
-            struct flow_val nv = {};
-            nv.first_ns = now;
-            nv.flags = egress ? F_LOCAL_FIRST : 0;
-            dir = 0;
-            // insert = BPF_NOEXIST: another CPU may have created it a moment ago; then use
-            // theirs. A failed insert that leaves no entry means the map is full.
-            netmon_flows.insert(&k, &nv);
-            v = netmon_flows.lookup(&k);
-            if (!v) {
-                stat_add(S_FULL_PACKETS, 1);
-                stat_add(S_FULL_BYTES, len);
-                return 1;
-            }
+            stat_add(S_FULL_PACKETS, 1);
+            stat_add(S_FULL_BYTES, len);
+            return 1;
         }
     }
-    if (dir == 0) {
-        __sync_fetch_and_add(&v->bytes[0], len);
-        __sync_fetch_and_add(&v->packets[0], 1);
-    } else {
-        __sync_fetch_and_add(&v->bytes[1], len);
-        __sync_fetch_and_add(&v->packets[1], 1);
-    }
+    // orig when this packet's sender is the side that sent the first packet
+    int dir = (from_a == !(v->flags & F_ORIG_IS_B)) ? 0 : 1;
+    __sync_fetch_and_add(&v->bytes[dir], len);
+    __sync_fetch_and_add(&v->packets[dir], 1);
     v->last_ns = now;
-    if (tcpflags & 0x04)
-        v->flags |= F_RST;
-    if (tcpflags & 0x01)
-        v->flags |= dir ? F_FIN_REPLY : F_FIN_ORIG;
+    if (tcpflags & 0x05) {   // FIN or RST: set the bit once (plain store; a rare lost bit
+                             // only delays the end until idle expiry)
+        u32 bit = (tcpflags & 0x04) ? F_RST : (dir ? F_FIN_REPLY : F_FIN_ORIG);
+        if (!(v->flags & bit))
+            v->flags |= bit;
+    }
     return 1;   // count, never drop
 }
 

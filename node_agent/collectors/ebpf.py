@@ -37,7 +37,7 @@ from node_agent.flows import ConnSample
 
 KEY = struct.Struct("=Q16s16sHHBB2x")      # struct flow_key in bpf/flows.c
 VAL = struct.Struct("=QQQQQQII")           # struct flow_val
-F_LOCAL_FIRST, F_FIN_ORIG, F_FIN_REPLY, F_RST = 1, 2, 4, 8
+F_LOCAL_FIRST, F_FIN_ORIG, F_FIN_REPLY, F_RST, F_ORIG_IS_B = 1, 2, 4, 8, 16
 S_FULL_PACKETS, S_FULL_BYTES, S_UNTRACKED, S_SHORT = range(4)
 ICMP_PROTOS = (1, 58)
 # ctnetlink (linux/netfilter/nfnetlink_conntrack.h, nf_conntrack_common.h)
@@ -203,7 +203,8 @@ class EbpfCollector(Collector):
     # -------------------------------------------------------------------------- reading
 
     def _read(self) -> list[tuple]:
-        """The map as (key bytes, key fields, value fields) rows."""
+        """The map as rows (key bytes, netns, family, proto, src, dst, sport, dport, value
+        fields), the tuple oriented like the first packet (the key stores sides A/B)."""
         try:
             items = list(self._flows.items_lookup_batch())
         except Exception:  # kernels without batch ops on this map type
@@ -212,7 +213,13 @@ class EbpfCollector(Collector):
         out = []
         for k, v in items:
             kb = bytes(k)
-            out.append((kb, unpk(kb), unpv(bytes(v))))
+            netns, a, b, ap, bp, proto, fam = unpk(kb)
+            val = unpv(bytes(v))
+            n = 4 if fam == 4 else 16
+            if val[6] & F_ORIG_IS_B:
+                out.append((kb, netns, fam, proto, b[:n], a[:n], bp, ap, val))
+            else:
+                out.append((kb, netns, fam, proto, a[:n], b[:n], ap, bp, val))
         return out
 
     def _nat_index(self) -> dict[tuple, tuple[tuple, bool]]:
@@ -242,9 +249,7 @@ class EbpfCollector(Collector):
         new = [r for r in rows if r[0] not in resolved]
         if new:
             nat = self._nat_index()
-            for kb, (netns, src, dst, sport, dport, proto, fam, *_), _v in new:
-                n = 4 if fam == 4 else 16
-                s, d = src[:n], dst[:n]
+            for kb, _netns, fam, proto, s, d, sport, dport, _v in new:
                 if proto in ICMP_PROTOS:       # ct tuples: echo id as sport, dport 0
                     hit = nat.get((proto, s, sport, d, 0)) or nat.get((proto, s, 0, d, sport))
                 else:
@@ -259,7 +264,7 @@ class EbpfCollector(Collector):
 
         # Merge map entries into connections per netns: canonical -> netns -> accumulators
         groups: dict[tuple, dict[int, list]] = {}
-        for kb, (netns, *_), (b0, b1, p0, p1, first, last, flags, _pad) in rows:
+        for kb, netns, _f, _p, _s, _d, _sp, _dp, (b0, b1, p0, p1, first, last, flags, _pad) in rows:
             canon, rev = resolved[kb]
             if rev:
                 b0, b1, p0, p1 = b1, b0, p1, p0
