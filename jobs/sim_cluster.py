@@ -231,7 +231,7 @@ def _build_nodes(c: Cluster, n: int, regions: int, rng: np.random.Generator) -> 
 
 def _build_workloads(c: Cluster, n: int, k: int) -> None:
     # A busier cluster (more flows per window) runs more replicas, as real ones do.
-    f = int(np.clip(round(k / 400), 1, 10))
+    f = int(np.clip(round(k / 200), 1, 20))
     W = Workload
     c.workloads = [
         W("kube-system", "kubelet", "kubelet", virtual=True, host_network=True),
@@ -382,12 +382,12 @@ def _build_outside(c: Cluster, k: int, rng: np.random.Generator) -> None:
     cdn6 = [f"2a04:4e42:{int(rng.integers(1, 0x400)):x}::{int(rng.integers(1, 0xffff)):x}" for _ in range(2)]
     group("cdn4", cdn4, ["assets.shopcdn.net"] * 2, "internet_egress", ttl_s=300)
     group("cdn6", cdn6, ["assets.shopcdn.net"] * 2, "internet_egress", ttl_s=300)
-    nhooks = max(24, k // 4)
+    nhooks = max(24, k // 8)
     hooks = _ipv4_block("151.101.128.0", nhooks, rng, 1 << 15)
     group("hooks", hooks, [f"hooks.customer{i:04d}.example.com" for i in range(len(hooks))],
           "internet_egress", ttl_s=300, reresolve=10)
     # Outside clients reaching the LoadBalancer-backed frontend pods (client IP preserved).
-    clients = _ipv4_block("81.2.0.0", max(64, k), rng, 1 << 16)
+    clients = _ipv4_block("81.2.0.0", max(64, k // 2), rng, 1 << 16)
     group("clients", clients, [None] * len(clients), "internet_egress")
     # Private destinations, told apart by DNS name.
     group("vpce", ["10.0.128.21", "10.0.128.37"],
