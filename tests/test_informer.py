@@ -1,6 +1,7 @@
 """Informer and PodIndex against the fake API server, driving the real kubernetes client."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -485,3 +486,27 @@ def test_unsupported_field_selector_is_rejected_like_the_real_server(server, api
     with pytest.raises(ApiException) as exc:
         k8s_client.CoreV1Api(api).list_service_for_all_namespaces(field_selector="spec.clusterIP=1.2.3.4")
     assert exc.value.status == 400
+
+
+def test_api_lister_speaks_the_generated_functions_dialect(server, api, informers):
+    from kubernetes.client.exceptions import ApiException
+
+    from node_agent.informer import api_lister
+
+    server.create("pods", pod("a", "n1"))
+    server.create("pods", pod("b", "n2"))
+    lister = api_lister(api, "/api/v1/pods")
+    resp = lister(field_selector="spec.nodeName=n2", limit=5, _request_timeout=(5, 5))
+    body = json.loads(resp.data)
+    assert [p["metadata"]["name"] for p in body["items"]] == ["b"]
+    assert body["metadata"]["resourceVersion"] == str(server.resource_version)
+    with pytest.raises(TypeError, match="pretty"):
+        lister(pretty="true")
+    with pytest.raises(ApiException) as exc:
+        api_lister(api, "/api/v1/widgets")()
+    assert exc.value.status == 404
+    # An informer on a collection the server does not have keeps retrying and says why.
+    inf = Informer(api_lister(api, "/apis/example.com/v1/widgets"), name="widgets", **FAST)
+    informers.append(inf.start())
+    wait_until(lambda: inf.stats()["reconnects"] >= 2, what="retries")
+    assert not inf.synced and "404" in inf.last_error
