@@ -117,6 +117,8 @@ class Agent:
         self.metrics.entries.set(acc.get("entries", 0))
         stats = self.collector.stats()
         stats.update({f"accounter_{k}": v for k, v in acc.items()})
+        if self.dns is not None:
+            stats.update(self.dns.stats())
         self.metrics.publish_collector_stats(stats)
         if self.pod_index is not None:
             self.metrics.publish_informer_stats(self.pod_index.stats())
@@ -147,6 +149,7 @@ class Agent:
         if self.dns is not None:
             dns = self.dns.cut(ws, we, self.node)
             self.exporter.submit_raw("raw/dns", self.node, ws, dns)
+            log.info("window %s: %d DNS lookups", ws.strftime("%H:%M:%S"), dns.num_rows)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -154,28 +157,25 @@ def _one_line(exc: BaseException) -> str:
 
 
 class DnsFeed:
-    """raw/dns per window: the eBPF DNS tracer feeds a TTL-capped cache; each window's
-    lookups become a RAW_DNS table (node_agent/dns/)."""
+    """raw/dns per window: the eBPF DNS tracer (node_agent/dns/) observes DNS answers into a
+    TTL-capped cache; each window's lookups become one RAW_DNS table."""
 
-    def __init__(self, tracer, cache):
+    def __init__(self, tracer):
         self.tracer = tracer
-        self.cache = cache
 
     @classmethod
     def start(cls, cgroup_path: str | None, ttl_cap: float) -> "DnsFeed":
-        from node_agent.dns.cache import DnsCache
-        from node_agent.dns.tracer import DnsTracer  # ImportError until the tracer exists
+        from node_agent.dns.tracer import DnsTracer
 
-        cache = DnsCache(ttl_cap=ttl_cap)
-        tracer = DnsTracer(cache=cache, cgroup_path=cgroup_path)
-        tracer.start()
-        return cls(tracer, cache)
+        return cls(DnsTracer(cgroup_path=cgroup_path, ttl_cap=ttl_cap).start())
 
     def cut(self, ws: dt.datetime, we: dt.datetime, node: str):
         from node_agent.dns.exporter import dns_table
 
-        self.cache.expire(time.time())
-        return dns_table(self.cache.take_window(), ws, we, node)
+        return dns_table(self.tracer.take_window(), ws, we, node)
+
+    def stats(self) -> dict[str, int]:
+        return self.tracer.stats()
 
     def close(self) -> None:
         self.tracer.close()

@@ -206,10 +206,17 @@ class NetnsMoto:
 
 
 class AgentProc:
-    def __init__(self, ns: Netns, args: list[str], log_path: str, env: dict):
+    def __init__(self, ns: Netns, args: list[str], log_path: str, env: dict, keep_sys: bool = False):
         self.log_path = log_path
         self.log = open(log_path, "a")
-        self.proc = ns.popen(PY, "-m", "node_agent", *args, stdout=self.log, stderr=self.log, cwd=REPO, env=env)
+        cmd = [PY, "-m", "node_agent", *args]
+        if keep_sys:
+            # `ip netns exec` remounts /sys (hiding the cgroup2 mount the DNS tracer needs);
+            # nsenter only switches the network namespace.
+            cmd = ["nsenter", f"--net=/var/run/netns/{ns.name}", *cmd]
+        else:
+            cmd = ns.cmd(*cmd)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, cwd=REPO, env=env)
 
     def text(self) -> str:
         with open(self.log_path) as f:
@@ -658,3 +665,82 @@ def test_inventory_snapshots_from_the_api_server(tmp_path):
     assert [(r["name"], r["zone"], r["region"], r["provider"]) for r in nodes] == [("node-a", "us-east-1a", "us-east-1", "aws")]
     # Snapshot names are their times: one file per kind per snapshot, none overwritten.
     assert len({p.name for p in snaps}) == len(snaps)
+
+
+DNS_SERVER = r"""
+import time
+from dnslib import RR, QTYPE, A, CNAME
+from dnslib.server import DNSServer, BaseResolver
+class Zone(BaseResolver):
+    def resolve(self, request, handler):
+        reply = request.reply()
+        if str(request.q.qname) == "api.shop.test.":
+            reply.add_answer(RR("api.shop.test", QTYPE.CNAME, rdata=CNAME("edge.cdn.test"), ttl=30))
+            reply.add_answer(RR("edge.cdn.test", QTYPE.A, rdata=A("198.51.100.7"), ttl=20))
+        return reply
+DNSServer(Zone(), address="0.0.0.0", port=53).start_thread()
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+DNS_CLIENT = r"""
+from dnslib import DNSRecord
+DNSRecord.parse(DNSRecord.question("api.shop.test", "A").send("10.77.0.2", 53, timeout=5))
+print("done")
+"""
+
+
+@pytest.mark.privileged
+def test_dns_answers_land_in_raw_dns(tmp_path):
+    """--dns: the agent's tracer (cgroup ingress, on a test cgroup so only our client is
+    traced) turns DNS answers into raw/dns rows of the window."""
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    from node_agent import bpfload
+
+    try:
+        root = bpfload.find_cgroup2()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no cgroup v2 here: {exc}")
+    cgroup = os.path.join(root, f"netmon-agent-test-{uuid.uuid4().hex[:6]}")
+    os.mkdir(cgroup)
+    a, b = make_pair("nmagd")
+    srv = agent = None
+    try:
+        srv = b.popen(PY, "-c", DNS_SERVER, stdout=subprocess.PIPE, text=True)
+        assert srv.stdout.readline().strip() == "ready"
+        lake = tmp_path / "lake"
+        agent = AgentProc(a, ["run", "--standalone", "--dns", "--cgroup-path", cgroup, "--node", "node-a",
+                              "--lake", str(lake), "--spool", str(tmp_path / "spool"), "--poll-interval", "1s",
+                              "--flush-interval", "5s", "--listen", "off"], str(tmp_path / "agent.log"), dict(os.environ),
+                          keep_sys=True)
+        agent.wait_for("agent running")
+
+        def in_cgroup():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+        r = subprocess.run(a.cmd(PY, "-c", DNS_CLIENT), preexec_fn=in_cgroup, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        time.sleep(1.0)
+        assert agent.terminate() == 0, agent.text()
+        left = bpfload.attached_names(cgroup, bpfload.CGROUP_INET_INGRESS)
+    finally:
+        if agent is not None:
+            agent.kill()
+        if srv is not None:
+            srv.kill()
+            srv.wait()
+        a.delete()
+        b.delete()
+        os.rmdir(cgroup)
+    assert left == []                         # the agent detached its program at exit
+    rows = [r for f in sorted(lake.glob("raw/dns/date=*/hour=*/node=node-a/*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert {(r["client_ip"], r["domain"], r["ip"], r["ttl_s"]) for r in rows} == {
+        ("10.77.0.1", "api.shop.test", "198.51.100.7", 20)}
+    # raw/dns files share their window names with raw/flows
+    dns_windows = {p.name.split("-")[-1] for p in lake.glob("raw/dns/**/*.parquet")}
+    flow_windows = {p.name.split("-")[-1] for p in lake.glob("raw/flows/**/*.parquet")}
+    assert dns_windows == flow_windows
