@@ -232,6 +232,9 @@ def _build_nodes(c: Cluster, n: int, regions: int, rng: np.random.Generator) -> 
 def _build_workloads(c: Cluster, n: int, k: int) -> None:
     # A busier cluster (more flows per window) runs more replicas, as real ones do.
     f = int(np.clip(round(k / 200), 1, 20))
+    # ... but no more than ~100 pods per node (kubelet's default limit is 110)
+    per_f = max(2, n) + max(2, n // 2 + 1) + max(2, n // 2) + 6
+    f = max(1, min(f, (100 * n - 12) // per_f))
     W = Workload
     c.workloads = [
         W("kube-system", "kubelet", "kubelet", virtual=True, host_network=True),
