@@ -129,10 +129,10 @@ class ConntrackNat:
 class _Conn:
     """One connection being reported: its canonical tuple, id and chosen netns."""
 
-    __slots__ = ("key", "ct_id", "netns", "seen")
+    __slots__ = ("key", "ct_id", "netns")
 
     def __init__(self, key: tuple, ct_id: int, netns: int):
-        self.key, self.ct_id, self.netns, self.seen = key, ct_id, netns, True
+        self.key, self.ct_id, self.netns = key, ct_id, netns
 
 
 class EbpfCollector(Collector):
@@ -206,20 +206,22 @@ class EbpfCollector(Collector):
         """The map as rows (key bytes, netns, family, proto, src, dst, sport, dport, value
         fields), the tuple oriented like the first packet (the key stores sides A/B)."""
         try:
-            items = list(self._flows.items_lookup_batch())
-        except Exception:  # kernels without batch ops on this map type
+            kbytes, vbytes = bpfload.lookup_batch(self._flows.map_fd, KEY.size, VAL.size)
+        except OSError:  # kernels without batch ops: BCC's per-entry iteration
             items = list(self._flows.items())
-        unpk, unpv = KEY.unpack, VAL.unpack
+            kbytes = b"".join(bytes(k) for k, _v in items)
+            vbytes = b"".join(bytes(v) for _k, v in items)
+        ks = KEY.size
         out = []
-        for k, v in items:
-            kb = bytes(k)
-            netns, a, b, ap, bp, proto, fam = unpk(kb)
-            val = unpv(bytes(v))
-            n = 4 if fam == 4 else 16
+        append = out.append
+        for i, ((netns, a, b, ap, bp, proto, fam), val) in enumerate(zip(KEY.iter_unpack(kbytes), VAL.iter_unpack(vbytes))):
+            kb = kbytes[i * ks: (i + 1) * ks]
+            if fam == 4:
+                a, b = a[:4], b[:4]
             if val[6] & F_ORIG_IS_B:
-                out.append((kb, netns, fam, proto, b[:n], a[:n], bp, ap, val))
+                append((kb, netns, fam, proto, b, a, bp, ap, val))
             else:
-                out.append((kb, netns, fam, proto, a[:n], b[:n], ap, bp, val))
+                append((kb, netns, fam, proto, a, b, ap, bp, val))
         return out
 
     def _nat_index(self) -> dict[tuple, tuple[tuple, bool]]:
@@ -262,8 +264,11 @@ class EbpfCollector(Collector):
                 else:
                     resolved[kb] = ((fam, proto, s, sport, d, dport, d, dport), False)
 
-        # Merge map entries into connections per netns: canonical -> netns -> accumulators
-        groups: dict[tuple, dict[int, list]] = {}
+        # Merge map entries into connections: canonical -> [netns, b0, p0, b1, p1, first, last,
+        # flags, local_orig, keys]; entries of the same connection in other network namespaces
+        # (both ends on this node) go to `others` (rare) and one side is chosen below.
+        groups: dict[tuple, list] = {}
+        others: dict[tuple, dict[int, list]] = {}
         for kb, netns, _f, _p, _s, _d, _sp, _dp, (b0, b1, p0, p1, first, last, flags, _pad) in rows:
             canon, rev = resolved[kb]
             if rev:
@@ -271,53 +276,68 @@ class EbpfCollector(Collector):
                 flags = (flags & ~(F_FIN_ORIG | F_FIN_REPLY)) | (F_FIN_REPLY if flags & F_FIN_ORIG else 0) | (
                     F_FIN_ORIG if flags & F_FIN_REPLY else 0)
             local_orig = bool(flags & F_LOCAL_FIRST) != rev   # local socket is the originator
-            per_ns = groups.setdefault(canon, {})
-            acc = per_ns.get(netns)
+            acc = groups.get(canon)
+            if acc is not None and acc[0] != netns:
+                per_ns = others.setdefault(canon, {})
+                acc = per_ns.get(netns)
+                if acc is None:
+                    per_ns[netns] = [netns, b0, p0, b1, p1, first, last, flags, local_orig, [kb]]
+                    continue
             if acc is None:
-                per_ns[netns] = [b0, p0, b1, p1, first, last, flags, local_orig, [kb]]
+                groups[canon] = [netns, b0, p0, b1, p1, first, last, flags, local_orig, [kb]]
             else:
-                acc[0] += b0; acc[1] += p0; acc[2] += b1; acc[3] += p1
-                acc[4] = min(acc[4], first); acc[5] = max(acc[5], last)
-                acc[6] |= flags; acc[7] = acc[7] or local_orig
-                acc[8].append(kb)
+                acc[1] += b0; acc[2] += p0; acc[3] += b1; acc[4] += p1
+                if first < acc[5]:
+                    acc[5] = first
+                if last > acc[6]:
+                    acc[6] = last
+                acc[7] |= flags
+                acc[8] = acc[8] or local_orig
+                acc[9].append(kb)
 
         live: list[ConnSample] = []
         conns = self._conns
-        for c in conns.values():
-            c.seen = False
-        for canon, per_ns in groups.items():
+        seen: set[tuple] = set()
+        idle_ns, grace_ns = self.idle_ns, self.grace_ns
+        for canon, acc in groups.items():
+            seen.add(canon)
             conn = conns.get(canon)
-            if conn is None or conn.netns not in per_ns:
-                # The originator's netns if seen, else the busiest; then stick to it.
-                netns = max(per_ns, key=lambda ns: (per_ns[ns][7], per_ns[ns][0] + per_ns[ns][2], -ns))
-                first = min(a[4] for a in per_ns.values())
-                if conn is None:
-                    conn = conns[canon] = _Conn(canon, _ct_id(canon, first), netns)
-                else:
-                    conn.netns = netns
-            conn.seen = True
-            b0, p0, b1, p1, first, last, flags, _lo, _k = per_ns[conn.netns]
-            last = max(a[5] for a in per_ns.values())
-            flags = 0
-            for a in per_ns.values():
-                flags |= a[6]
+            sides = None
+            if canon in others:
+                sides = {acc[0]: acc, **others[canon]}
+                if conn is None or conn.netns not in sides:
+                    # The originator's side if seen, else the busiest; then stick to it.
+                    pick = max(sides.values(), key=lambda x: (x[8], x[1] + x[3], -x[0]))
+                    if conn is not None:
+                        conn.netns = pick[0]
+                chosen = sides[conn.netns] if conn is not None else pick
+                first = min(x[5] for x in sides.values())
+                last = max(x[6] for x in sides.values())
+                flags = 0
+                for x in sides.values():
+                    flags |= x[7]
+            else:
+                chosen, first, last, flags = acc, acc[5], acc[6], acc[7]
+            if conn is None:
+                conn = conns[canon] = _Conn(canon, _ct_id(canon, first), chosen[0])
+            _ns, b0, p0, b1, p1 = chosen[:5]
             fam, proto, s, sp, d, dp, rs, rsp = canon
             idle = now - last
-            closed = proto == socket.IPPROTO_TCP and (
-                flags & F_RST or (flags & F_FIN_ORIG and flags & F_FIN_REPLY))
-            if idle >= self.idle_ns or (closed and idle >= self.grace_ns):
+            if idle >= idle_ns or (idle >= grace_ns and proto == 6 and (
+                    flags & F_RST or (flags & F_FIN_ORIG and flags & F_FIN_REPLY))):
                 self._ended.append(ConnSample(conn.ct_id, fam, proto, s, d, sp, dp, rs, rsp, b0, p0, b1, p1, True))
                 self._stats["ended"] += 1
-                if len(per_ns) > 1:
-                    self._stats["duplicates_dropped"] += len(per_ns) - 1
-                for acc in per_ns.values():
-                    for kb in acc[8]:
+                for x in (sides.values() if sides else (acc,)):
+                    if x is not chosen:
+                        self._stats["duplicates_dropped"] += 1
+                    for kb in x[9]:
                         self._delete(kb)
                 del conns[canon]
                 continue
             live.append(ConnSample(conn.ct_id, fam, proto, s, d, sp, dp, rs, rsp, b0, p0, b1, p1, False))
-        for canon in [k for k, c in conns.items() if not c.seen]:
-            del conns[canon]   # entries vanished without us (map cleared): forget them
+        if len(conns) != len(seen):
+            for canon in [k for k in conns if k not in seen]:
+                del conns[canon]   # entries vanished without us (map cleared): forget them
         return live
 
     def _delete(self, kb: bytes) -> None:
