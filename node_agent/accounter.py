@@ -35,16 +35,21 @@ from lake.schema import RAW_FLOWS, TS, as_utc
 from node_agent.flows import ConnSample
 
 _M64 = (1 << 64) - 1
+_M32 = (1 << 32) - 1
+_ONE_CONN = 1 << 256  # the window value packs tx_b, tx_p, rx_b, rx_p (64 bits each) and connections
 
 
 def conn_key(s: ConnSample) -> int:
-    """(conntrack id, original tuple) as one int: id in the low 32 bits, a 64-bit hash of
-    the tuple above (a collision needs the same id and hash: ~n^2/2^96, negligible)."""
-    return ((hash((s.proto, s.src, s.dst, s.sport, s.dport)) & _M64) << 32) | (s.ct_id & 0xFFFFFFFF)
+    """(conntrack id, original tuple) as one int: the 64-bit hash of (ct_id, family, proto,
+    src, dst, sport, dport). Two live connections collide with probability ~n^2/2^65
+    (~1e-10 for 50k entries); the state stays a dict of small ints."""
+    return hash(s[:7])
 
 
 def pack(s: ConnSample) -> int:
-    return s.orig_bytes | s.orig_packets << 64 | s.reply_bytes << 128 | s.reply_packets << 192
+    """The four cumulative counters as one int (64 bits each)."""
+    ob, op, rb, rp = s[9:13]
+    return ob | op << 64 | rb << 128 | rp << 192
 
 
 def ip_str(packed: bytes) -> str:
@@ -55,18 +60,18 @@ LocalTest = Callable[[str], bool]
 
 # Arrays are built from buffers, not with pa.array(list): for Python lists pyarrow imports
 # pandas to look for pandas types, which costs ~55 MiB of RSS in a 128 MiB agent.
-_INT_CODES = {pa.int16(): "h", pa.int32(): "i", pa.int64(): "q"}
 
 
-def _ints(values: list[int], typ: pa.DataType) -> pa.Array:
-    return pa.Array.from_buffers(typ, len(values), [None, pa.py_buffer(array(_INT_CODES[typ], values))])
+def _ints(values: array, typ: pa.DataType) -> pa.Array:
+    return pa.Array.from_buffers(typ, len(values), [None, pa.py_buffer(values)])
 
 
-def _strings(values: list[str]) -> pa.Array:
-    data = [v.encode() for v in values]
+def _strings(uniques: list[bytes], idx) -> pa.Array:
+    """A string array of uniques[i] for i in idx, built from offsets and data buffers."""
+    data = [uniques[i] for i in idx]
     offsets = array("i", [0])
     offsets.extend(accumulate(map(len, data)))
-    return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
 
 
 def _repeat_ts(when: dt.datetime, n: int) -> pa.Array:
@@ -84,8 +89,9 @@ class Accounter:
         self._state: dict[int, int] = {}     # live connections: key -> packed counters
         self._missing: dict[int, int] = {}   # missing from the last dump, awaiting a DESTROY
         self._ended: dict[int, int] = {}     # ended since the last dump (a dying entry may still be dumped)
-        self._window: dict[tuple, list[int]] = {}  # flow ident -> [tx_b, tx_p, rx_b, rx_p, conns]
-        self._window_conns: set[int] = set()
+        self._window: dict[int, int] = {}    # flow ident -> packed tx_b, tx_p, rx_b, rx_p, conns
+        self._window_conns: set[int] = set()  # connections already counted in this window
+        self._ip_ids: dict[bytes, int] = {}   # packed IP -> id within this window
         self._baselined = False
         self._count_unseen = False           # ended-but-never-dumped connections count in full
         self._stats = dict.fromkeys((
@@ -182,20 +188,27 @@ class Accounter:
         if rb < lrb or rp < lrp:
             lrb = lrp = 0
             self._stats["resets"] += 1
-        dob, dop, drb, drp = ob - lob, op - lop, rb - lrb, rp - lrp
-        if not (dob or dop or drb or drp):
+        delta = (ob - lob) | (op - lop) << 64 | (rb - lrb) << 128 | (rp - lrp) << 192
+        if not delta:
             return
-        ident = (s.proto, s.src, s.dst, s.dport, s.reply_src, s.reply_sport)
-        acc = self._window.get(ident)
-        if acc is None:
-            acc = self._window[ident] = [0, 0, 0, 0, 0]
-        acc[0] += dob
-        acc[1] += dop
-        acc[2] += drb
-        acc[3] += drp
-        if k not in self._window_conns:
+        if k not in self._window_conns:  # connections that carried traffic in the window
             self._window_conns.add(k)
-            acc[4] += 1
+            delta += _ONE_CONN
+        # the flow identity as one int: proto, ports and window-local ids of the three IPs
+        ids = self._ip_ids
+        a, b, c = s.src, s.dst, s.reply_src
+        ia = ids.get(a)
+        if ia is None:
+            ia = ids[a] = len(ids)
+        ib = ids.get(b)
+        if ib is None:
+            ib = ids[b] = len(ids)
+        ic = ids.get(c)
+        if ic is None:
+            ic = ids[c] = len(ids)
+        ident = s.proto | s.dport << 8 | s.reply_sport << 24 | ia << 40 | ib << 72 | ic << 104
+        w = self._window
+        w[ident] = w.get(ident, 0) + delta
 
     # ----------------------------------------------------------------- output
     def cut(self, window_start: dt.datetime, window_end: dt.datetime, node: str,
@@ -209,61 +222,63 @@ class Accounter:
         """
         window_start, window_end = as_utc(window_start), as_utc(window_end)
         test = is_local if callable(is_local) else frozenset(is_local).__contains__
-        window, self._window, self._window_conns = self._window, {}, set()
-        names: dict[bytes, str] = {}
-        local: dict[bytes, bool] = {}
-        for ident in window:
-            for ip in (ident[1], ident[2], ident[4]):
-                if ip not in names:
-                    name = names[ip] = ip_str(ip)
-                    local[ip] = bool(test(name))
-        cols: dict[str, list] = {c: [] for c in (
-            "direction", "src_ip", "dst_ip", "orig_dst_ip", "orig_dst_port", "dst_port", "proto",
-            "tx_bytes", "tx_packets", "rx_bytes", "rx_packets", "connections")}
+        window, ip_ids = self._window, self._ip_ids
+        self._window, self._window_conns, self._ip_ids = {}, set(), {}
+        ips = list(ip_ids)  # id -> packed address
+        names = [ip_str(ip) for ip in ips]
+        local = [bool(test(name)) for name in names]
+        encoded = [name.encode() for name in names]
         st = self._stats
-        for (proto, src, dst, dport, rsrc, rsport), (txb, txp, rxb, rxp, conns) in window.items():
-            if local[src]:
-                direction = "outbound"
-            elif local[rsrc] or local[dst]:
-                direction = "inbound"
+        direction = array("b")   # 0 outbound, 1 inbound
+        src, dst, odst = array("i"), array("i"), array("i")
+        oport, dport, proto = array("i"), array("i"), array("h")
+        txb, txp, rxb, rxp, conns = array("q"), array("q"), array("q"), array("q"), array("q")
+        for ident, v in window.items():
+            ia, ib, ic = (ident >> 40) & _M32, (ident >> 72) & _M32, ident >> 104
+            if local[ia]:
+                direction.append(0)
+            elif local[ic] or local[ib]:
+                direction.append(1)
             else:
                 st["transit_flows"] += 1
-                st["transit_bytes"] += txb + rxb
+                st["transit_bytes"] += (v & _M64) + ((v >> 128) & _M64)
                 continue
-            cols["direction"].append(direction)
-            cols["src_ip"].append(names[src])
-            cols["dst_ip"].append(names[rsrc])
-            cols["orig_dst_ip"].append(names[dst])
-            cols["orig_dst_port"].append(dport)
-            cols["dst_port"].append(rsport)
-            cols["proto"].append(proto)
-            cols["tx_bytes"].append(txb)
-            cols["tx_packets"].append(txp)
-            cols["rx_bytes"].append(rxb)
-            cols["rx_packets"].append(rxp)
-            cols["connections"].append(conns)
-            st["tx_bytes"] += txb
-            st["rx_bytes"] += rxb
-        n = len(cols["src_ip"])
+            src.append(ia)
+            dst.append(ic)
+            odst.append(ib)
+            proto.append(ident & 0xFF)
+            oport.append((ident >> 8) & 0xFFFF)
+            dport.append((ident >> 24) & 0xFFFF)
+            txb.append(v & _M64)
+            txp.append((v >> 64) & _M64)
+            rxb.append((v >> 128) & _M64)
+            rxp.append((v >> 192) & _M64)
+            conns.append(v >> 256)
+        del window
+        n = len(src)
         st["flows_cut"] += n
-        arrays = []
-        for field in RAW_FLOWS:
-            name = field.name
-            if name == "window_start":
-                arrays.append(_repeat_ts(window_start, n))
-            elif name == "window_end":
-                arrays.append(_repeat_ts(window_end, n))
-            elif name == "node":
-                arrays.append(_strings([node] * n))
-            elif name in cols:
-                arrays.append(_strings(cols[name]) if field.type == pa.string() else _ints(cols[name], field.type))
-            else:
-                arrays.append(pa.nulls(n, field.type))
-        table = pa.Table.from_arrays(arrays, schema=RAW_FLOWS)
-        if n > 1:
-            table = table.sort_by([(c, "ascending") for c in ("direction", "src_ip", "dst_ip", "orig_dst_ip",
-                                                                  "orig_dst_port", "dst_port", "proto")])
-        return table
+        st["tx_bytes"] += sum(txb)
+        st["rx_bytes"] += sum(rxb)
+        dir_names = [b"outbound", b"inbound"]
+        cols = {
+            "window_start": _repeat_ts(window_start, n),
+            "window_end": _repeat_ts(window_end, n),
+            "node": _strings([node.encode()], [0] * n),
+            "direction": _strings(dir_names, direction),
+            "src_ip": _strings(encoded, src),
+            "dst_ip": _strings(encoded, dst),
+            "orig_dst_ip": _strings(encoded, odst),
+            "orig_dst_port": _ints(oport, pa.int32()),
+            "dst_port": _ints(dport, pa.int32()),
+            "proto": _ints(proto, pa.int16()),
+            "tx_bytes": _ints(txb, pa.int64()),
+            "tx_packets": _ints(txp, pa.int64()),
+            "rx_bytes": _ints(rxb, pa.int64()),
+            "rx_packets": _ints(rxp, pa.int64()),
+            "connections": _ints(conns, pa.int64()),
+        }
+        arrays = [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in RAW_FLOWS]
+        return pa.Table.from_arrays(arrays, schema=RAW_FLOWS)
 
     def pending(self) -> int:
         """Flow rows accumulated in the current window (before the transit filter)."""
