@@ -57,13 +57,13 @@ KINDS = ("pod", "service", "node", "endpoint", "external")
 KIND = {k: i for i, k in enumerate(KINDS)}
 
 PROVIDER_TOPOLOGY = {
-    # provider: (providerID prefix, [(region, zones), (second region, zones)], node name suffix)
-    "aws": ("aws:///", [("us-east-1", ("us-east-1a", "us-east-1b", "us-east-1c")),
-                         ("us-west-2", ("us-west-2a", "us-west-2b", "us-west-2c"))]),
-    "gcp": ("gce://", [("us-central1", ("us-central1-a", "us-central1-b", "us-central1-c")),
-                        ("us-east4", ("us-east4-a", "us-east4-b", "us-east4-c"))]),
-    "azure": ("azure:///", [("eastus", ("eastus-1", "eastus-2", "eastus-3")),
-                             ("westus2", ("westus2-1", "westus2-2", "westus2-3"))]),
+    # provider: [(region, zones), (second region, zones)] (the zone and region node labels)
+    "aws": [("us-east-1", ("us-east-1a", "us-east-1b", "us-east-1c")),
+            ("us-west-2", ("us-west-2a", "us-west-2b", "us-west-2c"))],
+    "gcp": [("us-central1", ("us-central1-a", "us-central1-b", "us-central1-c")),
+            ("us-east4", ("us-east4-a", "us-east4-b", "us-east4-c"))],
+    "azure": [("eastus", ("eastus-1", "eastus-2", "eastus-3")),
+              ("westus2", ("westus2-1", "westus2-2", "westus2-3"))],
 }
 
 
@@ -170,8 +170,8 @@ def _suffix(rng: np.random.Generator, n: int) -> str:
 def build_cluster(nodes: int, hours: int, seed: int, regions: int = 1,
                   start: dt.datetime | None = None, flows_per_node_window: int | None = None,
                   provider: str = "aws") -> Cluster:
-    if nodes < 1 or nodes > 4000:
-        raise ValueError(f"--nodes must be between 1 and 4000, got {nodes}")
+    if nodes < 1 or nodes > 2000:   # pod CIDRs 10.244.0.0/24 .. 10.251.207.0/24
+        raise ValueError(f"--nodes must be between 1 and 2000, got {nodes}")
     if hours < 1:
         raise ValueError(f"--hours must be at least 1, got {hours}")
     if regions not in (1, 2):
@@ -197,12 +197,11 @@ def build_cluster(nodes: int, hours: int, seed: int, regions: int = 1,
 
 
 def _build_nodes(c: Cluster, n: int, regions: int, rng: np.random.Generator) -> None:
-    prefix, topo = PROVIDER_TOPOLOGY[c.provider]
+    topo = PROVIDER_TOPOLOGY[c.provider]
     c.regions = [r for r, _ in topo[:regions]]
     c.zones = [z for _, zs in topo[:regions] for z in zs]
     ips, ext, zone, region = [], [], [], []
     per_region = [n - n // 2, n // 2] if regions == 2 else [n]
-    i = 0
     for r, count in enumerate(per_region):
         for j in range(count):
             # Each region is its own VPC (10.0/16, 10.1/16): peered VPCs cannot overlap.
@@ -221,12 +220,10 @@ def _build_nodes(c: Cluster, n: int, regions: int, rng: np.random.Generator) -> 
             else:
                 ext.append(-1)
             c.node_instance.append(("m6i.xlarge", "m6i.2xlarge", "c6i.2xlarge")[int(rng.integers(0, 3))])
-            i += 1
     c.node_ip = np.array(ips, dtype=np.int64)
     c.node_ext_ip = ext
     c.node_zone = np.array(zone, dtype=np.int64)
     c.node_region = np.array(region, dtype=np.int64)
-    _ = prefix
 
 
 def _build_workloads(c: Cluster, n: int, k: int) -> None:
