@@ -88,6 +88,7 @@ class Accounter:
     def __init__(self) -> None:
         self._state: dict[int, int] = {}     # live connections: key -> packed counters
         self._missing: dict[int, int] = {}   # missing from the last dump, awaiting a DESTROY
+        self._limbo: dict[int, int] = {}     # tombstones past their drain, kept one more poll
         self._ended: dict[int, int] = {}     # ended since the last dump (a dying entry may still be dumped)
         self._window: dict[int, int] = {}    # flow ident -> packed tx_b, tx_p, rx_b, rx_p, conns
         self._window_conns: set[int] = set()  # connections already counted in this window
@@ -114,8 +115,10 @@ class Accounter:
     def observe_dump(self, samples: Iterable[ConnSample]) -> None:
         """A full dump of live connections (cumulative counters)."""
         st = self._stats
-        self._stats["forgotten"] += len(self._missing)  # tombstones whose DESTROY never came
+        if self._missing:  # observe_ended was not called since the last dump
+            self._expire_tombstones()
         old = self._state
+        limbo = self._limbo
         ended = self._ended
         new: dict[int, int] = {}
         add = self._add
@@ -128,6 +131,8 @@ class Accounter:
             last = old.pop(k, None)
             if last is None:
                 last = new.get(k)  # the same entry twice in one dump (table resized meanwhile)
+            if last is None and limbo:
+                last = limbo.pop(k, None)  # skipped by one dump, back in the next: not new
             if last is None:
                 if baseline:
                     new[k] = cur
@@ -158,6 +163,8 @@ class Accounter:
             last = self._state.pop(k, None)
             if last is None:
                 last = self._missing.pop(k, None)
+            if last is None and self._limbo:
+                last = self._limbo.pop(k, None)
             if last is None:
                 if k in self._ended:  # the same DESTROY twice
                     st["ended_duplicate"] += 1
@@ -172,12 +179,17 @@ class Accounter:
             if cur != last:
                 self._add(s, k, cur, last)
         # tombstones had their drain: anything still missing ended without a DESTROY we saw
-        if self._missing:
-            st["forgotten"] += len(self._missing)
-            self._missing = {}
+        self._expire_tombstones()
         # from the first drain after the baseline on, a connection never dumped was born
         # after the baseline and counts in full
         self._count_unseen = self._baselined
+
+    def _expire_tombstones(self) -> None:
+        """Tombstones past their drain move to limbo for one more poll (an entry a dump
+        skipped and the next one shows again continues from its last counters); what
+        leaves limbo is forgotten."""
+        self._stats["forgotten"] += len(self._limbo)
+        self._limbo, self._missing = self._missing, {}
 
     def _add(self, s: ConnSample, k: int, cur: int, last: int) -> None:
         ob, op, rb, rp = cur & _M64, (cur >> 64) & _M64, (cur >> 128) & _M64, cur >> 192

@@ -146,13 +146,29 @@ def test_missing_from_dump_then_destroy_counts_from_last_seen_not_from_zero():
     a.observe_ended([ended(c, 1500, 13, 2600, 12)])
     (r,) = rows(a.cut(T0, T1, "n1", LOCAL))
     assert totals(r) == (500, 3, 600, 2, 1)
-    # without a DESTROY the tombstone is forgotten after one drain; a very late event then
-    # finds no state and, having no baseline, would count in full - it is already forgotten:
+    # without a DESTROY a tombstone stays in limbo one more poll, then is forgotten
     d = conn(31, POD_IP, PEER, 40021, 443, 10, 1, 10, 1)
     a.observe_dump([d])
     a.observe_dump([])
     a.observe_ended([])
+    assert a.stats()["forgotten"] == 0
+    a.observe_dump([])
+    a.observe_ended([])
     assert a.stats()["forgotten"] == 1
+
+
+def test_entry_skipped_by_one_dump_continues_from_its_last_counters():
+    """A dump that misses a live entry must not make the next dump count it as new."""
+    a = Accounter()
+    c = conn(32, POD_IP, PEER, 40022, 443, 1000, 10, 1000, 10)
+    a.observe_dump([c])
+    a.observe_ended([])
+    a.observe_dump([])     # skipped (not ended): tombstone
+    a.observe_ended([])    # no DESTROY: limbo
+    a.observe_dump([c._replace(orig_bytes=1200, orig_packets=12)])
+    (r,) = rows(a.cut(T0, T1, "n1", LOCAL))
+    assert totals(r) == (200, 2, 0, 0, 1)
+    assert a.stats()["new"] == 0 and a.stats()["forgotten"] == 0
 
 
 def test_dying_entry_dumped_after_its_destroy_is_not_counted_again():
