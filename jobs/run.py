@@ -67,10 +67,11 @@ class JobOptions:
 
 @dataclass
 class HourSpec:
-    """Everything one wave-1 task needs to cost one hour (paths only, no data)."""
+    """Everything one wave-1 task needs to cost one hour (paths and chunk names, no data)."""
     hour: dt.datetime
     flows: list[str]                 # raw flow files to cost (duplicates already dropped)
-    dns: list[str]                   # raw DNS files covering the hour and its lookback
+    dns_hours: list[dt.datetime]     # DNS chunks (hours) covering the hour and its lookback
+    inv_hours: list[dt.datetime]     # inventory chunks (hours) holding the snapshots it may use
 
 
 @dataclass
@@ -79,7 +80,8 @@ class Plan:
     retier: list[dt.datetime]                        # later hours whose egress tiers change
     files: dict[dt.datetime, dict[str, st.FileSig]]  # per computed hour: its manifest files
     specs: dict[dt.datetime, HourSpec]
-    inventory: dict[str, list[tuple[dt.datetime, str]]]  # kind -> [(snapshot time, path)] sorted
+    dns_chunks: dict[dt.datetime, list[str]]             # hour -> raw DNS files (loaded once each)
+    inv_chunks: dict[dt.datetime, dict[str, list[str]]]  # hour -> kind -> snapshot files
     duplicates: list[str]                            # superseded uploads (not costed)
     quarantined: list[dict]                          # files quarantined during discovery
     ledgers: dict[str, st.EgressLedger]
@@ -238,12 +240,21 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
                 compute.append(h)
 
     inv = _inventory_index(lake)
-    dns_hours = sorted(dns_winners)
     specs, files = {}, {}
+    dns_chunks: dict[dt.datetime, list[str]] = {}
+    inv_chunks: dict[dt.datetime, dict[str, list[str]]] = {}
+    inv_hour_of = {p: st.hour_of(t) for items in inv.values() for t, p in items}
     for h in compute:
         lo_dns = h - dns_lookback - HOUR
-        dns = [p for dh in dns_hours if lo_dns <= dh <= h + HOUR for p in dns_winners[dh]]
-        specs[h] = HourSpec(hour=h, flows=flow_winners[h], dns=dns)
+        dns_hours = [dh for dh in sorted(dns_winners) if lo_dns <= dh <= h + HOUR]
+        for dh in dns_hours:
+            dns_chunks[dh] = dns_winners[dh]
+        # snapshots for windows ending in (h, h + 1h + one window]; two hours is a safe bound
+        needed = {inv_hour_of[p] for items in inv.values() for p in _select_snapshots(items, h, h + 2 * HOUR)}
+        for ih in needed:
+            if ih not in inv_chunks:
+                inv_chunks[ih] = {k: [p for t, p in items if st.hour_of(t) == ih] for k, items in inv.items()}
+        specs[h] = HourSpec(hour=h, flows=flow_winners[h], dns_hours=dns_hours, inv_hours=sorted(needed))
         files[h] = {**flow_files.get(h, {}), **dns_files.get(h, {})}
 
     # Re-tier: processed hours after the earliest changed hour of each month.
@@ -259,7 +270,8 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
         for later in ledger.hours_after(first):
             if later not in computed and ledger.hours.get(st.hour_id(later)):
                 retier.add(later)
-    return Plan(compute=compute, retier=sorted(retier), files=files, specs=specs, inventory=inv,
+    return Plan(compute=compute, retier=sorted(retier), files=files, specs=specs,
+                dns_chunks=dns_chunks, inv_chunks=inv_chunks,
                 duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers)
 
 
@@ -289,24 +301,36 @@ def _select_snapshots(items: list[tuple[dt.datetime, str]], lo: dt.datetime, hi:
     return [p for _, p in items[first:upto[-1] + 1]]
 
 
-def compute_hour(lake_url: str, endpoint: str | None, spec: HourSpec,
-                 inventory: dict[str, list[tuple[dt.datetime, str]]], cfg, ranges_dir: str | None):
-    """Wave 1: the hour's pre-tier cost table and an info dict (rows, egress, quarantined)."""
+def load_dns_chunk(lake_url: str, endpoint: str | None, files: list[str]):
+    """Wave 0: one hour of raw DNS files, checked (bad ones quarantined). Shared by every hour
+    whose lookback covers it, so each file is read once per run."""
+    return load.load_files(_lake(lake_url, endpoint), files, "raw/dns")
+
+
+def load_inventory_chunk(lake_url: str, endpoint: str | None, files: dict[str, list[str]]):
+    """Wave 0: the inventory snapshots taken in one hour, per kind."""
+    lake = _lake(lake_url, endpoint)
+    out, bad = {}, []
+    for kind in S.INVENTORY_KINDS:
+        out[kind], b = load.read_inventory(lake, files.get(kind, []), kind)
+        bad += b
+    return out, bad
+
+
+def compute_hour(lake_url: str, endpoint: str | None, spec: HourSpec, cfg, ranges_dir: str | None,
+                 n_dns: int, *chunks):
+    """Wave 1: the hour's pre-tier cost table and an info dict (rows, egress, quarantined).
+    `chunks`: the DNS tables of spec.dns_hours (n_dns of them), then the inventory dicts of
+    spec.inv_hours (wave-0 results; Ray resolves them to values before the call)."""
     lake = _lake(lake_url, endpoint)
     flows, bad = load.load_files(lake, spec.flows, "raw/flows")
-    dns, bad_dns = load.load_files(lake, spec.dns, "raw/dns")
-    if flows.num_rows:
-        import pyarrow.compute as pc  # noqa: PLC0415
-        lo, hi = pc.min(flows["window_end"]).as_py(), pc.max(flows["window_end"]).as_py()
-    else:
-        lo, hi = spec.hour, spec.hour + HOUR
-    inv, inv_bad = {}, []
-    for kind in S.INVENTORY_KINDS:
-        inv[kind], b = load.read_inventory(lake, _select_snapshots(inventory.get(kind, []), lo, hi), kind)
-        inv_bad += b
+    flows = flows.combine_chunks()  # one chunk per file otherwise; the stages work on whole columns
+    dns_parts, inv_parts = chunks[:n_dns], chunks[n_dns:]
+    dns = pa.concat_tables(dns_parts) if dns_parts else S.RAW_DNS.empty_table()
+    inv = {k: pa.concat_tables([c[k] for c in inv_parts]) if inv_parts else None for k in S.INVENTORY_KINDS}
     if flows.num_rows:
         from jobs import pipeline  # noqa: PLC0415
-        ctx = _build_context(inv, dns, cfg, ranges_dir)
+        ctx = _build_context({k: v for k, v in inv.items() if v is not None}, dns, cfg, ranges_dir)
         costs = S.conform(pipeline.cost_flows(flows, ctx), S.COST_FLOWS)
     else:
         costs = S.COST_FLOWS.empty_table()
@@ -316,8 +340,7 @@ def compute_hour(lake_url: str, endpoint: str | None, spec: HourSpec,
         "rows_out": costs.num_rows,
         "files_read": len(spec.flows) - len(bad),
         "egress": _egress_volumes(costs) if costs.num_rows else {},
-        "quarantined": bad + bad_dns,
-        "inventory_unreadable": inv_bad,
+        "quarantined": bad,
     }
     return costs, info
 
@@ -483,10 +506,11 @@ def run_cost_job(opts: JobOptions) -> RunResult:
               f"{len(p.duplicates)} duplicate upload(s) skipped", file=out, flush=True)
     infos: dict[dt.datetime, dict] = {}
     partials: list[dict] = []
+    chunk_bad: list[dict] = []
     if todo:
         ex = InlineExecutor() if opts.executor == "inline" else RayExecutor(opts.ray_address, opts.num_cpus)
         try:
-            infos, partials = _execute(ex, opts, p, cfg, ranges_dir, todo, _Progress(out, len(todo)))
+            infos, partials, chunk_bad = _execute(ex, opts, p, cfg, ranges_dir, todo, _Progress(out, len(todo)))
         finally:
             ex.shutdown()
         for ledger in p.ledgers.values():
@@ -498,11 +522,14 @@ def run_cost_job(opts: JobOptions) -> RunResult:
                 quarantined=[q["path"] for q in info["quarantined"]]))
     quarantined = list(p.quarantined)
     seen = {q["path"] for q in quarantined}
-    for info in infos.values():
-        for q in info["quarantined"]:
-            if q["path"] not in seen:
-                seen.add(q["path"])
-                quarantined.append(q)
+    skipped = [q for q in chunk_bad if q["reason"] == load.SKIPPED_INVENTORY]
+    for q in [q for info in infos.values() for q in info["quarantined"]] + chunk_bad:
+        if q["path"] not in seen and q["reason"] != load.SKIPPED_INVENTORY:
+            seen.add(q["path"])
+            quarantined.append(q)
+    if out is not None:
+        for q in skipped:
+            print(f"cost: warning: inventory snapshot {q['path']} skipped: {q['error']}", file=out, flush=True)
     return RunResult(
         hours_computed=p.compute, hours_retiered=p.retier,
         rows_in=sum(i["rows_in"] for i in infos.values()),
@@ -519,12 +546,39 @@ def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: _Pr
     pending = deque(p.compute)
     wave1: dict[dt.datetime, tuple] = {}
     ahead = max(2, opts.num_cpus + 1)  # bounded look-ahead keeps the object store small
-    inv_ref = ex.put(p.inventory)
+    # wave 0: DNS and inventory chunks, loaded once each, on first need; the driver drops its
+    # reference after the last hour that needs a chunk has been submitted
+    dns_refs: dict[dt.datetime, Any] = {}
+    inv_refs: dict[dt.datetime, Any] = {}
+    bad_refs: list = []
+    last_use: dict[tuple[str, dt.datetime], dt.datetime] = {}
+    for h in p.compute:
+        for dh in p.specs[h].dns_hours:
+            last_use[("dns", dh)] = h
+        for ih in p.specs[h].inv_hours:
+            last_use[("inv", ih)] = h
+
+    def chunk(kind: str, hour: dt.datetime):
+        refs = dns_refs if kind == "dns" else inv_refs
+        if hour not in refs:
+            if kind == "dns":
+                t, b = ex.submit(load_dns_chunk, url, ep, p.dns_chunks[hour], num_returns=2)
+            else:
+                t, b = ex.submit(load_inventory_chunk, url, ep, p.inv_chunks[hour], num_returns=2)
+            refs[hour] = t
+            bad_refs.append(b)
+        return ex.arg(refs[hour])
 
     def top_up():
         while pending and len(wave1) < ahead:
             h = pending.popleft()
-            wave1[h] = ex.submit(compute_hour, url, ep, p.specs[h], inv_ref, cfg, ranges_dir, num_returns=2)
+            spec = p.specs[h]
+            parts = [chunk("dns", dh) for dh in spec.dns_hours] + [chunk("inv", ih) for ih in spec.inv_hours]
+            wave1[h] = ex.submit(compute_hour, url, ep, spec, cfg, ranges_dir, len(spec.dns_hours), *parts,
+                                 num_returns=2)
+            for key in [("dns", dh) for dh in spec.dns_hours] + [("inv", ih) for ih in spec.inv_hours]:
+                if last_use[key] == h:
+                    (dns_refs if key[0] == "dns" else inv_refs).pop(key[1], None)
 
     # offsets the stored partitions of re-tiered hours were priced with (before this run)
     old = {h: p.ledgers[st.month_of(h)].offsets_before(h) for h in p.retier}
@@ -558,4 +612,6 @@ def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: _Pr
     days = sorted({h.date() for h in todo})
     for d in [ex.submit(rollup_date, url, ep, day) for day in days]:
         ex.get(d)
-    return infos, partials
+    # files quarantined while loading DNS chunks belong to the run (reported in the summary)
+    chunk_bad = [q for b in bad_refs for q in ex.get(b)]
+    return infos, partials, chunk_bad
