@@ -45,7 +45,7 @@ def rules_table(rules) -> PrefixTable | None:
 def classify(t: pa.Table, ctx) -> pa.Table:
     n = t.num_rows
     kd, kcodes = dict_parts(t.column("dst_kind"))
-    kmap = np.array([KIND[k] for k in kd.to_pylist()], np.int64)
+    kmap = np.array([KIND.get(k, KIND["external"]) for k in kd.to_pylist()], np.int64)
     kind = kmap[np.maximum(kcodes, 0)] if len(kmap) else np.full(n, KIND["external"])
     external = kind == KIND["external"]
 

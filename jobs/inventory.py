@@ -27,7 +27,7 @@ def to_us(col) -> np.ndarray:
         col = col.combine_chunks()
     if pa.types.is_dictionary(col.type):
         col = col.dictionary_decode()
-    return col.cast(S.TS).cast(pa.int64()).fill_null(0).to_numpy()
+    return col.cast(S.TS, safe=False).cast(pa.int64()).fill_null(0).to_numpy()
 
 
 class Snapshots:
@@ -67,17 +67,21 @@ class Snapshots:
 
 
 class KeyLookup:
-    """(local snapshot, key id) -> payload int, -1 when absent. On duplicate pairs the
-    entry given last wins: callers order entries by ascending preference."""
+    """(local snapshot, key id) -> payload int, -1 when absent (or when snapshot or key is -1).
+    On duplicate pairs the entry given last wins: callers order entries by ascending preference.
+
+    Dense layout: table[(key + 1) * (n_snap + 1) + snap + 1], whose row and column 0 hold -1,
+    so a lookup is two multiply-adds and one gather with no masking."""
 
     def __init__(self, snap: np.ndarray, key: np.ndarray, payload: np.ndarray, n_snap: int, n_key: int):
         ok = (snap >= 0) & (key >= 0)
         snap, key, payload = snap[ok].astype(np.int64), key[ok].astype(np.int64), payload[ok].astype(np.int64)
         self.n_key = max(int(n_key), 1)
-        self.dense = n_snap * self.n_key <= DENSE_MAX
+        self.stride = max(int(n_snap), 1) + 1
+        self.dense = self.stride * (self.n_key + 1) <= DENSE_MAX
         if self.dense:
-            self.table = np.full(max(n_snap, 1) * self.n_key, -1, np.int32)
-            self.table[snap * self.n_key + key] = payload  # numpy: the last write wins
+            self.table = np.full(self.stride * (self.n_key + 1), -1, np.int32)
+            self.table[(key + 1) * self.stride + snap + 1] = payload  # numpy: the last write wins
         else:
             flat = snap * self.n_key + key
             order = np.argsort(flat, kind="stable")
@@ -86,10 +90,13 @@ class KeyLookup:
             self.keys, self.values = flat[last], payload[last]
 
     def __call__(self, snap: np.ndarray, key: np.ndarray) -> np.ndarray:
+        if self.dense:
+            flat = key * self.stride
+            flat += snap
+            flat += self.stride + 1
+            return self.table.take(flat)
         ok = (snap >= 0) & (key >= 0)
         flat = np.where(ok, snap * self.n_key + key, 0)
-        if self.dense:
-            return np.where(ok, self.table[flat], -1)
         if len(self.keys) == 0:
             return np.full(len(flat), -1, np.int64)
         pos = np.minimum(np.searchsorted(self.keys, flat), len(self.keys) - 1)
@@ -102,4 +109,4 @@ def ids_in(values, dictionary: pa.Array) -> np.ndarray:
         values = values.combine_chunks()
     if len(values) == 0:
         return np.zeros(0, np.int64)
-    return pc.index_in(values, value_set=dictionary).fill_null(-1).to_numpy().astype(np.int64)
+    return pc.index_in(values, value_set=dictionary, skip_nulls=True).fill_null(-1).to_numpy().astype(np.int64)

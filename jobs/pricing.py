@@ -162,7 +162,7 @@ def price(t: pa.Table, ctx) -> pa.Table:
     """cost_usd and rate_card for every row; internet egress gets only NAT processing here."""
     n = t.num_rows
     cd, ccodes = dict_parts(t.column("traffic_class"))
-    cmap = np.array([CLASS[c] for c in cd.to_pylist()], np.int64)
+    cmap = np.array([CLASS.get(c, CLASS["unknown"]) for c in cd.to_pylist()], np.int64)
     cls = cmap[np.maximum(ccodes, 0)] if len(cmap) else np.zeros(n, np.int64)
     used, card_of = _card_index(t, ctx.cards)
     # per-byte rate matrix [card, class]; internet egress carries the NAT rate (if configured)

@@ -33,7 +33,12 @@ KIND = {k: i for i, k in enumerate(S.DST_KINDS)}
 def _single(col) -> pa.Array:
     if isinstance(col, pa.ChunkedArray):
         if pa.types.is_dictionary(col.type) and col.num_chunks > 1:
-            col = col.unify_dictionaries()
+            d0 = col.chunk(0).dictionary
+            if not all(c.dictionary.equals(d0) for c in col.chunks[1:]):
+                try:
+                    col = col.unify_dictionaries()
+                except pa.ArrowInvalid:  # dictionaries holding nulls: decode, re-encode
+                    col = pc.dictionary_encode(col.cast(col.type.value_type))
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     return col
 
@@ -44,27 +49,34 @@ def dict_parts(col) -> tuple[pa.Array, np.ndarray]:
     if not pa.types.is_dictionary(col.type):
         col = pc.dictionary_encode(col)
     codes = col.indices.cast(pa.int64()).fill_null(-1).to_numpy()
+    if col.dictionary.null_count:  # `pick` encodes null as a null dictionary entry
+        null_entry = col.dictionary.is_null().to_numpy(zero_copy_only=False)
+        codes = np.where(null_entry[np.maximum(codes, 0)], -1, codes)
     return col.dictionary, codes
 
 
 def pick(dictionary: pa.Array, idx: np.ndarray) -> pa.DictionaryArray:
-    """dictionary[idx] as a dictionary array; idx < 0 gives null."""
-    ind = pa.array(idx.astype(np.int32, copy=False), pa.int32(), mask=idx < 0)
-    return pa.DictionaryArray.from_arrays(ind, dictionary.cast(pa.string()))
+    """dictionary[idx] as a dictionary array; idx < 0 gives null (a null entry appended to
+    the dictionary, so the indices need no validity bitmap)."""
+    dictionary = dictionary.cast(pa.string())
+    n = len(dictionary)
+    ind = idx.astype(np.int32)  # a copy, never a view of the caller's array
+    ind[ind < 0] = n
+    return pa.DictionaryArray.from_arrays(pa.array(ind), pa.concat_arrays([dictionary, pa.nulls(1, pa.string())]))
 
 
-def choose(n: int, parts: list[tuple[np.ndarray, pa.Array, np.ndarray]]) -> pa.DictionaryArray:
-    """First part whose mask is true (and index >= 0) gives the row's value, else null."""
-    out = np.full(n, -1, np.int64)
-    done = np.zeros(n, bool)
-    dicts, offset = [], 0
-    for mask, dictionary, idx in parts:
-        m = mask & ~done & (idx >= 0)
-        out[m] = idx[m] + offset
-        done |= m
-        dicts.append(dictionary.cast(pa.string()))
-        offset += len(dictionary)
-    dictionary = pa.concat_arrays(dicts) if dicts else pa.array([], pa.string())
+def choose(n: int, parts: list[tuple[np.ndarray | None, pa.Array, np.ndarray]]) -> pa.DictionaryArray:
+    """First part whose mask is true (None: every row) and whose index is >= 0 gives the
+    row's value, else null."""
+    offsets = np.cumsum([0] + [len(d) for _, d, _ in parts])
+    out = np.full(n, -1, np.int32)
+    for (mask, _, idx), off in reversed(list(zip(parts, offsets))):
+        idx = idx.astype(np.int32, copy=False)
+        sel = idx >= 0
+        if mask is not None:
+            sel &= mask
+        np.copyto(out, idx + np.int32(off), where=sel)
+    dictionary = pa.concat_arrays([d.cast(pa.string()) for _, d, _ in parts]) if parts else pa.array([], pa.string())
     return pick(dictionary, out)
 
 
@@ -248,7 +260,6 @@ def resolve(t: pa.Table, ctx) -> pa.Table:
     inv = Inventory(ctx, t, ipd, node_dict)
     P, N, Sv, E = inv.pods.table, inv.nodes.table, inv.services.table, inv.endpoints.table
     psnap, nsnap, ssnap, esnap = inv.pods.snap, inv.nodes.snap, inv.services.snap, inv.endpoints.snap
-    every = np.ones(n, bool)
 
     # ---- source (§3)
     name_map = ids_in(node_dict, inv.names)
@@ -284,8 +295,8 @@ def resolve(t: pa.Table, ctx) -> pa.Table:
         "direction": t.column("direction"),
         "src_node": t.column("node"),
         "src_zone": pick(inv.node_zone, srow),
-        "src_region": choose(n, [(every, inv.node_region, srow), (every, pa.array([cfg.region]), np.zeros(n, np.int64))]),
-        "src_provider": choose(n, [(every, inv.node_provider, srow), (every, pa.array([cfg.provider]), np.zeros(n, np.int64))]),
+        "src_region": choose(n, [(None, inv.node_region, srow), (None, pa.array([cfg.region]), np.zeros(n, np.int32))]),
+        "src_provider": choose(n, [(None, inv.node_provider, srow), (None, pa.array([cfg.provider]), np.zeros(n, np.int32))]),
         "src_ip": t.column("src_ip"),
         "src_namespace": choose(n, [(raw & app, ns_d, ns_code), (~raw & app, P.column("namespace").combine_chunks(), r_ip)]),
         "src_pod": choose(n, [(raw & app, pod_d, pod_code), (~raw & app, P.column("name").combine_chunks(), r_ip)]),
