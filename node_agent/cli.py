@@ -236,6 +236,9 @@ def cmd_run(args) -> int:
         collector.open()
     except CollectorError as exc:
         raise UsageError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - kernel/BPF failures come in many types
+        msg = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise UsageError(f"cannot start the {args.collector} collector: {msg}") from None
     health_server = pod_index = dns = None
     exporter = None
     try:

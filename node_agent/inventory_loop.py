@@ -66,6 +66,8 @@ def run_inventory(api, exporter, interval: float, metrics, health, stop: threadi
                     health.tick()
                 except NotSyncedError as exc:
                     log.warning("%s; skipping this snapshot", exc)
+                except Exception as exc:  # noqa: BLE001 - keep serving; /healthz goes stale if it persists
+                    log.error("snapshot failed: %s", " ".join(str(exc).split())[:300] or type(exc).__name__)
                 next_at = aligned_next(wall(), interval)
             if stop.wait(max(0.0, min(next_at - wall(), 5.0))):
                 break
