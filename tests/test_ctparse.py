@@ -161,6 +161,11 @@ def test_learned_layout_reads_the_same_as_the_generic_walk():
     assert len(other) == len(msgs[0])
     p.feed(other, out)
     assert out[-1] == parse_entry(other, 20, len(other), False)
+    # a run read in one pass stops at a message of another shape and resumes after it
+    mixed = [msgs[0], msgs[1], other, msgs[2], msgs[3], ct_message(ct_id=5, mtype=CT_DELETE)]
+    out = []
+    p.feed(b"".join(mixed) + done(), out)
+    assert out == [parse_entry(m, 20, len(m), m is mixed[-1]) for m in mixed]
 
 
 # ------------------------------------------------------------------------------ fuzzing

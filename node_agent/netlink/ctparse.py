@@ -265,8 +265,24 @@ def learn_layout(buf, off: int, end: int):
     st = struct.Struct("".join(fmt))
     if st.size > end - off:
         return None
+    # the same layout for a run of whole messages: nlmsghdr (read big-endian, compared as
+    # words) + nfgenmsg (skipped) + body, for Struct.iter_unpack over consecutive messages
+    rec = struct.Struct(">IHHII4x" + "".join(fmt[1:]))
+    batch = None
+    if rec.size == end - off + 20 and rec.size % 4 == 0:
+        batch = (rec.iter_unpack, itemgetter(*(h + 5 for h in headers)),
+                 itemgetter(*(fields[k] + 5 for k in need)))
     return (st.unpack_from, itemgetter(*headers), tuple(expected),
-            itemgetter(*(fields[k] for k in need)), fam)
+            itemgetter(*(fields[k] for k in need)), fam, batch)
+
+
+def _be_word(v: int) -> int:
+    """A native u32 as read by a big-endian struct."""
+    return struct.unpack(">I", struct.pack("=I", v))[0]
+
+
+_NEW_W = struct.unpack(">H", struct.pack("=H", CT_NEW))[0]
+_DEL_W = struct.unpack(">H", struct.pack("=H", CT_DELETE))[0]
 
 
 class CtParser:
@@ -301,7 +317,31 @@ class CtParser:
             if mtype == CT_NEW or mtype == CT_DELETE:
                 self.messages += 1
                 ended = mtype == CT_DELETE
-                for unpack, hget, hexp, vget, fam in layouts.get(mlen, ()):
+                lays = layouts.get(mlen)
+                if lays is not None and lays[0][5] is not None and n - off >= 2 * mlen:
+                    # a run of same-length messages: read them all with one iter_unpack
+                    _u, _h, hexp, _v, fam, (it, rhget, rvget) = lays[0]
+                    k = (n - off) // mlen
+                    j = 0
+                    mlen_w = _be_word(mlen)
+                    for v in it(memoryview(buf)[off:off + k * mlen]):
+                        if v[0] != mlen_w or rhget(v) != hexp:
+                            break
+                        t = v[1]
+                        if t == _NEW_W:
+                            e = False
+                        elif t == _DEL_W:
+                            e = True
+                        else:
+                            break
+                        i, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp = rvget(v)
+                        append(new(cs, (i, fam, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp, e)))
+                        j += 1
+                    if j:
+                        self.messages += j - 1
+                        off += j * mlen
+                        continue
+                for unpack, hget, hexp, vget, fam, _batch in layouts.get(mlen, ()):
                     v = unpack(buf, off + 20)
                     if hget(v) == hexp:
                         i, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp = vget(v)
