@@ -15,6 +15,7 @@
 // entries). Packets that find the map full are counted per CPU in netmon_fstats, never lost
 // silently.
 #include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
 #include <uapi/linux/ipv6.h>
@@ -65,44 +66,68 @@ static __always_inline void stat_add(int slot, u64 n) {
         *c += n;
 }
 
+// Headers are read with as few helper calls as possible: one load of the IP header plus the
+// first 14 bytes of the transport header (enough for TCP ports and flags, UDP ports, the ICMP
+// echo id) when the packet is long enough and IPv4 has no options; otherwise a second load.
+#define V4_FULL (20 + 14)
+#define V4_MIN (20 + 8)
+#define V6_FULL (40 + 14)
+#define V6_MIN (40 + 8)
+
 static __always_inline int count(struct __sk_buff *skb, int egress) {
     struct flow_key k = {};
     u64 src[2] = {}, dst[2] = {};
     u16 sport = 0, dport = 0;
     u8 family = 0;
     u8 proto = 0;
-    u32 l4 = 0;
-    u8 vb = 0;
-    if (bpf_skb_load_bytes(skb, 0, &vb, 1) < 0) {
-        stat_add(S_SHORT, 1);
-        return 1;
-    }
-    if ((vb >> 4) == 4) {
-        struct iphdr ip;
-        if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0) {
-            stat_add(S_SHORT, 1);
-            return 1;
+    u8 h[V6_FULL];          // IP header, then the transport header at l4h
+    u8 *t;                  // transport header bytes (at least 8 valid, 14 for TCP)
+    u32 len = skb->len;
+
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        if (len >= V4_FULL) {
+            if (bpf_skb_load_bytes(skb, 0, h, V4_FULL) < 0)
+                goto short_pkt;
+        } else if (len >= V4_MIN) {
+            if (bpf_skb_load_bytes(skb, 0, h, V4_MIN) < 0)
+                goto short_pkt;
+        } else {
+            goto short_pkt;
         }
-        if (ip.frag_off & bpf_htons(0x1fff)) {   // non-first fragment: no ports
+        struct iphdr *ip = (void *)h;
+        if (ip->frag_off & bpf_htons(0x1fff)) {   // non-first fragment: no ports
             stat_add(S_UNTRACKED, 1);
             return 1;
         }
-        proto = ip.protocol;
-        l4 = ip.ihl * 4;
-        __builtin_memcpy(src, &ip.saddr, 4);
-        __builtin_memcpy(dst, &ip.daddr, 4);
+        proto = ip->protocol;
+        __builtin_memcpy(src, &ip->saddr, 4);
+        __builtin_memcpy(dst, &ip->daddr, 4);
         family = 4;
-    } else if ((vb >> 4) == 6) {
-        struct ipv6hdr ip6;
-        if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) < 0) {
-            stat_add(S_SHORT, 1);
-            return 1;
+        t = h + 20;
+        if (ip->ihl != 5) {                       // IP options: the transport header is further on
+            if (bpf_skb_load_bytes(skb, ip->ihl * 4, h + 20, 14) < 0)
+                goto short_pkt;
+        } else if (proto == IPPROTO_TCP && len < V4_FULL) {
+            goto short_pkt;
         }
-        proto = ip6.nexthdr;
-        l4 = sizeof(ip6);
-        __builtin_memcpy(src, &ip6.saddr, 16);
-        __builtin_memcpy(dst, &ip6.daddr, 16);
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        if (len >= V6_FULL) {
+            if (bpf_skb_load_bytes(skb, 0, h, V6_FULL) < 0)
+                goto short_pkt;
+        } else if (len >= V6_MIN) {
+            if (bpf_skb_load_bytes(skb, 0, h, V6_MIN) < 0)
+                goto short_pkt;
+        } else {
+            goto short_pkt;
+        }
+        struct ipv6hdr *ip6 = (void *)h;
+        proto = ip6->nexthdr;       // extension headers are not walked: counted as untracked
+        __builtin_memcpy(src, &ip6->saddr, 16);
+        __builtin_memcpy(dst, &ip6->daddr, 16);
         family = 6;
+        t = h + 40;
+        if (proto == IPPROTO_TCP && len < V6_FULL)
+            goto short_pkt;
     } else {
         stat_add(S_UNTRACKED, 1);
         return 1;
@@ -110,35 +135,20 @@ static __always_inline int count(struct __sk_buff *skb, int egress) {
 
     u8 tcpflags = 0;
     if (proto == IPPROTO_TCP) {
-        u8 h[14];
-        if (bpf_skb_load_bytes(skb, l4, h, sizeof(h)) < 0) {
-            stat_add(S_SHORT, 1);
-            return 1;
-        }
-        sport = ((u16)h[0] << 8) | h[1];
-        dport = ((u16)h[2] << 8) | h[3];
-        tcpflags = h[13];
+        sport = ((u16)t[0] << 8) | t[1];
+        dport = ((u16)t[2] << 8) | t[3];
+        tcpflags = t[13];
     } else if (proto == IPPROTO_UDP) {
-        u8 h[4];
-        if (bpf_skb_load_bytes(skb, l4, h, sizeof(h)) < 0) {
-            stat_add(S_SHORT, 1);
-            return 1;
-        }
-        sport = ((u16)h[0] << 8) | h[1];
-        dport = ((u16)h[2] << 8) | h[3];
+        sport = ((u16)t[0] << 8) | t[1];
+        dport = ((u16)t[2] << 8) | t[3];
     } else if ((proto == IPPROTO_ICMP && family == 4) || (proto == IPPROTO_ICMPV6 && family == 6)) {
-        u8 h[6];
-        if (bpf_skb_load_bytes(skb, l4, h, sizeof(h)) < 0) {
-            stat_add(S_SHORT, 1);
-            return 1;
-        }
-        u8 t = h[0];
-        int echo = family == 4 ? (t == 8 || t == 0) : (t == 128 || t == 129);
+        u8 ty = t[0];
+        int echo = family == 4 ? (ty == 8 || ty == 0) : (ty == 128 || ty == 129);
         if (!echo) {   // errors belong to another connection; other types are rare
             stat_add(S_UNTRACKED, 1);
             return 1;
         }
-        sport = ((u16)h[4] << 8) | h[5];
+        sport = ((u16)t[4] << 8) | t[5];
         dport = sport;
     } else {
         stat_add(S_UNTRACKED, 1);
@@ -157,8 +167,7 @@ static __always_inline int count(struct __sk_buff *skb, int egress) {
     k.family = family;
     k.netns = bpf_get_netns_cookie(skb);
 
-    u64 len = skb->len;
-    u64 now = bpf_ktime_get_ns();
+    u64 now = bpf_ktime_get_coarse_ns();   // idle detection only: tick resolution is plenty
     struct flow_val *v = netmon_flows.lookup(&k);
     if (!v) {
         struct flow_val nv = {};
@@ -186,6 +195,10 @@ static __always_inline int count(struct __sk_buff *skb, int egress) {
             v->flags |= bit;
     }
     return 1;   // count, never drop
+
+short_pkt:
+    stat_add(S_SHORT, 1);
+    return 1;
 }
 
 int netmon_flow_in(struct __sk_buff *skb) { return count(skb, 0); }

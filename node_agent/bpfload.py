@@ -187,6 +187,15 @@ def lookup_batch(map_fd: int, key_size: int, value_size: int, chunk: int = 4096)
         first = False
 
 
+def prog_run_stats(prog_fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program; counted only while kernel.bpf_stats_enabled=1."""
+    info = ctypes.create_string_buffer(256)
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("=IIQ", attr, 0, prog_fd, len(info), ctypes.addressof(info))
+    _bpf(_BPF_OBJ_GET_INFO_BY_FD, attr)
+    return struct.unpack_from("=QQ", info, 192)   # bpf_prog_info.run_time_ns, run_cnt
+
+
 def _detach_fd(cgroup_fd: int, prog_fd: int, attach_type: int) -> None:
     attr = ctypes.create_string_buffer(128)
     struct.pack_into("=IIII", attr, 0, cgroup_fd, prog_fd, attach_type, 0)
@@ -261,6 +270,9 @@ class Attachments:
             raise BpfError(f"attaching {func_name} to {self.cgroup} failed: {e}") from None
         self._made.append((fn, attach_type))
         return fn
+
+    def prog_fds(self) -> list[int]:
+        return [fn.fd for fn, _at in self._made]
 
     def close(self) -> None:
         bcc = _import_bcc() if self._made else None
