@@ -10,22 +10,24 @@ kernel's conntrack table knows both tuples, so each map entry is matched against
 conntrack entries (tuples where the reply source differs from the dialed destination) by any
 of its four views, and the entries of one connection are merged into one sample: `dst`/`dport`
 = what was dialed (the ClusterIP), `reply_src`/`reply_sport` = the backend, as in conntrack
-mode. A resolution is remembered for the entry's lifetime, so it survives the conntrack entry
-expiring first. The conntrack dump only runs when unresolved new entries exist.
+mode. Only entries created since the previous poll are looked up (one dump of the DNAT'ed
+conntrack entries per poll that has new entries); a hit is remembered for the entry's
+lifetime, so it survives the conntrack entry expiring first. User-space state is therefore
+per NAT'ed connection only; everything else is derived from the map at each poll.
 
-Identity. `ct_id` = a stable hash of the connection's tuple and its first-seen time (kernel
-monotonic ns), so a 5-tuple reused after its entry was removed is a new connection.
+Identity. `ct_id` = a hash of the connection's tuple and its first-seen time (kernel
+monotonic ns, kept in the map), stable for the agent's lifetime, so a 5-tuple reused after
+its entry was removed is a new connection.
 
 End of a connection. TCP: RST, or FIN in both directions, and then idle for `close_grace`
-(the last ACKs still count); any protocol: idle for `idle_timeout`. The final counters are
-queued for `drain_ended()` and the map entries deleted. Both ends of a connection between two
-pods of this node are counted in two network namespaces; the originator's side is kept (as
-the host's conntrack keeps one entry).
+(the last ACKs still count); idle for `tcp_idle_timeout` (TCP) or `idle_timeout` (UDP,
+ICMP). The final counters are queued for `drain_ended()` and the map entries deleted. Both
+ends of a connection between two pods of this node are counted in two network namespaces;
+the originator's side is kept (as the host's conntrack keeps one entry).
 """
 from __future__ import annotations
 
 import atexit
-import hashlib
 import socket
 import struct
 import time
@@ -126,15 +128,6 @@ class ConntrackNat:
             self._sock = None
 
 
-class _Conn:
-    """One connection being reported: its canonical tuple, id and chosen netns."""
-
-    __slots__ = ("key", "ct_id", "netns")
-
-    def __init__(self, key: tuple, ct_id: int, netns: int):
-        self.key, self.ct_id, self.netns = key, ct_id, netns
-
-
 class EbpfCollector(Collector):
     name = "ebpf"
 
@@ -143,6 +136,7 @@ class EbpfCollector(Collector):
         cgroup_path: str | None = None,
         max_flows: int = 65536,
         idle_timeout: float = 120.0,
+        tcp_idle_timeout: float = 1800.0,
         close_grace: float = 10.0,
         nat_source: NatSource | None = None,
         conntrack_netns: str | None = None,
@@ -150,15 +144,17 @@ class EbpfCollector(Collector):
         self.cgroup_path = cgroup_path
         self.max_flows = int(max_flows)
         self.idle_ns = int(idle_timeout * 1e9)
+        self.tcp_idle_ns = int(tcp_idle_timeout * 1e9)
         self.grace_ns = int(close_grace * 1e9)
         # Where the NAT happened: the host netns on a node (kube-proxy); tests pass theirs.
         self._nat_source = nat_source if nat_source is not None else ConntrackNat(conntrack_netns)
         self._bpf = None
         self._att: bpfload.Attachments | None = None
         self._flows = None
-        # map key bytes -> (canonical tuple, reversed?) once resolved
+        # NAT'ed map entries: key bytes -> (canonical tuple, reversed?)
         self._resolved: dict[bytes, tuple[tuple, bool]] = {}
-        self._conns: dict[tuple, _Conn] = {}
+        self._last_read = -1 << 62      # first poll: every entry is new
+        self._live = 0
         self._ended: list[ConnSample] = []
         self._polled_since_drain = False
         self._map_entries = 0
@@ -168,6 +164,8 @@ class EbpfCollector(Collector):
     # ------------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
+        self._resolved.clear()
+        self._last_read = -1 << 62
         try:
             cgroup = bpfload.find_cgroup2(self.cgroup_path)
             self._bpf = bpfload.load("flows.c", [f"-DMAX_FLOWS={self.max_flows}"])
@@ -242,39 +240,42 @@ class EbpfCollector(Collector):
         if self._flows is None:
             raise CollectorError("ebpf collector is not open")
         self._polled_since_drain = True
+        read_at = time.monotonic_ns()
         rows = self._read()
         self._map_entries = len(rows)
-        now = time.monotonic_ns()
+        # Entries first seen since the last read need a NAT lookup (the map's clock is the
+        # coarse monotonic one, a tick behind at most: one second of margin).
+        new_since, self._last_read = self._last_read - 1_000_000_000, read_at
         resolved = self._resolved
-
-        # Resolve new entries (one conntrack dump for all of them).
-        new = [r for r in rows if r[0] not in resolved]
-        if new:
-            nat = self._nat_index()
-            for kb, _netns, fam, proto, s, d, sport, dport, _v in new:
-                if proto in ICMP_PROTOS:       # ct tuples: echo id as sport, dport 0
-                    hit = nat.get((proto, s, sport, d, 0)) or nat.get((proto, s, 0, d, sport))
-                else:
-                    hit = nat.get((proto, s, sport, d, dport))
-                if hit is not None:
-                    self._stats["nat_resolved"] += 1
-                    resolved[kb] = hit
-                elif proto in ICMP_PROTOS:
-                    resolved[kb] = ((fam, proto, s, sport, d, 0, d, 0), False)
-                else:
-                    resolved[kb] = ((fam, proto, s, sport, d, dport, d, dport), False)
+        nat = None
+        icmp = ICMP_PROTOS
 
         # Merge map entries into connections: canonical -> [netns, b0, p0, b1, p1, first, last,
         # flags, local_orig, keys]; entries of the same connection in other network namespaces
         # (both ends on this node) go to `others` (rare) and one side is chosen below.
         groups: dict[tuple, list] = {}
         others: dict[tuple, dict[int, list]] = {}
-        for kb, netns, _f, _p, _s, _d, _sp, _dp, (b0, b1, p0, p1, first, last, flags, _pad) in rows:
-            canon, rev = resolved[kb]
-            if rev:
-                b0, b1, p0, p1 = b1, b0, p1, p0
-                flags = (flags & ~(F_FIN_ORIG | F_FIN_REPLY)) | (F_FIN_REPLY if flags & F_FIN_ORIG else 0) | (
-                    F_FIN_ORIG if flags & F_FIN_REPLY else 0)
+        for kb, netns, fam, proto, s, d, sp, dp, (b0, b1, p0, p1, first, last, flags, _pad) in rows:
+            hit = resolved.get(kb)
+            if hit is None and first >= new_since:
+                if nat is None:
+                    nat = self._nat_index()
+                if proto in icmp:       # ct tuples: echo id as sport, dport 0
+                    hit = nat.get((proto, s, sp, d, 0)) or nat.get((proto, s, 0, d, sp))
+                else:
+                    hit = nat.get((proto, s, sp, d, dp))
+                if hit is not None:
+                    self._stats["nat_resolved"] += 1
+                    resolved[kb] = hit
+            if hit is None:
+                rev = False
+                canon = (fam, proto, s, sp, d, 0, d, 0) if proto in icmp else (fam, proto, s, sp, d, dp, d, dp)
+            else:
+                canon, rev = hit
+                if rev:
+                    b0, b1, p0, p1 = b1, b0, p1, p0
+                    flags = (flags & ~(F_FIN_ORIG | F_FIN_REPLY)) | (F_FIN_REPLY if flags & F_FIN_ORIG else 0) | (
+                        F_FIN_ORIG if flags & F_FIN_REPLY else 0)
             local_orig = bool(flags & F_LOCAL_FIRST) != rev   # local socket is the originator
             acc = groups.get(canon)
             if acc is not None and acc[0] != netns:
@@ -296,48 +297,42 @@ class EbpfCollector(Collector):
                 acc[9].append(kb)
 
         live: list[ConnSample] = []
-        conns = self._conns
-        seen: set[tuple] = set()
-        idle_ns, grace_ns = self.idle_ns, self.grace_ns
+        idle_ns, tcp_idle_ns, grace_ns = self.idle_ns, self.tcp_idle_ns, self.grace_ns
+        now = time.monotonic_ns()
         for canon, acc in groups.items():
-            seen.add(canon)
-            conn = conns.get(canon)
             sides = None
             if canon in others:
-                sides = {acc[0]: acc, **others[canon]}
-                if conn is None or conn.netns not in sides:
-                    # The originator's side if seen, else the busiest; then stick to it.
-                    pick = max(sides.values(), key=lambda x: (x[8], x[1] + x[3], -x[0]))
-                    if conn is not None:
-                        conn.netns = pick[0]
-                chosen = sides[conn.netns] if conn is not None else pick
-                first = min(x[5] for x in sides.values())
-                last = max(x[6] for x in sides.values())
+                # The originator's side if seen, else the lowest netns cookie: a choice that
+                # does not change between polls.
+                sides = [acc, *others[canon].values()]
+                chosen = min(sides, key=lambda x: (not x[8], x[0]))
+                first = min(x[5] for x in sides)
+                last = max(x[6] for x in sides)
                 flags = 0
-                for x in sides.values():
+                for x in sides:
                     flags |= x[7]
             else:
                 chosen, first, last, flags = acc, acc[5], acc[6], acc[7]
-            if conn is None:
-                conn = conns[canon] = _Conn(canon, _ct_id(canon, first), chosen[0])
+            ct_id = hash((canon, first)) & 0x7FFFFFFFFFFFFFFF
             _ns, b0, p0, b1, p1 = chosen[:5]
             fam, proto, s, sp, d, dp, rs, rsp = canon
             idle = now - last
-            if idle >= idle_ns or (idle >= grace_ns and proto == 6 and (
-                    flags & F_RST or (flags & F_FIN_ORIG and flags & F_FIN_REPLY))):
-                self._ended.append(ConnSample(conn.ct_id, fam, proto, s, d, sp, dp, rs, rsp, b0, p0, b1, p1, True))
+            if proto == 6:
+                done = idle >= tcp_idle_ns or (idle >= grace_ns and (
+                    flags & F_RST or (flags & F_FIN_ORIG and flags & F_FIN_REPLY)))
+            else:
+                done = idle >= idle_ns
+            if done:
+                self._ended.append(ConnSample(ct_id, fam, proto, s, d, sp, dp, rs, rsp, b0, p0, b1, p1, True))
                 self._stats["ended"] += 1
-                for x in (sides.values() if sides else (acc,)):
+                for x in (sides or (acc,)):
                     if x is not chosen:
                         self._stats["duplicates_dropped"] += 1
                     for kb in x[9]:
                         self._delete(kb)
-                del conns[canon]
                 continue
-            live.append(ConnSample(conn.ct_id, fam, proto, s, d, sp, dp, rs, rsp, b0, p0, b1, p1, False))
-        if len(conns) != len(seen):
-            for canon in [k for k in conns if k not in seen]:
-                del conns[canon]   # entries vanished without us (map cleared): forget them
+            live.append(ConnSample(ct_id, fam, proto, s, d, sp, dp, rs, rsp, b0, p0, b1, p1, False))
+        self._live = len(live)
         return live
 
     def _delete(self, kb: bytes) -> None:
@@ -361,7 +356,8 @@ class EbpfCollector(Collector):
 
     def stats(self) -> dict[str, int]:
         out = dict(self._stats)
-        out["live"] = len(self._conns)
+        out["live"] = self._live
+        out["nat_tracked"] = len(self._resolved)
         out["map_entries"] = self._map_entries
         out["map_max_entries"] = self.max_flows
         if self._bpf is not None:
@@ -371,8 +367,3 @@ class EbpfCollector(Collector):
                 out[name] = int(sum(st[st.Key(slot)]))
             out["events_lost"] = out["map_full_packets"]
         return out
-
-
-def _ct_id(canon: tuple, first_ns: int) -> int:
-    h = hashlib.blake2b(repr((canon, first_ns)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") >> 1   # positive int63 (fits int64 columns)
