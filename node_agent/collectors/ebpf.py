@@ -151,8 +151,8 @@ class EbpfCollector(Collector):
         self._bpf = None
         self._att: bpfload.Attachments | None = None
         self._flows = None
-        # NAT'ed map entries: key bytes -> (canonical tuple, reversed?)
-        self._resolved: dict[bytes, tuple[tuple, bool]] = {}
+        # NAT'ed map entries: unpacked key -> (canonical tuple, reversed?)
+        self._resolved: dict[tuple, tuple[tuple, bool]] = {}
         self._last_read = -1 << 62      # first poll: every entry is new
         self._live = 0
         self._ended: list[ConnSample] = []
@@ -200,27 +200,13 @@ class EbpfCollector(Collector):
 
     # -------------------------------------------------------------------------- reading
 
-    def _read(self) -> list[tuple]:
-        """The map as rows (key bytes, netns, family, proto, src, dst, sport, dport, value
-        fields), the tuple oriented like the first packet (the key stores sides A/B)."""
+    def _read(self) -> tuple[bytes, bytes]:
+        """The map's keys and values as two flat buffers (struct flow_key / flow_val arrays)."""
         try:
-            kbytes, vbytes = bpfload.lookup_batch(self._flows.map_fd, KEY.size, VAL.size)
+            return bpfload.lookup_batch(self._flows.map_fd, KEY.size, VAL.size)
         except OSError:  # kernels without batch ops: BCC's per-entry iteration
             items = list(self._flows.items())
-            kbytes = b"".join(bytes(k) for k, _v in items)
-            vbytes = b"".join(bytes(v) for _k, v in items)
-        ks = KEY.size
-        out = []
-        append = out.append
-        for i, ((netns, a, b, ap, bp, proto, fam), val) in enumerate(zip(KEY.iter_unpack(kbytes), VAL.iter_unpack(vbytes))):
-            kb = kbytes[i * ks: (i + 1) * ks]
-            if fam == 4:
-                a, b = a[:4], b[:4]
-            if val[6] & F_ORIG_IS_B:
-                append((kb, netns, fam, proto, b, a, bp, ap, val))
-            else:
-                append((kb, netns, fam, proto, a, b, ap, bp, val))
-        return out
+            return b"".join(bytes(k) for k, _v in items), b"".join(bytes(v) for _k, v in items)
 
     def _nat_index(self) -> dict[tuple, tuple[tuple, bool]]:
         """Tuple view -> (canonical tuple, reversed?) for NAT'ed conntrack entries only."""
@@ -241,8 +227,8 @@ class EbpfCollector(Collector):
             raise CollectorError("ebpf collector is not open")
         self._polled_since_drain = True
         read_at = time.monotonic_ns()
-        rows = self._read()
-        self._map_entries = len(rows)
+        kbytes, vbytes = self._read()
+        self._map_entries = len(kbytes) // KEY.size
         # Entries first seen since the last read need a NAT lookup (the map's clock is the
         # coarse monotonic one, a tick behind at most: one second of margin).
         new_since, self._last_read = self._last_read - 1_000_000_000, read_at
@@ -253,10 +239,16 @@ class EbpfCollector(Collector):
         # Merge map entries into connections: canonical -> [netns, b0, p0, b1, p1, first, last,
         # flags, local_orig, keys]; entries of the same connection in other network namespaces
         # (both ends on this node) go to `others` (rare) and one side is chosen below.
+        # One pass over the raw buffers, no per-entry objects beyond the unpacked tuples.
         groups: dict[tuple, list] = {}
         others: dict[tuple, dict[int, list]] = {}
-        for kb, netns, fam, proto, s, d, sp, dp, (b0, b1, p0, p1, first, last, flags, _pad) in rows:
-            hit = resolved.get(kb)
+        for kt, (b0, b1, p0, p1, first, last, flags, _pad) in zip(KEY.iter_unpack(kbytes), VAL.iter_unpack(vbytes)):
+            netns, s, d, sp, dp, proto, fam = kt     # sides A, B of the key
+            if fam == 4:
+                s, d = s[:4], d[:4]
+            if flags & F_ORIG_IS_B:                  # orient like the first packet
+                s, d, sp, dp = d, s, dp, sp
+            hit = resolved.get(kt) if resolved else None
             if hit is None and first >= new_since:
                 if nat is None:
                     nat = self._nat_index()
@@ -266,7 +258,7 @@ class EbpfCollector(Collector):
                     hit = nat.get((proto, s, sp, d, dp))
                 if hit is not None:
                     self._stats["nat_resolved"] += 1
-                    resolved[kb] = hit
+                    resolved[kt] = hit
             if hit is None:
                 rev = False
                 canon = (fam, proto, s, sp, d, 0, d, 0) if proto in icmp else (fam, proto, s, sp, d, dp, d, dp)
@@ -282,10 +274,10 @@ class EbpfCollector(Collector):
                 per_ns = others.setdefault(canon, {})
                 acc = per_ns.get(netns)
                 if acc is None:
-                    per_ns[netns] = [netns, b0, p0, b1, p1, first, last, flags, local_orig, [kb]]
+                    per_ns[netns] = [netns, b0, p0, b1, p1, first, last, flags, local_orig, [kt]]
                     continue
             if acc is None:
-                groups[canon] = [netns, b0, p0, b1, p1, first, last, flags, local_orig, [kb]]
+                groups[canon] = [netns, b0, p0, b1, p1, first, last, flags, local_orig, [kt]]
             else:
                 acc[1] += b0; acc[2] += p0; acc[3] += b1; acc[4] += p1
                 if first < acc[5]:
@@ -294,7 +286,7 @@ class EbpfCollector(Collector):
                     acc[6] = last
                 acc[7] |= flags
                 acc[8] = acc[8] or local_orig
-                acc[9].append(kb)
+                acc[9].append(kt)
 
         live: list[ConnSample] = []
         idle_ns, tcp_idle_ns, grace_ns = self.idle_ns, self.tcp_idle_ns, self.grace_ns
@@ -328,17 +320,17 @@ class EbpfCollector(Collector):
                 for x in (sides or (acc,)):
                     if x is not chosen:
                         self._stats["duplicates_dropped"] += 1
-                    for kb in x[9]:
-                        self._delete(kb)
+                    for kt in x[9]:
+                        self._delete(kt)
                 continue
             live.append(ConnSample(ct_id, fam, proto, s, d, sp, dp, rs, rsp, b0, p0, b1, p1, False))
         self._live = len(live)
         return live
 
-    def _delete(self, kb: bytes) -> None:
-        self._resolved.pop(kb, None)
+    def _delete(self, kt: tuple) -> None:
+        self._resolved.pop(kt, None)
         try:
-            del self._flows[self._flows.Key.from_buffer_copy(kb)]
+            del self._flows[self._flows.Key.from_buffer_copy(KEY.pack(*kt))]
         except KeyError:
             pass
 
