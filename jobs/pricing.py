@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.resolve import dict_parts, pick
+from jobs.resolve import dict_parts, pick, value_parts
 from lake import schema as S
 
 CARDS_DIR = Path(__file__).parent / "ratecards"
@@ -145,8 +145,8 @@ class RateCards:
 
 def _card_index(t: pa.Table, cards: RateCards) -> tuple[list[Card], np.ndarray]:
     """Cards used by the rows and each row's card index."""
-    pd_, pcode = dict_parts(t.column("src_provider"))
-    rd, rcode = dict_parts(t.column("src_region"))
+    pd_, pcode = value_parts(t.column("src_provider"))
+    rd, rcode = value_parts(t.column("src_region"))
     nr = len(rd) + 1
     combo = (pcode + 1) * nr + (rcode + 1)
     uniq, inv = np.unique(combo, return_inverse=True)

@@ -55,6 +55,15 @@ def dict_parts(col) -> tuple[pa.Array, np.ndarray]:
     return col.dictionary, codes
 
 
+def value_parts(col) -> tuple[pa.Array, np.ndarray]:
+    """Like dict_parts, but with a dictionary of distinct values (stage outputs reuse large
+    dictionaries with repeated values)."""
+    d, codes = dict_parts(col)
+    u = pc.unique(d.cast(pa.string()).drop_null())
+    remap = ids_in(d, u)
+    return u, (np.where(codes >= 0, remap[np.maximum(codes, 0)], -1) if len(remap) else codes)
+
+
 def pick(dictionary: pa.Array, idx: np.ndarray) -> pa.DictionaryArray:
     """dictionary[idx] as a dictionary array; idx < 0 gives null (a null entry appended to
     the dictionary, so the indices need no validity bitmap)."""
@@ -107,6 +116,8 @@ def common_codes(a, b) -> tuple[np.ndarray, np.ndarray]:
 def encode(raw: pa.Table) -> pa.Table:
     """RAW_FLOWS with the three IP columns sharing one dictionary (input may already be
     dictionary-encoded, e.g. read with read_dictionary)."""
+    if any(c.num_chunks > 1 for c in raw.columns):
+        raw = raw.combine_chunks()  # one chunk per file otherwise; the stages work on whole columns
     cols = {}
     for field in S.RAW_FLOWS:
         if field.name not in raw.column_names:
