@@ -5,13 +5,23 @@ cgroup_skb attachments outlive the process that made them, so every attach is pa
 detach in `close()`, and `remove_stale()` detaches programs of ours (name prefix `netmon_`)
 that a crashed agent left on the cgroup. The cgroup queries use the bpf(2) syscall directly:
 bpftool is not installed on nodes by default and BCC has no query call.
+
+Memory. BCC compiles C with an in-process LLVM: importing it costs ~65 MiB and a compile
+~135 MiB of RSS, more than the agent's 128 MiB limit. So `load()` compiles and loads in a
+short-lived child process (`python -m node_agent.bpfload`), which hands the program and map
+file descriptors back over a unix socket (SCM_RIGHTS) and exits; the agent then attaches,
+reads maps and consumes the ring buffer through plain bpf(2) calls and libbcc_bpf (2 MiB).
 """
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
+import json
 import os
+import socket
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +34,9 @@ BPF_F_ALLOW_MULTI = 2
 CGROUP2_SUPER_MAGIC = 0x63677270
 
 # bpf(2) commands and the syscall number (x86_64, aarch64)
+_BPF_MAP_LOOKUP_ELEM = 1
+_BPF_MAP_DELETE_ELEM = 3
+_BPF_PROG_ATTACH = 8
 _BPF_PROG_DETACH = 9
 _BPF_PROG_GET_FD_BY_ID = 13
 _BPF_OBJ_GET_INFO_BY_FD = 15
@@ -97,19 +110,95 @@ def check_environment() -> None:
         raise BpfError(f"kernel headers missing: {build} does not exist (install linux-headers for {rel})")
 
 
-def load(source: str, cflags: list[str] | None = None):
-    """Compile a C file from bpf/ with BCC; returns the bcc.BPF object."""
+class Loaded:
+    """Programs and maps of one compiled C file, as file descriptors owned by this process."""
+
+    def __init__(self, progs: dict[str, int], maps: dict[str, int]):
+        self.progs, self.maps = progs, maps
+
+    def close(self) -> None:
+        for fd in [*self.progs.values(), *self.maps.values()]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.progs, self.maps = {}, {}
+
+
+def load(source: str, programs: list[str], maps: list[str], cflags: list[str] | None = None,
+         timeout: float = 120.0) -> Loaded:
+    """Compile bpf/<source> with BCC in a child process, load `programs` (cgroup_skb) and
+    return their fds and those of `maps`. BpfError with the reason if anything fails."""
     check_environment()
-    bcc = _import_bcc()
     path = BPF_SRC_DIR / source
+    if not path.is_file():
+        raise BpfError(f"BPF source {path} not found")
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    req = json.dumps({"source": str(path), "cflags": cflags or [], "programs": programs, "maps": maps,
+                      "fd": child.fileno()})
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        text = path.read_text()
+        proc = subprocess.Popen([sys.executable, "-m", "node_agent.bpfload", req], pass_fds=(child.fileno(),),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     except OSError as e:
-        raise BpfError(f"cannot read BPF source {path}: {e.strerror}") from None
+        parent.close()
+        child.close()
+        raise BpfError(f"cannot start the BPF loader: {e.strerror or e}") from None
+    child.close()
     try:
-        return bcc.BPF(text=text.encode(), cflags=cflags or [])
-    except Exception as e:  # BCC raises bare Exception on compile/load failures
-        raise BpfError(f"loading {source} failed: {e}") from None
+        parent.settimeout(timeout)
+        fds = array.array("i")
+        try:
+            msg, anc, _flags, _addr = parent.recvmsg(1 << 16, socket.CMSG_SPACE(64 * fds.itemsize))
+        except socket.timeout:
+            proc.kill()
+            raise BpfError(f"compiling {source} took longer than {timeout:.0f} s") from None
+        for level, typ, data in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    finally:
+        parent.close()
+        try:
+            _out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _out, err = proc.communicate()
+    reply = json.loads(msg) if msg else {}
+    if "error" in reply or not msg:
+        for fd in fds:
+            os.close(fd)
+        detail = reply.get("error") or _last_line(err) or f"loader exited with {proc.returncode}"
+        raise BpfError(f"loading {source} failed: {detail}")
+    names = reply["programs"] + reply["maps"]
+    got = dict(zip(names, fds))
+    return Loaded({n: got[n] for n in reply["programs"]}, {n: got[n] for n in reply["maps"]})
+
+
+def _last_line(err: bytes | None) -> str:
+    lines = [ln for ln in (err or b"").decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _child_main(req: dict) -> None:
+    """The loader child: compile, load, send the fds, exit (its LLVM memory goes with it)."""
+    sock = socket.socket(fileno=req["fd"])
+    try:
+        bcc = _import_bcc()
+        try:
+            b = bcc.BPF(src_file=req["source"].encode(), cflags=req["cflags"])
+            progs = [b.load_func(n.encode(), bcc.BPF.CGROUP_SKB).fd for n in req["programs"]]
+            maps = [b.get_table(n.encode()).map_fd for n in req["maps"]]
+        except Exception as e:  # BCC raises bare Exception on compile/verifier failures
+            raise BpfError(" ".join(str(e).split())[:500]) from None
+        fds = array.array("i", progs + maps)
+        sock.sendmsg([json.dumps({"programs": req["programs"], "maps": req["maps"]}).encode()],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+    except BpfError as e:
+        sock.send(json.dumps({"error": str(e)}).encode())
+    finally:
+        sock.close()
 
 
 # ------------------------------------------------------------------------ bpf(2) helpers
@@ -187,6 +276,50 @@ def lookup_batch(map_fd: int, key_size: int, value_size: int, chunk: int = 4096)
         first = False
 
 
+def map_delete(map_fd: int, key: bytes) -> bool:
+    """Delete one element; False if it was not there."""
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("=I4xQ", attr, 0, map_fd, ctypes.addressof(kbuf))
+    try:
+        _bpf(_BPF_MAP_DELETE_ELEM, attr)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value_size)
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("=I4xQQQ", attr, 0, map_fd, ctypes.addressof(kbuf), ctypes.addressof(vbuf), 0)
+    try:
+        _bpf(_BPF_MAP_LOOKUP_ELEM, attr)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return vbuf.raw
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs (per-CPU map values have one slot each)."""
+    n = 0
+    for part in Path("/sys/devices/system/cpu/possible").read_text().strip().split(","):
+        lo, _, hi = part.partition("-")
+        n += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return n
+
+
+def percpu_u64_sum(map_fd: int, index: int) -> int:
+    """Sum over CPUs of a BPF_PERCPU_ARRAY(u64) slot."""
+    n = possible_cpus()
+    raw = map_lookup(map_fd, struct.pack("=I", index), 8 * n)
+    return sum(struct.unpack(f"={n}Q", raw)) if raw else 0
+
+
 def prog_run_stats(prog_fd: int) -> tuple[int, int]:
     """(run_time_ns, run_cnt) of a program; counted only while kernel.bpf_stats_enabled=1."""
     info = ctypes.create_string_buffer(256)
@@ -256,35 +389,81 @@ class Attachments:
     def __init__(self, cgroup: str):
         self.cgroup = cgroup
         self._fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-        self._made: list[tuple[object, int]] = []
+        self._made: list[tuple[int, int, str]] = []
 
-    def attach(self, bpf, func_name: str, attach_type: int):
-        bcc = _import_bcc()
+    def attach(self, prog_fd: int, attach_type: int, name: str = "program") -> None:
+        attr = ctypes.create_string_buffer(128)
+        struct.pack_into("=IIII", attr, 0, self._fd, prog_fd, attach_type, BPF_F_ALLOW_MULTI)
         try:
-            fn = bpf.load_func(func_name.encode(), bcc.BPF.CGROUP_SKB)
-        except Exception as e:
-            raise BpfError(f"loading program {func_name} failed: {e}") from None
-        try:
-            bcc.BPF.attach_func(fn, self._fd, attach_type, BPF_F_ALLOW_MULTI)
-        except Exception as e:
-            raise BpfError(f"attaching {func_name} to {self.cgroup} failed: {e}") from None
-        self._made.append((fn, attach_type))
-        return fn
+            _bpf(_BPF_PROG_ATTACH, attr)
+        except OSError as e:
+            raise BpfError(f"attaching {name} to {self.cgroup} failed: {e.strerror}") from None
+        self._made.append((prog_fd, attach_type, name))
 
     def prog_fds(self) -> list[int]:
-        return [fn.fd for fn, _at in self._made]
+        return [fd for fd, _at, _n in self._made]
 
     def close(self) -> None:
-        bcc = _import_bcc() if self._made else None
         errors = []
         while self._made:
-            fn, at = self._made.pop()
+            fd, at, name = self._made.pop()
             try:
-                bcc.BPF.detach_func(fn, self._fd, at)
-            except Exception as e:  # keep detaching the rest
-                errors.append(str(e))
+                _detach_fd(self._fd, fd, at)
+            except OSError as e:  # keep detaching the rest
+                errors.append(f"detaching {name}: {e.strerror}")
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
         if errors:
             raise BpfError("; ".join(errors))
+
+
+# ---------------------------------------------------------------------------- ring buffer
+
+_RINGBUF_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+
+
+class RingBuffer:
+    """Consumer of a BPF_RINGBUF_OUTPUT map through libbcc_bpf (no LLVM in this process).
+    `callback(data: bytes)` runs for every record during poll()/consume()."""
+
+    def __init__(self, map_fd: int, callback):
+        try:
+            self._lib = lib = ctypes.CDLL("libbcc_bpf.so.0")
+        except OSError as e:
+            raise BpfError(f"libbcc_bpf.so.0 not available ({e}); install libbpfcc") from None
+        lib.bpf_new_ringbuf.restype = ctypes.c_void_p
+        lib.bpf_new_ringbuf.argtypes = [ctypes.c_int, _RINGBUF_CB, ctypes.c_void_p]
+        lib.bpf_poll_ringbuf.restype = ctypes.c_int
+        lib.bpf_poll_ringbuf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.bpf_consume_ringbuf.restype = ctypes.c_int
+        lib.bpf_consume_ringbuf.argtypes = [ctypes.c_void_p]
+        lib.bpf_free_ringbuf.restype = None
+        lib.bpf_free_ringbuf.argtypes = [ctypes.c_void_p]
+
+        def cb(_ctx, data, size):
+            try:
+                callback(ctypes.string_at(data, size))
+            except Exception:   # a bug in the consumer must not unwind through C
+                pass
+            return 0
+
+        self._cb = _RINGBUF_CB(cb)   # keep a reference: C holds the pointer
+        self._rb = lib.bpf_new_ringbuf(map_fd, self._cb, None)
+        if not self._rb:
+            raise BpfError("cannot open the ring buffer")
+
+    def poll(self, timeout_ms: int) -> int:
+        return self._lib.bpf_poll_ringbuf(self._rb, timeout_ms) if self._rb else 0
+
+    def consume(self) -> int:
+        return self._lib.bpf_consume_ringbuf(self._rb) if self._rb else 0
+
+    def close(self) -> None:
+        if self._rb:
+            self._lib.bpf_free_ringbuf(self._rb)
+            self._rb = None
+
+
+if __name__ == "__main__":
+    _child_main(json.loads(sys.argv[1]))

@@ -134,11 +134,11 @@ def test_ebpf_rows_equal_conntrack_rows():
         assert srv.stdout.readline().strip() == "ready"
 
         # a crashed earlier agent's attachments: open() must remove them
-        stale = bpfload.load("flows.c")
+        stale = bpfload.load("flows.c", ["netmon_flow_in", "netmon_flow_out"], [])
         crashed = bpfload.Attachments(cgroup)
-        crashed.attach(stale, "netmon_flow_in", bpfload.CGROUP_INET_INGRESS)
-        crashed.attach(stale, "netmon_flow_out", bpfload.CGROUP_INET_EGRESS)
-        stale.cleanup()
+        crashed.attach(stale.progs["netmon_flow_in"], bpfload.CGROUP_INET_INGRESS)
+        crashed.attach(stale.progs["netmon_flow_out"], bpfload.CGROUP_INET_EGRESS)
+        stale.close()              # the process "dies": its attachments stay
 
         ct = ConntrackCollector(netns=client.name)
         ct.open()

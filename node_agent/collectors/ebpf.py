@@ -148,9 +148,9 @@ class EbpfCollector(Collector):
         self.grace_ns = int(close_grace * 1e9)
         # Where the NAT happened: the host netns on a node (kube-proxy); tests pass theirs.
         self._nat_source = nat_source if nat_source is not None else ConntrackNat(conntrack_netns)
-        self._bpf = None
+        self._loaded: bpfload.Loaded | None = None
         self._att: bpfload.Attachments | None = None
-        self._flows = None
+        self._flows: int | None = None     # map fd
         # NAT'ed map entries: unpacked key -> (canonical tuple, reversed?)
         self._resolved: dict[tuple, tuple[tuple, bool]] = {}
         self._last_read = -1 << 62      # first poll: every entry is new
@@ -168,19 +168,21 @@ class EbpfCollector(Collector):
         self._last_read = -1 << 62
         try:
             cgroup = bpfload.find_cgroup2(self.cgroup_path)
-            self._bpf = bpfload.load("flows.c", [f"-DMAX_FLOWS={self.max_flows}"])
+            self._loaded = bpfload.load("flows.c", ["netmon_flow_in", "netmon_flow_out"],
+                                        ["netmon_flows", "netmon_fstats"], [f"-DMAX_FLOWS={self.max_flows}"])
             self._stats["stale_detached"] = bpfload.remove_stale(cgroup, PROG_NAMES)
             self._att = bpfload.Attachments(cgroup)
             atexit.register(self.close)
-            self._att.attach(self._bpf, "netmon_flow_in", bpfload.CGROUP_INET_INGRESS)
-            self._att.attach(self._bpf, "netmon_flow_out", bpfload.CGROUP_INET_EGRESS)
+            progs = self._loaded.progs
+            self._att.attach(progs["netmon_flow_in"], bpfload.CGROUP_INET_INGRESS, "netmon_flow_in")
+            self._att.attach(progs["netmon_flow_out"], bpfload.CGROUP_INET_EGRESS, "netmon_flow_out")
         except bpfload.BpfError as e:
             self.close()
             raise CollectorError(f"ebpf collector: {e}") from None
         except Exception:
             self.close()
             raise
-        self._flows = self._bpf.get_table(b"netmon_flows")
+        self._flows = self._loaded.maps["netmon_flows"]
         self.cgroup_path = cgroup
 
     def close(self) -> None:
@@ -192,9 +194,9 @@ class EbpfCollector(Collector):
             closer = getattr(self._nat_source, "close", None)
             if closer is not None:
                 closer()
-            if self._bpf is not None:
-                self._bpf.cleanup()
-                self._bpf = None
+            if self._loaded is not None:
+                self._loaded.close()
+                self._loaded = None
             self._flows = None
             atexit.unregister(self.close)
 
@@ -203,10 +205,10 @@ class EbpfCollector(Collector):
     def _read(self) -> tuple[bytes, bytes]:
         """The map's keys and values as two flat buffers (struct flow_key / flow_val arrays)."""
         try:
-            return bpfload.lookup_batch(self._flows.map_fd, KEY.size, VAL.size)
-        except OSError:  # kernels without batch ops: BCC's per-entry iteration
-            items = list(self._flows.items())
-            return b"".join(bytes(k) for k, _v in items), b"".join(bytes(v) for _k, v in items)
+            return bpfload.lookup_batch(self._flows, KEY.size, VAL.size)
+        except OSError as e:
+            raise CollectorError(f"ebpf collector: reading the flow map failed: {e.strerror} "
+                                 "(batch map lookups need Linux >= 5.6)") from None
 
     def _nat_index(self) -> dict[tuple, tuple[tuple, bool]]:
         """Tuple view -> (canonical tuple, reversed?) for NAT'ed conntrack entries only."""
@@ -329,10 +331,7 @@ class EbpfCollector(Collector):
 
     def _delete(self, kt: tuple) -> None:
         self._resolved.pop(kt, None)
-        try:
-            del self._flows[self._flows.Key.from_buffer_copy(KEY.pack(*kt))]
-        except KeyError:
-            pass
+        bpfload.map_delete(self._flows, KEY.pack(*kt))
 
     # ---------------------------------------------------------------------- interface
 
@@ -352,10 +351,10 @@ class EbpfCollector(Collector):
         out["nat_tracked"] = len(self._resolved)
         out["map_entries"] = self._map_entries
         out["map_max_entries"] = self.max_flows
-        if self._bpf is not None:
-            st = self._bpf.get_table(b"netmon_fstats")
+        if self._loaded is not None:
+            st = self._loaded.maps["netmon_fstats"]
             for name, slot in (("map_full_packets", S_FULL_PACKETS), ("map_full_bytes", S_FULL_BYTES),
                                ("untracked_packets", S_UNTRACKED), ("short_packets", S_SHORT)):
-                out[name] = int(sum(st[st.Key(slot)]))
+                out[name] = bpfload.percpu_u64_sum(st, slot)
             out["events_lost"] = out["map_full_packets"]
         return out

@@ -11,7 +11,6 @@ bpfload.BpfError when BPF cannot run here.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import socket
 import struct
 import threading
@@ -32,7 +31,8 @@ class DnsTracer:
         self.cache = cache if cache is not None else DnsCache(ttl_cap, max_entries)
         self.parse_stats = ParseStats()
         self.poll_ms = poll_ms
-        self._bpf = None
+        self._loaded: bpfload.Loaded | None = None
+        self._rb: bpfload.RingBuffer | None = None
         self._att: bpfload.Attachments | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -42,12 +42,12 @@ class DnsTracer:
     def open(self) -> None:
         try:
             cgroup = bpfload.find_cgroup2(self.cgroup_path)
-            self._bpf = bpfload.load("dns.c")
+            self._loaded = bpfload.load("dns.c", ["netmon_dns_in"], ["netmon_dns_events", "netmon_dstats"])
             self._stale = bpfload.remove_stale(cgroup, PROG_NAMES)
-            self._bpf[b"netmon_dns_events"].open_ring_buffer(self._on_event)
+            self._rb = bpfload.RingBuffer(self._loaded.maps["netmon_dns_events"], self._on_event)
             self._att = bpfload.Attachments(cgroup)
             atexit.register(self.close)
-            self._att.attach(self._bpf, "netmon_dns_in", bpfload.CGROUP_INET_INGRESS)
+            self._att.attach(self._loaded.progs["netmon_dns_in"], bpfload.CGROUP_INET_INGRESS, "netmon_dns_in")
         except Exception:
             self.close()
             raise
@@ -57,14 +57,13 @@ class DnsTracer:
         self._thread.start()
 
     def _run(self) -> None:
-        bpf = self._bpf
+        rb = self._rb
         while not self._stop.is_set():
-            bpf.ring_buffer_poll(self.poll_ms)
+            rb.poll(self.poll_ms)
 
-    def _on_event(self, _ctx, data, size) -> int:
-        raw = ctypes.string_at(data, size)
+    def _on_event(self, raw: bytes) -> None:
         if len(raw) < EVENT_HDR.size:
-            return 0
+            return
         family, n, _orig, client, _server = EVENT_HDR.unpack_from(raw)
         payload = raw[EVENT_HDR.size: EVENT_HDR.size + n]
         af = socket.AF_INET if family == 4 else socket.AF_INET6
@@ -73,7 +72,6 @@ class DnsTracer:
         answers = parse_response(payload, self.parse_stats)
         if answers:
             self.cache.observe(client_ip, answers, time.time())
-        return 0
 
     def start(self) -> "DnsTracer":
         self.open()
@@ -90,10 +88,10 @@ class DnsTracer:
         out = {"dns_events": self._events, "dns_cache_entries": len(self.cache),
                "dns_cache_evicted": self.cache.evicted, "dns_stale_detached": self._stale,
                **self.parse_stats.as_dict()}
-        if self._bpf is not None:
-            st = self._bpf.get_table(b"netmon_dstats")
-            out["dns_events_lost"] = int(sum(st[st.Key(0)]))
-            out["dns_copy_failed"] = int(sum(st[st.Key(1)]))
+        if self._loaded is not None:
+            st = self._loaded.maps["netmon_dstats"]
+            out["dns_events_lost"] = bpfload.percpu_u64_sum(st, 0)
+            out["dns_copy_failed"] = bpfload.percpu_u64_sum(st, 1)
         return out
 
     def close(self) -> None:
@@ -106,11 +104,11 @@ class DnsTracer:
             if att is not None:
                 att.close()
         finally:
-            if self._bpf is not None:
-                try:
-                    self._bpf.ring_buffer_consume()   # responses seen before the detach
-                except Exception:
-                    pass
-                self._bpf.cleanup()
-                self._bpf = None
+            if self._rb is not None:
+                self._rb.consume()    # responses seen before the detach
+                self._rb.close()
+                self._rb = None
+            if self._loaded is not None:
+                self._loaded.close()
+                self._loaded = None
             atexit.unregister(self.close)
