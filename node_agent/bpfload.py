@@ -170,6 +170,10 @@ def load(source: str, programs: list[str], maps: list[str], cflags: list[str] | 
         for fd in fds:
             os.close(fd)
         detail = reply.get("error") or _last_line(err) or f"loader exited with {proc.returncode}"
+        first_error = next((ln.strip() for ln in (err or b"").decode(errors="replace").splitlines()
+                            if "error:" in ln), "")
+        if first_error and first_error not in detail:
+            detail += f" ({first_error})"
         raise BpfError(f"loading {source} failed: {detail}")
     names = reply["programs"] + reply["maps"]
     got = dict(zip(names, fds))
