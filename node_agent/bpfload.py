@@ -65,13 +65,16 @@ def _is_cgroup2(path: str) -> bool:
 
 
 def find_cgroup2(configured: str | None = None) -> str:
-    """The cgroup v2 directory to attach to: the configured one (must be cgroup2), else
-    /sys/fs/cgroup (unified layout), /sys/fs/cgroup/unified (hybrid), else the first cgroup2
-    mount in /proc/mounts."""
+    """The cgroup v2 directory to attach to: the configured one (must be cgroup2; on a hybrid
+    host the `unified` directory under it is taken, so one DaemonSet path fits both layouts),
+    else /sys/fs/cgroup (unified layout), /sys/fs/cgroup/unified (hybrid), else the first
+    cgroup2 mount in /proc/mounts."""
     if configured:
-        if not _is_cgroup2(configured):
-            raise BpfError(f"{configured} is not a cgroup v2 directory")
-        return configured
+        if _is_cgroup2(configured):
+            return configured
+        if _is_cgroup2(os.path.join(configured, "unified")):
+            return os.path.join(configured, "unified")
+        raise BpfError(f"{configured} is not a cgroup v2 directory (nor has a cgroup2 'unified' under it)")
     for cand in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
         if _is_cgroup2(cand):
             return cand

@@ -239,6 +239,10 @@ def test_cgroup_path_must_be_cgroup2(tmp_path):
 
     with pytest.raises(bpfload.BpfError, match="is not a cgroup v2 directory"):
         bpfload.find_cgroup2(str(tmp_path))
+    root = bpfload.find_cgroup2()
+    assert bpfload.find_cgroup2(root) == root
+    if root.endswith("/unified"):            # hybrid layout: the parent path finds it too
+        assert bpfload.find_cgroup2(os.path.dirname(root)) == root
 
 
 @pytest.mark.privileged
