@@ -150,7 +150,9 @@ class Accounter:
             st["baseline_entries"] = n
             self._baselined = True
         st["entries"] = n
-        self._missing = old     # what the dump did not show: wait one drain for its DESTROY
+        # what the dump did not show waits one drain for its DESTROY (copied: a dict keeps
+        # its full-size table after pops, 2.5 MiB at 50k entries)
+        self._missing = dict(old) if old else {}
         self._state = new
         ended.clear()
 
