@@ -281,3 +281,123 @@ def test_map_bound_counts_what_does_not_fit_and_batches_read_everything():
     assert all(s.proto == 17 and s.orig_packets == 1 and s.orig_bytes == 78 for s in samples)
     assert len({s.dport for s in samples}) == 5000
     assert st["map_full_packets"] == 1000 and st["map_full_bytes"] == 1000 * 78
+
+
+def _three_hosts():
+    """pod netns -- host netns (router, kube-proxy-like DNAT in prerouting) -- server netns,
+    all created here: pod 10.78.1.2, host 10.78.1.1 / 10.78.2.1, server 10.78.2.2."""
+    from netns import Netns, sh
+
+    tag = uuid.uuid4().hex[:6]
+    pod, host, srv = Netns(f"nmpod-{tag}"), Netns(f"nmhost-{tag}"), Netns(f"nmsrv-{tag}")
+    try:
+        for ns in (pod, host, srv):
+            sh("ip", "netns", "add", ns.name)
+            ns.run("ip", "link", "set", "lo", "up")
+        for (a, an, b, bn, net) in ((pod, "p", host, "h1", "10.78.1"), (srv, "s", host, "h2", "10.78.2")):
+            va, vb = f"{an}{tag}", f"{bn}{tag}"
+            sh("ip", "link", "add", va, "netns", a.name, "type", "veth", "peer", "name", vb, "netns", b.name)
+            a.run("ip", "addr", "add", f"{net}.2/24", "dev", va)
+            b.run("ip", "addr", "add", f"{net}.1/24", "dev", vb)
+            a.run("ip", "link", "set", va, "up")
+            b.run("ip", "link", "set", vb, "up")
+            a.run("ip", "route", "add", "default", "via", f"{net}.1")
+        host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        host.enable_conntrack()
+        host.nft("""
+table ip nm_kubeproxy {
+  chain pre { type nat hook prerouting priority -100;
+    ip daddr 10.96.0.10 tcp dport 80 dnat to 10.78.2.2:8080
+    ip daddr 10.96.0.10 udp dport 5353 dnat to 10.78.2.2:9090
+  }
+}
+""")
+    except Exception:
+        for ns in (pod, host, srv):
+            ns.delete()
+        raise
+    return pod, host, srv
+
+
+POD_CLIENT = textwrap.dedent("""
+    import socket, struct
+    for send, reply in ((120000, 40000), (5000, 100)):
+        s = socket.create_connection(("10.96.0.10", 80), timeout=10)
+        s.sendall(struct.pack("!Q", reply) + b"s" * send)
+        s.shutdown(socket.SHUT_WR)
+        got = 0
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += len(d)
+        s.close()
+        assert got == reply
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.connect(("10.96.0.10", 5353))
+    for _ in range(4):
+        u.send(b"q" * 200)
+        assert len(u.recv(1000)) == 100
+    print("done")
+""")
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+def test_pod_dialing_a_clusterip_translated_in_the_host_netns():
+    """A pod's own netns sees the ClusterIP both ways (the DNAT happens later, in the host
+    netns, as with kube-proxy); the ebpf rows still name the backend like conntrack's."""
+    from node_agent import bpfload
+    from node_agent.accounter import Accounter
+    from node_agent.collectors.conntrack import ConntrackCollector
+    from node_agent.collectors.ebpf import EbpfCollector
+
+    cgroup = os.path.join(bpfload.find_cgroup2(), f"netmon-test-{uuid.uuid4().hex[:6]}")
+    os.mkdir(cgroup)
+    pod, host, srv_ns = _three_hosts()
+    srv = ct = eb = None
+    try:
+        srv = srv_ns.popen(sys.executable, "-c", SERVER, stdout=subprocess.PIPE, text=True)
+        assert srv.stdout.readline().strip() == "ready"
+        ct = ConntrackCollector(netns=host.name)
+        ct.open()
+        eb = EbpfCollector(cgroup_path=cgroup, conntrack_netns=host.name, close_grace=1.0)
+        eb.open()
+        acc_ct, acc_eb = Accounter(), Accounter()
+        acc_ct.poll(ct)
+        acc_eb.poll(eb)
+
+        def in_cgroup():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+        r = subprocess.run(pod.cmd(sys.executable, "-c", POD_CLIENT), preexec_fn=in_cgroup,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        time.sleep(1.5)
+        for _ in range(2):
+            acc_ct.poll(ct)
+            acc_eb.poll(eb)
+        ws = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+        local = {"10.78.1.2"}        # the node's pod IPs
+        rows_ct = _rows(acc_ct.cut(ws, ws + dt.timedelta(minutes=1), "node-a", local))
+        rows_eb = _rows(acc_eb.cut(ws, ws + dt.timedelta(minutes=1), "node-a", local))
+    finally:
+        if eb is not None:
+            eb.close()
+        if ct is not None:
+            ct.close()
+        if srv is not None:
+            srv.kill()
+            srv.wait()
+        for ns in (pod, host, srv_ns):
+            ns.delete()
+        os.rmdir(cgroup)
+    assert rows_eb == rows_ct
+    keys = {(r["proto"], r["src_ip"], r["orig_dst_ip"], r["orig_dst_port"], r["dst_ip"], r["dst_port"], r["connections"])
+            for r in rows_eb}
+    assert keys == {(6, "10.78.1.2", "10.96.0.10", 80, "10.78.2.2", 8080, 2),
+                    (17, "10.78.1.2", "10.96.0.10", 5353, "10.78.2.2", 9090, 1)}
+    udp = next(r for r in rows_eb if r["proto"] == 17)
+    assert (udp["tx_bytes"], udp["rx_bytes"]) == (4 * 228, 4 * 128)
