@@ -57,7 +57,16 @@ if step:
 
 
 def rss_mib() -> float:
+    """Peak RSS so far (MiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_now_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def cpu_s() -> float:
@@ -86,6 +95,7 @@ def worker(args) -> None:
     acc = Accounter()
     acc.poll(coll)  # baseline
     out["baseline_entries"] = acc.stats()["baseline_entries"]
+    out["rss_after_baseline_mib"] = rss_now_mib()
 
     # 1. dump rates (table idle: this is the full dump + delta pass of every poll)
     parse_t, poll_t = [], []
@@ -117,6 +127,7 @@ def worker(args) -> None:
         acc.poll(coll)
         polls += 1
         if time.monotonic() - t0 >= args.window - 1e-3:
+            out["rss_before_cut_mib"] = rss_now_mib()
             now = dt.datetime.now(dt.timezone.utc)
             rows = acc.cut(now - dt.timedelta(seconds=args.window), now, "bench-node", local).num_rows
             break
@@ -239,8 +250,9 @@ def main() -> int:
     print(f"CPU per {args.window:.0f} s window at {args.poll:g} s polls ({res['window_polls']} polls, "
           f"{args.update} entries updated per poll): {res['window_cpu_s']:.2f} s "
           f"(user {res['window_cpu_user_sys'][0]:.2f}, sys {res['window_cpu_user_sys'][1]:.2f}; target <= 3 s)")
-    print(f"peak RSS: {res['peak_rss_mib']:.1f} MiB (after imports {res['rss_after_imports_mib']:.1f} MiB; "
-          f"limit 128, target <= 96)")
+    print(f"peak RSS: {res['peak_rss_mib']:.1f} MiB (limit 128, target <= 96); RSS after imports "
+          f"{res['rss_after_imports_mib']:.1f}, after baseline {res['rss_after_baseline_mib']:.1f}, "
+          f"before the window's cut {res['rss_before_cut_mib']:.1f} MiB")
     print(f"flow keys: {args.dports} ({args.entries // args.dports} connections each); window rows: {res['window_rows']}; accounter: {json.dumps(res['accounter'])}")
     return 0
 
