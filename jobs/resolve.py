@@ -244,13 +244,13 @@ def orient(t: pa.Table, ctx) -> pa.Table:
         return t
     ipd, ids = shared_ip_dictionary(t)
     inb_idx = np.flatnonzero(direction)
-    sub = t.take(pa.array(inb_idx))
-    inv = Inventory(ctx, sub, ipd)
+    inv = Inventory(ctx, t.select(["window_end"]).take(pa.array(inb_idx)), ipd)
     src = ids["src_ip"][inb_idx]
     cluster = (inv.pod_by_ip(inv.pods.snap, src) >= 0) | (inv.node_ip_owner(src) >= 0)
-    keep_in = pa.array(~cluster)
+    keep_in = np.zeros(t.num_rows, bool)
+    keep_in[inb_idx[~cluster]] = True
     out = t.filter(pa.array(~direction))
-    inb = sub.filter(keep_in)
+    inb = t.filter(pa.array(keep_in))
     swap = {"src_ip": "dst_ip", "dst_ip": "src_ip", "orig_dst_ip": "src_ip", "dst_port": "orig_dst_port",
             "tx_bytes": "rx_bytes", "rx_bytes": "tx_bytes", "tx_packets": "rx_packets", "rx_packets": "tx_packets",
             "src_pod": "dst_pod", "dst_pod": "src_pod", "src_namespace": "dst_namespace",
