@@ -185,3 +185,53 @@ def test_a_new_month_starts_from_zero_within_one_table():
     assert by_port[443] == pytest.approx(20 * 0.09)   # November: 90 -> 120 GB
     assert by_port[80] == 0.0                          # December: 0 -> 30 GB, free
     assert off == {AWS: 30 * GB}
+
+
+# ---------------------------------------------------------------- tier math, property-based
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from lake import schema as S  # noqa: E402
+
+AWS_US_EAST_1_TIERS_GB = [(100, 0.0), (10240, 0.09), (51200, 0.085), (153600, 0.07), (float("inf"), 0.05)]
+
+
+def month_cost(total_bytes: int) -> float:
+    """Cost of the month's first `total_bytes` of AWS us-east-1 internet egress, tier by tier."""
+    cost, lo = 0.0, 0.0
+    gb = total_bytes / GB
+    for hi, rate in AWS_US_EAST_1_TIERS_GB:
+        if gb > lo:
+            cost += (min(gb, hi) - lo) * rate
+        lo = hi
+    return cost
+
+
+def egress_table(tx: list[int], minute0: int = 0) -> pa.Table:
+    n = len(tx)
+    start = dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc)
+    return S.conform(pa.table({
+        "window_start": [start + dt.timedelta(minutes=minute0 + i // 3) for i in range(n)],
+        "src_provider": ["aws"] * n, "src_region": ["us-east-1"] * n,
+        "src_ip": [f"10.0.0.{i % 3}" for i in range(n)], "dst_ip": ["8.8.8.8"] * n,
+        "dst_port": pa.array([443] * n, pa.int32()), "proto": pa.array([6] * n, pa.int16()),
+        "traffic_class": ["internet_egress"] * n, "tx_bytes": pa.array(tx, pa.int64()),
+        "rx_bytes": pa.array([0] * n, pa.int64()), "cost_usd": [0.0] * n, "rate_card": ["aws/us-east-1"] * n,
+    }), S.COST_FLOWS)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 30_000 * GB), min_size=1, max_size=12), st.integers(0, 12), st.integers(0, 200_000 * GB))
+def test_tiered_cost_matches_the_price_list_and_splits_across_calls(tx, cut, start):
+    cut = min(cut, len(tx))
+    whole, off = apply_egress_tiers(egress_table(tx), {AWS: start})
+    total = sum(whole.column("cost_usd").to_pylist())
+    assert total == pytest.approx(month_cost(start + sum(tx)) - month_cost(start), rel=1e-9, abs=1e-6)
+    assert off == {AWS: start + sum(tx)}
+    # the same bytes in two calls, carrying the offsets, cost the same in total
+    a, off1 = apply_egress_tiers(egress_table(tx[:cut]), {AWS: start})
+    b, off2 = apply_egress_tiers(egress_table(tx[cut:], minute0=100), off1)
+    split = a.column("cost_usd").to_pylist() + b.column("cost_usd").to_pylist()
+    assert off2 == off
+    assert sum(split) == pytest.approx(total, rel=1e-9, abs=1e-6)
