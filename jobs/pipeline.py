@@ -2,6 +2,15 @@
 
     encode -> orient -> resolve -> classify -> price -> conform(COST_FLOWS)
 
+Tables between the stages (string columns stay dictionary-encoded until the final conform):
+- encode, orient: RAW_FLOWS columns; src_ip/dst_ip/orig_dst_ip dictionary<int32, string>
+  sharing one dictionary, node dictionary-encoded. orient drops and turns rows (§2).
+- resolve: COST_FLOWS columns window_start .. dst_domain, dst_ip, dst_port, proto and the
+  byte/packet counters (no traffic_class, cloud tags, cost or rate_card yet).
+- classify: + traffic_class, dst_cloud_provider/service/region, _rule (int32 index into
+  config.rules, -1 for none; dropped by conform).
+- price: + cost_usd (all but tiered egress), rate_card.
+
 `cost_flows` is pure and independent per batch (the Ray driver runs it per hour in
 parallel); `apply_egress_tiers` then adds the tiered internet-egress cost, hour by hour in
 time order, carrying month-to-date offsets per (provider, region).

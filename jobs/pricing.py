@@ -11,7 +11,6 @@ cost of the first x bytes of the month.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
