@@ -75,6 +75,11 @@ static __always_inline void stat_add(int slot, u64 n) {
 #define V6_MIN (40 + 8)
 
 static __always_inline int count(struct __sk_buff *skb, int egress) {
+    // A packet between two sockets of one netns (loopback, or to one of its own addresses,
+    // which the kernel also delivers through lo) passes egress and then ingress: count it
+    // at egress only, as conntrack counts it once.
+    if (!egress && skb->ifindex == 1)   // LOOPBACK_IFINDEX
+        return 1;
     struct flow_key k = {};
     u64 src[2] = {}, dst[2] = {};
     u16 sport = 0, dport = 0;

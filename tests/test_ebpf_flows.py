@@ -401,3 +401,95 @@ def test_pod_dialing_a_clusterip_translated_in_the_host_netns():
                     (17, "10.78.1.2", "10.96.0.10", 5353, "10.78.2.2", 9090, 1)}
     udp = next(r for r in rows_eb if r["proto"] == 17)
     assert (udp["tx_bytes"], udp["rx_bytes"]) == (4 * 228, 4 * 128)
+
+
+LOCAL_TRAFFIC = textwrap.dedent("""
+    import socket, threading
+    def serve(fam, addr):
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.bind((addr, 0)); s.listen(1)
+        def run():
+            c, _ = s.accept()
+            n = 0
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                n += len(d)
+            c.sendall(b"r" * 1234)
+            c.close()
+        t = threading.Thread(target=run); t.start()
+        return s.getsockname()[1], t
+    for fam, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET, "10.77.0.1"), (socket.AF_INET6, "::1")):
+        port, t = serve(fam, addr)
+        c = socket.create_connection((addr, port))
+        c.sendall(b"s" * 50000)
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(65536):
+            pass
+        c.close()
+        t.join()
+        u, v = socket.socket(fam, socket.SOCK_DGRAM), socket.socket(fam, socket.SOCK_DGRAM)
+        v.bind((addr, 0))
+        for _ in range(3):
+            u.sendto(b"d" * 99, v.getsockname())
+            v.recv(1000)
+    print("done")
+""")
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+def test_traffic_within_one_netns_counted_once():
+    """Client and server in the same netns (loopback and the netns's own address): egress and
+    ingress see the same packet; ebpf counts it once, like conntrack."""
+    from node_agent import bpfload
+    from node_agent.accounter import Accounter
+    from node_agent.collectors.conntrack import ConntrackCollector
+    from node_agent.collectors.ebpf import EbpfCollector
+
+    cgroup = os.path.join(bpfload.find_cgroup2(), f"netmon-test-{uuid.uuid4().hex[:6]}")
+    os.mkdir(cgroup)
+    client, server = make_pair("nmlocal")
+    ct = eb = None
+    try:
+        client.enable_conntrack()
+        client.run("ip", "link", "set", "lo", "up")
+        ct = ConntrackCollector(netns=client.name)
+        ct.open()
+        eb = EbpfCollector(cgroup_path=cgroup, conntrack_netns=client.name, close_grace=1.0)
+        eb.open()
+        acc_ct, acc_eb = Accounter(), Accounter()
+        acc_ct.poll(ct)
+        acc_eb.poll(eb)
+
+        def in_cgroup():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+        r = subprocess.run(client.cmd(sys.executable, "-c", LOCAL_TRAFFIC), preexec_fn=in_cgroup,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        time.sleep(1.5)
+        for _ in range(2):
+            acc_ct.poll(ct)
+            acc_eb.poll(eb)
+        ws = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+        local = {"127.0.0.1", "::1", "10.77.0.1"}
+        rows_ct = _rows(acc_ct.cut(ws, ws + dt.timedelta(minutes=1), "node-a", local))
+        rows_eb = _rows(acc_eb.cut(ws, ws + dt.timedelta(minutes=1), "node-a", local))
+    finally:
+        if eb is not None:
+            eb.close()
+        if ct is not None:
+            ct.close()
+        client.delete()
+        server.delete()
+        os.rmdir(cgroup)
+    assert len(rows_eb) == 6   # TCP and UDP on each of the three addresses
+    # UDP: 3 datagrams of 99 bytes + 8 + IP header, once
+    for r in rows_eb:
+        if r["proto"] == 17:
+            hdr = 40 if ":" in r["src_ip"] else 20
+            assert (r["tx_packets"], r["tx_bytes"]) == (3, 3 * (99 + 8 + hdr))
+    assert rows_eb == rows_ct
