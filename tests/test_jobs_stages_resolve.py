@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from jobs.config import JobConfig
+from jobs.pipeline import cost_flows
 from lake import schema as S
-from test_jobs_stages_world import GB, World, rows_by, three_zone_world
+from test_jobs_stages_world import GB, World, at, rows_by, three_zone_world
 
 
 def test_output_is_exactly_the_cost_contract():
@@ -194,7 +196,6 @@ def test_ipv6_pods_and_dictionary_encoded_input():
     raw = w.raw()
     for c in ("src_ip", "dst_ip", "orig_dst_ip", "node"):
         raw = raw.set_column(raw.schema.get_field_index(c), c, raw.column(c).dictionary_encode())
-    from jobs.pipeline import cost_flows
     r = cost_flows(raw, w.context()).to_pylist()[0]
     assert (r["src_pod"], r["dst_pod"], r["traffic_class"]) == ("a", "b", "cross_zone")
     assert r["cost_usd"] == pytest.approx(1 * 0.01 * 2)  # 1 GB across AZs, both sides
@@ -202,7 +203,6 @@ def test_ipv6_pods_and_dictionary_encoded_input():
 
 def test_empty_input_gives_empty_contract_table():
     w = three_zone_world().snapshot(0)
-    from jobs.pipeline import cost_flows
     out = cost_flows(S.empty(S.RAW_FLOWS), w.context())
     assert out.num_rows == 0 and out.schema.equals(S.COST_FLOWS)
     # flows but no inventory at all: nothing is a pod, private peers stay external_private
@@ -212,3 +212,24 @@ def test_empty_input_gives_empty_contract_table():
     assert rows[("10.0.1.21", "10.0.2.21")]["traffic_class"] == "external_private"
     assert rows[("10.0.1.21", "8.8.8.8")]["traffic_class"] == "internet_egress"
     assert rows[("10.0.1.21", "8.8.8.8")]["src_zone"] is None
+
+
+def test_batches_are_independent_and_inputs_untouched():
+    # the driver runs cost_flows per hour in parallel: any split by window gives the same rows
+    w = three_zone_world()
+    w.pod("old-1", "batch", "n-b", "10.0.2.50").snapshot(0)
+    w.remove_pod("old-1", "batch").pod("new-1", "batch", "n-a", "10.0.2.50").snapshot(45)
+    w.dns("10.0.1.21", "api.example.com", "198.51.100.9", -10)
+    for m in range(0, 90, 7):
+        w.flow("10.0.1.21", "10.0.2.50", node="n-a", minute=m, tx=m + 1)
+        w.flow("10.0.1.21", "198.51.100.9", node="n-a", minute=m, tx=2 * m + 1)
+        w.flow("198.51.100.9", "10.0.1.21", node="n-a", minute=m, direction="inbound", tx=3, rx=m + 5)
+    raw, ctx = w.raw(), w.context()
+    before = raw.to_pylist()
+    whole = cost_flows(raw, ctx)
+    cut = pc.less(raw.column("window_start"), pa.scalar(at(40), S.TS))
+    parts = [cost_flows(raw.filter(cut), ctx), cost_flows(raw.filter(pc.invert(cut)), ctx)]
+    key = lambda t: sorted(repr(sorted(r.items())) for r in t.to_pylist())  # noqa: E731
+    assert key(whole) == key(pa.concat_tables(parts))
+    assert raw.to_pylist() == before
+    assert {r["dst_pod"] for r in whole.to_pylist() if r["dst_ip"] == "10.0.2.50"} == {"old-1", "new-1"}
