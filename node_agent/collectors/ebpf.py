@@ -28,6 +28,7 @@ the originator's side is kept (as the host's conntrack keeps one entry).
 from __future__ import annotations
 
 import atexit
+import logging
 import socket
 import struct
 import time
@@ -48,6 +49,7 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 CTA_STATUS, CTA_STATUS_MASK = 3, 26
 IPS_DST_NAT = 1 << 5
 PROG_NAMES = (b"netmon_flow_in", b"netmon_flow_out")
+log = logging.getLogger("netmon.ebpf")
 
 # A NAT source returns conntrack samples (only src/dst/sport/dport/reply_src/reply_sport and
 # proto/family are used). Default: a dump of this netns's conntrack table.
@@ -159,7 +161,7 @@ class EbpfCollector(Collector):
         self._polled_since_drain = False
         self._map_entries = 0
         self._stats = {"resyncs": 0, "events_lost": 0, "nat_dumps": 0, "nat_resolved": 0,
-                       "stale_detached": 0, "ended": 0, "duplicates_dropped": 0}
+                       "stale_detached": 0, "ended": 0, "duplicates_dropped": 0, "nat_errors": 0}
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -214,7 +216,16 @@ class EbpfCollector(Collector):
         """Tuple view -> (canonical tuple, reversed?) for NAT'ed conntrack entries only."""
         self._stats["nat_dumps"] += 1
         idx: dict[tuple, tuple[tuple, bool]] = {}
-        for s in self._nat_source():
+        try:
+            samples = self._nat_source()
+        except (OSError, CollectorError) as e:
+            # No conntrack (module not loaded, no permission): flows are still counted, with
+            # the addresses the sockets saw. Counted and logged once, never fatal.
+            self._stats["nat_errors"] += 1
+            if self._stats["nat_errors"] == 1:
+                log.warning("ebpf collector: conntrack NAT lookup failed, reporting pre-NAT addresses: %s", e)
+            return idx
+        for s in samples:
             if s.reply_src == s.dst and s.reply_sport == s.dport:
                 continue
             canon = (s.family, s.proto, s.src, s.sport, s.dst, s.dport, s.reply_src, s.reply_sport)
