@@ -493,3 +493,14 @@ def test_traffic_within_one_netns_counted_once():
             hdr = 40 if ":" in r["src_ip"] else 20
             assert (r["tx_packets"], r["tx_bytes"]) == (3, 3 * (99 + 8 + hdr))
     assert rows_eb == rows_ct
+
+
+def test_failing_nat_lookup_is_counted_not_fatal():
+    from node_agent.collectors.ebpf import EbpfCollector
+
+    def no_conntrack():
+        raise OSError(2, "nf_conntrack not loaded")
+
+    c = EbpfCollector(nat_source=no_conntrack)
+    assert c._nat_index() == {} and c._nat_index() == {}
+    assert c.stats()["nat_errors"] == 2
