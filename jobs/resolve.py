@@ -48,7 +48,11 @@ def dict_parts(col) -> tuple[pa.Array, np.ndarray]:
     col = _single(col)
     if not pa.types.is_dictionary(col.type):
         col = pc.dictionary_encode(col)
-    codes = col.indices.cast(pa.int64()).fill_null(-1).to_numpy()
+    ind = col.indices
+    if ind.null_count:
+        codes = ind.cast(pa.int64()).fill_null(-1).to_numpy()
+    else:
+        codes = ind.to_numpy().astype(np.int64)
     if col.dictionary.null_count:  # `pick` encodes null as a null dictionary entry
         null_entry = col.dictionary.is_null().to_numpy(zero_copy_only=False)
         codes = np.where(null_entry[np.maximum(codes, 0)], -1, codes)
