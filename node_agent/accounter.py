@@ -36,7 +36,9 @@ from node_agent.flows import ConnSample
 
 _M64 = (1 << 64) - 1
 _M32 = (1 << 32) - 1
+_M256 = (1 << 256) - 1
 _ONE_CONN = 1 << 256  # the window value packs tx_b, tx_p, rx_b, rx_p (64 bits each) and connections
+_COUNTED = 1 << 256   # in a state value: the connection already counts in this window's `connections`
 
 
 def conn_key(s: ConnSample) -> int:
@@ -91,7 +93,6 @@ class Accounter:
         self._limbo: dict[int, int] = {}     # tombstones past their drain, kept one more poll
         self._ended: dict[int, int] = {}     # ended since the last dump (a dying entry may still be dumped)
         self._window: dict[int, int] = {}    # flow ident -> packed tx_b, tx_p, rx_b, rx_p, conns
-        self._window_conns: set[int] = set()  # connections already counted in this window
         self._ip_ids: dict[bytes, int] = {}   # packed IP -> id within this window
         self._baselined = False
         self._count_unseen = False           # ended-but-never-dumped connections count in full
@@ -143,9 +144,10 @@ class Accounter:
                     continue
                 st["new"] += 1
                 last = 0
-            new[k] = cur
-            if cur != last:
-                add(s, k, cur, last)
+            elif last & _M256 == cur:  # idle since the last poll (the common case)
+                new[k] = last
+                continue
+            new[k] = add(s, cur, last)
         if baseline:
             st["baseline_entries"] = n
             self._baselined = True
@@ -178,8 +180,8 @@ class Accounter:
                 last = 0
             st["ended"] += 1
             self._ended[k] = cur
-            if cur != last:
-                self._add(s, k, cur, last)
+            if last & _M256 != cur:
+                self._add(s, cur, last)
         # tombstones had their drain: anything still missing ended without a DESTROY we saw
         self._expire_tombstones()
         # from the first drain after the baseline on, a connection never dumped was born
@@ -193,9 +195,11 @@ class Accounter:
         self._stats["forgotten"] += len(self._limbo)
         self._limbo, self._missing = self._missing, {}
 
-    def _add(self, s: ConnSample, k: int, cur: int, last: int) -> None:
+    def _add(self, s: ConnSample, cur: int, last: int) -> int:
+        """Add the delta cur - last to the window; returns the state value to keep (cur,
+        with _COUNTED set once the connection carried traffic in this window)."""
         ob, op, rb, rp = cur & _M64, (cur >> 64) & _M64, (cur >> 128) & _M64, cur >> 192
-        lob, lop, lrb, lrp = last & _M64, (last >> 64) & _M64, (last >> 128) & _M64, last >> 192
+        lob, lop, lrb, lrp = last & _M64, (last >> 64) & _M64, (last >> 128) & _M64, (last >> 192) & _M64
         if ob < lob or op < lop:  # counters went backwards: reset (zeroed) or reused entry
             lob = lop = 0
             self._stats["resets"] += 1
@@ -204,9 +208,8 @@ class Accounter:
             self._stats["resets"] += 1
         delta = (ob - lob) | (op - lop) << 64 | (rb - lrb) << 128 | (rp - lrp) << 192
         if not delta:
-            return
-        if k not in self._window_conns:  # connections that carried traffic in the window
-            self._window_conns.add(k)
+            return cur | (last & _COUNTED)
+        if not last & _COUNTED:  # connections that carried traffic in the window
             delta += _ONE_CONN
         # the flow identity as one int: proto, ports and window-local ids of the three IPs
         ids = self._ip_ids
@@ -223,6 +226,7 @@ class Accounter:
         ident = s.proto | s.dport << 8 | s.reply_sport << 24 | ia << 40 | ib << 72 | ic << 104
         w = self._window
         w[ident] = w.get(ident, 0) + delta
+        return cur | _COUNTED
 
     # ----------------------------------------------------------------- output
     def cut(self, window_start: dt.datetime, window_end: dt.datetime, node: str,
@@ -237,7 +241,11 @@ class Accounter:
         window_start, window_end = as_utc(window_start), as_utc(window_end)
         test = is_local if callable(is_local) else frozenset(is_local).__contains__
         window, ip_ids = self._window, self._ip_ids
-        self._window, self._window_conns, self._ip_ids = {}, set(), {}
+        self._window, self._ip_ids = {}, {}
+        for d in (self._state, self._missing, self._limbo):  # a new window: nobody counted yet
+            for k, v in d.items():
+                if v & _COUNTED:
+                    d[k] = v & _M256
         ips = list(ip_ids)  # id -> packed address
         names = [ip_str(ip) for ip in ips]
         local = [bool(test(name)) for name in names]

@@ -283,3 +283,18 @@ def test_cut_does_not_import_pandas():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=__file__.rsplit("/tests/", 1)[0])
     assert out.stdout.strip() == "False"
+
+
+def test_connection_count_restarts_every_window():
+    a = Accounter()
+    c = conn(95, POD_IP, PEER, 40300, 443, 0, 0, 0, 0)
+    a.observe_dump([c])
+    for b in (100, 200):                       # window 1: two polls with traffic
+        a.observe_dump([c._replace(orig_bytes=b, orig_packets=b // 100)])
+    (r1,) = rows(a.cut(T0, T1, "n1", LOCAL))
+    a.observe_dump([c._replace(orig_bytes=200, orig_packets=2)])   # idle poll
+    a.observe_dump([c._replace(orig_bytes=350, orig_packets=3)])   # window 2
+    a.observe_ended([ended(c, 400, 4, 10, 1)])                      # and its end
+    (r2,) = rows(a.cut(T1, T1 + dt.timedelta(seconds=60), "n1", LOCAL))
+    assert totals(r1) == (200, 2, 0, 0, 1)
+    assert totals(r2) == (200, 2, 10, 1, 1)
