@@ -9,6 +9,7 @@ once per unique address; domain patterns once per unique domain.
 from __future__ import annotations
 
 import fnmatch
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -28,12 +29,15 @@ DOMAIN_PATTERNS = (
 )
 
 
+_DOMAIN_RES = [(cls, re.compile("|".join(fnmatch.translate(p) for p in patterns))) for cls, patterns in DOMAIN_PATTERNS]
+
+
 def domain_class(domain: str | None) -> str:
     """Class of a private destination by its DNS name; external_private when nothing matches."""
     if domain:
         d = domain.lower().rstrip(".")
-        for cls, patterns in DOMAIN_PATTERNS:
-            if any(fnmatch.fnmatchcase(d, p) for p in patterns):
+        for cls, rx in _DOMAIN_RES:
+            if rx.match(d):
                 return cls
     return "external_private"
 
