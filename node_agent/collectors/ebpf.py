@@ -181,6 +181,9 @@ class EbpfCollector(Collector):
         except bpfload.BpfError as e:
             self.close()
             raise CollectorError(f"ebpf collector: {e}") from None
+        except OSError as e:   # the cgroup queries (BPF_PROG_QUERY needs CAP_NET_ADMIN)
+            self.close()
+            raise CollectorError(f"ebpf collector: {self.cgroup_path or 'cgroup'}: {e.strerror or e}") from None
         except Exception:
             self.close()
             raise
@@ -188,10 +191,13 @@ class EbpfCollector(Collector):
         self.cgroup_path = cgroup
 
     def close(self) -> None:
+        """Detach and release everything; never raises (it runs in the agent's finally)."""
         att, self._att = self._att, None
         try:
             if att is not None:
                 att.close()
+        except bpfload.BpfError as e:
+            log.warning("ebpf collector: %s", e)
         finally:
             closer = getattr(self._nat_source, "close", None)
             if closer is not None:

@@ -11,6 +11,7 @@ bpfload.BpfError when BPF cannot run here.
 from __future__ import annotations
 
 import atexit
+import logging
 import socket
 import struct
 import threading
@@ -22,6 +23,7 @@ from node_agent.dns.parser import ParseStats, parse_response
 
 EVENT_HDR = struct.Struct("=BxHH2x16s16s")   # struct dns_event before data[]
 PROG_NAMES = (b"netmon_dns_in",)
+log = logging.getLogger("netmon.dns")
 
 
 class DnsTracer:
@@ -48,6 +50,9 @@ class DnsTracer:
             self._att = bpfload.Attachments(cgroup)
             atexit.register(self.close)
             self._att.attach(self._loaded.progs["netmon_dns_in"], bpfload.CGROUP_INET_INGRESS, "netmon_dns_in")
+        except OSError as e:    # the cgroup queries: one clear line
+            self.close()
+            raise bpfload.BpfError(f"dns tracer: {self.cgroup_path or 'cgroup'}: {e.strerror or e}") from None
         except Exception:
             self.close()
             raise
@@ -103,6 +108,8 @@ class DnsTracer:
         try:
             if att is not None:
                 att.close()
+        except bpfload.BpfError as e:   # never raise from close(): it runs in finally blocks
+            log.warning("dns tracer: %s", e)
         finally:
             if self._rb is not None:
                 self._rb.consume()    # responses seen before the detach
