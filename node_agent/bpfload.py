@@ -11,6 +11,10 @@ Memory. BCC compiles C with an in-process LLVM: importing it costs ~65 MiB and a
 short-lived child process (`python -m node_agent.bpfload`), which hands the program and map
 file descriptors back over a unix socket (SCM_RIGHTS) and exits; the agent then attaches,
 reads maps and consumes the ring buffer through plain bpf(2) calls and libbcc_bpf (2 MiB).
+In Kubernetes the child would still count against the container's memory limit, so an init
+container can compile once and pin everything to a bpffs directory
+(`python -m node_agent.bpfload pin /sys/fs/bpf/netmon`); with NETMON_BPF_PIN_DIR set, `load()`
+opens the pinned objects instead of compiling.
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ CGROUP2_SUPER_MAGIC = 0x63677270
 # bpf(2) commands and the syscall number (x86_64, aarch64)
 _BPF_MAP_LOOKUP_ELEM = 1
 _BPF_MAP_DELETE_ELEM = 3
+_BPF_OBJ_PIN = 6
+_BPF_OBJ_GET = 7
 _BPF_PROG_ATTACH = 8
 _BPF_PROG_DETACH = 9
 _BPF_PROG_GET_FD_BY_ID = 13
@@ -128,10 +134,81 @@ class Loaded:
         self.progs, self.maps = {}, {}
 
 
+# What each C file provides (the init container pins all of it).
+SOURCES = {
+    "flows.c": (["netmon_flow_in", "netmon_flow_out"], ["netmon_flows", "netmon_fstats"]),
+    "dns.c": (["netmon_dns_in"], ["netmon_dns_events", "netmon_dstats"]),
+}
+
+
 def load(source: str, programs: list[str], maps: list[str], cflags: list[str] | None = None,
-         timeout: float = 120.0) -> Loaded:
-    """Compile bpf/<source> with BCC in a child process, load `programs` (cgroup_skb) and
-    return their fds and those of `maps`. BpfError with the reason if anything fails."""
+         timeout: float = 120.0, pin_dir: str | None = None) -> Loaded:
+    """Programs (cgroup_skb) and maps of bpf/<source> as fds: opened from `pin_dir`
+    (default $NETMON_BPF_PIN_DIR) when everything is pinned there, else compiled with BCC in
+    a child process. BpfError with the reason if anything fails."""
+    if os.geteuid() != 0:
+        check_environment()
+    pin_dir = pin_dir if pin_dir is not None else os.environ.get("NETMON_BPF_PIN_DIR")
+    if pin_dir:
+        pinned = _open_pinned(pin_dir, programs, maps)
+        if pinned is not None:
+            return pinned
+    return _compile(source, programs, maps, cflags, timeout)
+
+
+def _open_pinned(pin_dir: str, programs: list[str], maps: list[str]) -> Loaded | None:
+    names = programs + maps
+    if not all(os.path.exists(os.path.join(pin_dir, n)) for n in names):
+        return None
+    fds: dict[str, int] = {}
+    try:
+        for n in names:
+            fds[n] = obj_get(os.path.join(pin_dir, n))
+    except OSError as e:
+        for fd in fds.values():
+            os.close(fd)
+        raise BpfError(f"cannot open pinned {os.path.join(pin_dir, n)}: {e.strerror}") from None
+    return Loaded({n: fds[n] for n in programs}, {n: fds[n] for n in maps})
+
+
+def pin_all(pin_dir: str, cflags: list[str] | None = None) -> list[str]:
+    """Compile every C file and pin its programs and maps in `pin_dir` (a bpffs directory),
+    replacing earlier pins. Returns the pinned paths."""
+    os.makedirs(pin_dir, exist_ok=True)
+    done = []
+    for source, (programs, maps) in SOURCES.items():
+        loaded = _compile(source, programs, maps, cflags, 120.0)
+        try:
+            for name, fd in [*loaded.progs.items(), *loaded.maps.items()]:
+                path = os.path.join(pin_dir, name)
+                if os.path.exists(path):
+                    os.unlink(path)
+                obj_pin(fd, path)
+                done.append(path)
+        finally:
+            loaded.close()
+    return done
+
+
+def obj_pin(fd: int, path: str) -> None:
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("=QI", attr, 0, ctypes.addressof(p), fd)
+    try:
+        _bpf(_BPF_OBJ_PIN, attr)
+    except OSError as e:
+        raise BpfError(f"cannot pin {path}: {e.strerror} (is it on a bpf filesystem?)") from None
+
+
+def obj_get(path: str) -> int:
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("=QII", attr, 0, ctypes.addressof(p), 0, 0)
+    return _bpf(_BPF_OBJ_GET, attr)
+
+
+def _compile(source: str, programs: list[str], maps: list[str], cflags: list[str] | None,
+             timeout: float) -> Loaded:
     check_environment()
     path = BPF_SRC_DIR / source
     if not path.is_file():
@@ -244,6 +321,14 @@ def prog_fd_by_id(prog_id: int) -> int:
     attr = ctypes.create_string_buffer(128)
     struct.pack_into("=I", attr, 0, prog_id)
     return _bpf(_BPF_PROG_GET_FD_BY_ID, attr)
+
+
+def prog_id(prog_fd: int) -> int:
+    info = ctypes.create_string_buffer(256)
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("=IIQ", attr, 0, prog_fd, len(info), ctypes.addressof(info))
+    _bpf(_BPF_OBJ_GET_INFO_BY_FD, attr)
+    return struct.unpack_from("=I", info, 4)[0]   # bpf_prog_info.id
 
 
 def prog_name(prog_fd: int) -> bytes:
@@ -472,5 +557,21 @@ class RingBuffer:
             self._rb = None
 
 
+def _main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "pin":   # init container: compile once, pin for the agent
+        try:
+            for path in pin_all(argv[1]):
+                print(f"pinned {path}")
+        except BpfError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if len(argv) == 1 and argv[0].startswith("{"):
+        _child_main(json.loads(argv[0]))
+        return 0
+    print("usage: python -m node_agent.bpfload pin DIR", file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-    _child_main(json.loads(sys.argv[1]))
+    sys.exit(_main(sys.argv[1:]))

@@ -504,3 +504,35 @@ def test_failing_nat_lookup_is_counted_not_fatal():
     c = EbpfCollector(nat_source=no_conntrack)
     assert c._nat_index() == {} and c._nat_index() == {}
     assert c.stats()["nat_errors"] == 2
+
+
+PINNED = textwrap.dedent("""
+    import os, subprocess, sys
+    from node_agent import bpfload
+    pin = sys.argv[1]
+    subprocess.run([sys.executable, "-m", "node_agent.bpfload", "pin", pin], check=True, capture_output=True)
+    names = sorted(n for n in os.listdir(pin) if n.startswith("netmon_"))  # bpffs also lists *.debug
+    a = bpfload.load("flows.c", *bpfload.SOURCES["flows.c"], pin_dir=pin)
+    b = bpfload.load("flows.c", *bpfload.SOURCES["flows.c"], pin_dir=pin)
+    same = bpfload.prog_id(a.progs["netmon_flow_in"]) == bpfload.prog_id(b.progs["netmon_flow_in"])
+    keys, vals = bpfload.lookup_batch(a.maps["netmon_flows"], 48, 56)
+    print(names, same, bpfload.prog_name(a.progs["netmon_flow_out"]).decode(), len(keys))
+""")
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+def test_init_container_pins_and_agent_opens_pinned(tmp_path):
+    """`python -m node_agent.bpfload pin DIR` compiles once; load() then opens the pinned
+    objects (same program ids, no compile). Runs in a private mount namespace with its own
+    bpffs, so nothing is pinned on this machine."""
+    pin = tmp_path / "bpf"
+    pin.mkdir()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        f'mount -t bpf bpf "{pin}" && exec "{sys.executable}" -c "$0" "{pin}"', PINNED],
+                       capture_output=True, text=True, timeout=300, cwd=root,
+                       env={**os.environ, "PYTHONPATH": root})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["['netmon_dns_events',", "'netmon_dns_in',", "'netmon_dstats',", "'netmon_flow_in',",
+                                "'netmon_flow_out',", "'netmon_flows',", "'netmon_fstats']", "True", "netmon_flow_out", "0"]
