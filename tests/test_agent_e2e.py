@@ -459,6 +459,7 @@ def test_every_byte_reaches_the_lake_exactly_once_through_an_outage_and_a_restar
         assert "from an earlier run" in agent.text()
         phases.append(phase_ops(3))
         traffic(a, phases[-1])
+        agent.wait_for("upload to the lake failed", count=2, timeout=30)   # the new process saw the outage too
 
         # 4. storage back (moto restarts empty: the operator's bucket is recreated)
         moto.start()
