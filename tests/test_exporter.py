@@ -170,3 +170,39 @@ def test_the_lake_path_is_the_shared_writers_path(tmp_path):
     inv = pa.table({"snapshot_time": [T0], "name": ["n1"], "internal_ip": ["10.0.0.1"]})
     assert exp.submit_inventory("nodes", T0, inv) == write_inventory(lake, "nodes", T0, inv)
     exp.close(timeout=5)
+
+
+def test_a_spool_disk_that_refuses_writes_keeps_windows_in_memory_until_it_recovers(tmp_path):
+    import os
+    import shutil
+
+    lake_dir = tmp_path / "lake"
+    lake = open_lake(str(lake_dir))
+    metrics = Metrics()
+    spool_dir = tmp_path / "spool"
+    spool = Spool(str(spool_dir), 1 << 30, metrics=metrics)
+    # Storage down too (the lake root is a file), so nothing can leave memory yet.
+    shutil.rmtree(lake_dir)
+    lake_dir.write_text("not a directory")
+    exp = Exporter(lake, spool, metrics, backoff_initial=0.05, backoff_max=0.2)
+    # The spool disk goes bad: its directory is replaced by a file.
+    os.rmdir(spool_dir)
+    spool_dir.write_text("broken disk")
+    rels = [exp.submit_raw("raw/flows", "node-a", T0 + dt.timedelta(minutes=i), flows(i)) for i in range(3)]
+    assert metrics.spool_errors._value.get() == 1       # later windows queue behind the first in memory
+    assert spool.pending() == []
+    exp.start()
+    wait_for(lambda: metrics.upload_failures._value.get() >= 2, what="failed attempts")
+    # The disk recovers first: the windows move from memory into the spool, in order.
+    spool_dir.unlink()
+    spool_dir.mkdir()
+    wait_for(lambda: spool.pending() == rels, what="windows spooled after the disk recovered")
+    # Then storage: everything is uploaded in order.
+    lake_dir.unlink()
+    lake_dir.mkdir()
+    wait_for(lambda: spool.depth()[0] == 0, what="upload")
+    assert exp.close(timeout=5) == 0
+    got = read_bucket(lake)
+    assert sorted(got) == sorted(rels)
+    for i, rel in enumerate(rels):
+        assert got[rel].equals(S.conform(flows(i), S.RAW_FLOWS))
