@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 DEFAULT_SPOOL = "/var/lib/netmon/spool"
 DEFAULT_INVENTORY_SPOOL = "/var/lib/netmon/inventory-spool"
