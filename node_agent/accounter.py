@@ -36,9 +36,7 @@ from node_agent.flows import ConnSample
 
 _M64 = (1 << 64) - 1
 _M32 = (1 << 32) - 1
-_M256 = (1 << 256) - 1
-_ONE_CONN = 1 << 256  # the window value packs tx_b, tx_p, rx_b, rx_p (64 bits each) and connections
-_COUNTED = 1 << 256   # in a state value: the connection already counts in this window's `connections`
+_COUNTED = 1  # in a state value: the connection already counts in this window's `connections`
 
 
 def conn_key(s: ConnSample) -> int:
@@ -49,9 +47,10 @@ def conn_key(s: ConnSample) -> int:
 
 
 def pack(s: ConnSample) -> int:
-    """The four cumulative counters as one int (64 bits each)."""
+    """The four cumulative counters as one int (64 bits each), shifted left by one: bit 0
+    is the state's _COUNTED flag, kept low so the int does not grow."""
     ob, op, rb, rp = s[9:13]
-    return ob | op << 64 | rb << 128 | rp << 192
+    return (ob | op << 64 | rb << 128 | rp << 192) << 1
 
 
 def ip_str(packed: bytes) -> str:
@@ -76,12 +75,30 @@ def _strings(uniques: list[bytes], idx) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
 
 
+def _null_strings(n: int) -> pa.Array:
+    """n nulls of type string, from buffers (pa.nulls would allocate from Arrow's pool)."""
+    zeros = pa.py_buffer(bytes((n + 7) // 8))
+    return pa.Array.from_buffers(pa.string(), n, [zeros, pa.py_buffer(array("i", [0]) * (n + 1)), pa.py_buffer(b"")], null_count=n)
+
+
 def _repeat_ts(when: dt.datetime, n: int) -> pa.Array:
     us = (when - _EPOCH) // dt.timedelta(microseconds=1)
     return pa.Array.from_buffers(TS, n, [None, pa.py_buffer(array("q", [us]) * n)])
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+class _Window:
+    """One window's flows: identity -> row index, counters in flat int64 columns (8 bytes
+    per value, handed to Arrow without a copy)."""
+
+    __slots__ = ("idx", "ip_ids", "txb", "txp", "rxb", "rxp", "conns")
+
+    def __init__(self) -> None:
+        self.idx: dict[int, int] = {}      # flow identity -> row
+        self.ip_ids: dict[bytes, int] = {}  # packed IP -> id within this window
+        self.txb, self.txp, self.rxb, self.rxp, self.conns = (array("q") for _ in range(5))
 
 
 class Accounter:
@@ -92,8 +109,7 @@ class Accounter:
         self._missing: dict[int, int] = {}   # missing from the last dump, awaiting a DESTROY
         self._limbo: dict[int, int] = {}     # tombstones past their drain, kept one more poll
         self._ended: dict[int, int] = {}     # ended since the last dump (a dying entry may still be dumped)
-        self._window: dict[int, int] = {}    # flow ident -> packed tx_b, tx_p, rx_b, rx_p, conns
-        self._ip_ids: dict[bytes, int] = {}   # packed IP -> id within this window
+        self._window = _Window()
         self._baselined = False
         self._count_unseen = False           # ended-but-never-dumped connections count in full
         self._stats = dict.fromkeys((
@@ -144,7 +160,7 @@ class Accounter:
                     continue
                 st["new"] += 1
                 last = 0
-            elif last & _M256 == cur:  # idle since the last poll (the common case)
+            elif last | _COUNTED == cur | _COUNTED:  # idle since the last poll (the common case)
                 new[k] = last
                 continue
             new[k] = add(s, cur, last)
@@ -180,7 +196,7 @@ class Accounter:
                 last = 0
             st["ended"] += 1
             self._ended[k] = cur
-            if last & _M256 != cur:
+            if last | _COUNTED != cur | _COUNTED:
                 self._add(s, cur, last)
         # tombstones had their drain: anything still missing ended without a DESTROY we saw
         self._expire_tombstones()
@@ -198,21 +214,21 @@ class Accounter:
     def _add(self, s: ConnSample, cur: int, last: int) -> int:
         """Add the delta cur - last to the window; returns the state value to keep (cur,
         with _COUNTED set once the connection carried traffic in this window)."""
-        ob, op, rb, rp = cur & _M64, (cur >> 64) & _M64, (cur >> 128) & _M64, cur >> 192
-        lob, lop, lrb, lrp = last & _M64, (last >> 64) & _M64, (last >> 128) & _M64, (last >> 192) & _M64
+        c, p = cur >> 1, last >> 1
+        ob, op, rb, rp = c & _M64, (c >> 64) & _M64, (c >> 128) & _M64, c >> 192
+        lob, lop, lrb, lrp = p & _M64, (p >> 64) & _M64, (p >> 128) & _M64, p >> 192
         if ob < lob or op < lop:  # counters went backwards: reset (zeroed) or reused entry
             lob = lop = 0
             self._stats["resets"] += 1
         if rb < lrb or rp < lrp:
             lrb = lrp = 0
             self._stats["resets"] += 1
-        delta = (ob - lob) | (op - lop) << 64 | (rb - lrb) << 128 | (rp - lrp) << 192
-        if not delta:
+        dob, dop, drb, drp = ob - lob, op - lop, rb - lrb, rp - lrp
+        if not (dob or dop or drb or drp):
             return cur | (last & _COUNTED)
-        if not last & _COUNTED:  # connections that carried traffic in the window
-            delta += _ONE_CONN
         # the flow identity as one int: proto, ports and window-local ids of the three IPs
-        ids = self._ip_ids
+        w = self._window
+        ids = w.ip_ids
         a, b, c = s.src, s.dst, s.reply_src
         ia = ids.get(a)
         if ia is None:
@@ -224,8 +240,21 @@ class Accounter:
         if ic is None:
             ic = ids[c] = len(ids)
         ident = s.proto | s.dport << 8 | s.reply_sport << 24 | ia << 40 | ib << 72 | ic << 104
-        w = self._window
-        w[ident] = w.get(ident, 0) + delta
+        i = w.idx.get(ident)
+        if i is None:
+            w.idx[ident] = len(w.idx)
+            w.txb.append(dob)
+            w.txp.append(dop)
+            w.rxb.append(drb)
+            w.rxp.append(drp)
+            w.conns.append(0 if last & _COUNTED else 1)
+        else:
+            w.txb[i] += dob
+            w.txp[i] += dop
+            w.rxb[i] += drb
+            w.rxp[i] += drp
+            if not last & _COUNTED:  # connections that carried traffic in the window
+                w.conns[i] += 1
         return cur | _COUNTED
 
     # ----------------------------------------------------------------- output
@@ -240,13 +269,12 @@ class Accounter:
         """
         window_start, window_end = as_utc(window_start), as_utc(window_end)
         test = is_local if callable(is_local) else frozenset(is_local).__contains__
-        window, ip_ids = self._window, self._ip_ids
-        self._window, self._ip_ids = {}, {}
+        w, self._window = self._window, _Window()
         for d in (self._state, self._missing, self._limbo):  # a new window: nobody counted yet
             for k, v in d.items():
                 if v & _COUNTED:
-                    d[k] = v & _M256
-        ips = list(ip_ids)  # id -> packed address
+                    d[k] = v ^ _COUNTED
+        ips = list(w.ip_ids)  # id -> packed address
         names = [ip_str(ip) for ip in ips]
         local = [bool(test(name)) for name in names]
         encoded = [name.encode() for name in names]
@@ -254,8 +282,8 @@ class Accounter:
         direction = array("b")   # 0 outbound, 1 inbound
         src, dst, odst = array("i"), array("i"), array("i")
         oport, dport, proto = array("i"), array("i"), array("h")
-        txb, txp, rxb, rxp, conns = array("q"), array("q"), array("q"), array("q"), array("q")
-        for ident, v in window.items():
+        keep: list[int] | None = None  # row indexes to keep, once a transit row was dropped
+        for i, ident in enumerate(w.idx):  # insertion order = row index of the counters
             ia, ib, ic = (ident >> 40) & _M32, (ident >> 72) & _M32, ident >> 104
             if local[ia]:
                 direction.append(0)
@@ -263,20 +291,22 @@ class Accounter:
                 direction.append(1)
             else:
                 st["transit_flows"] += 1
-                st["transit_bytes"] += (v & _M64) + ((v >> 128) & _M64)
+                st["transit_bytes"] += w.txb[i] + w.rxb[i]
+                if keep is None:
+                    keep = list(range(i))
                 continue
+            if keep is not None:
+                keep.append(i)
             src.append(ia)
             dst.append(ic)
             odst.append(ib)
             proto.append(ident & 0xFF)
             oport.append((ident >> 8) & 0xFFFF)
             dport.append((ident >> 24) & 0xFFFF)
-            txb.append(v & _M64)
-            txp.append((v >> 64) & _M64)
-            rxb.append((v >> 128) & _M64)
-            rxp.append((v >> 192) & _M64)
-            conns.append(v >> 256)
-        del window
+        w.idx = {}
+        txb, txp, rxb, rxp, conns = w.txb, w.txp, w.rxb, w.rxp, w.conns
+        if keep is not None:
+            txb, txp, rxb, rxp, conns = (array("q", [col[i] for i in keep]) for col in (txb, txp, rxb, rxp, conns))
         n = len(src)
         st["flows_cut"] += n
         st["tx_bytes"] += sum(txb)
@@ -299,12 +329,12 @@ class Accounter:
             "rx_packets": _ints(rxp, pa.int64()),
             "connections": _ints(conns, pa.int64()),
         }
-        arrays = [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in RAW_FLOWS]
+        arrays = [cols[f.name] if f.name in cols else _null_strings(n) for f in RAW_FLOWS]
         return pa.Table.from_arrays(arrays, schema=RAW_FLOWS)
 
     def pending(self) -> int:
         """Flow rows accumulated in the current window (before the transit filter)."""
-        return len(self._window)
+        return len(self._window.idx)
 
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
