@@ -275,8 +275,8 @@ def duckdb_sql(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
     tier_case = " ".join(f"WHEN src_provider = '{p}' AND src_region = '{r}' THEN {f}(cum) - {f}(cum - tx_bytes)"
                          for p, r, f in tiers) or "WHEN false THEN 0.0"
     return [
-        # ---- inputs
-        f"CREATE TEMP TABLE raw AS SELECT * FROM read_parquet('{L}/raw/flows/*/*/*/*.parquet')",
+        # ---- inputs (raw flows are read once, below, straight into the oriented table)
+        f"CREATE TEMP VIEW raw AS SELECT * FROM read_parquet('{L}/raw/flows/*/*/*/*.parquet')",
         f"CREATE TEMP TABLE pods AS SELECT * FROM read_parquet('{L}/inventory/pods/*/*.parquet')",
         f"CREATE TEMP TABLE services AS SELECT * FROM read_parquet('{L}/inventory/services/*/*.parquet')",
         f"CREATE TEMP TABLE nodes AS SELECT * FROM read_parquet('{L}/inventory/nodes/*/*.parquet')",
@@ -329,19 +329,24 @@ def duckdb_sql(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
            QUALIFY row_number() OVER (PARTITION BY snapshot_time, ip ORDER BY namespace, service, port) = 1""",
         # ---- orientation: keep outbound; drop inbound from cluster peers; turn the rest around
         """CREATE TEMP TABLE f AS
-           WITH r AS (SELECT raw.*, snap.ps, snap.ns, snap.ss, snap.es FROM raw JOIN snap ON raw.window_end = snap.we)
-           SELECT window_start, window_end, node, direction, src_ip, dst_ip, orig_dst_ip, dst_port, proto,
-                  tx_bytes, rx_bytes, tx_packets, rx_packets, src_pod, src_namespace, ps, ns, ss, es
-           FROM r WHERE direction = 'outbound'
-           UNION ALL
-           SELECT r.window_start, r.window_end, r.node, r.direction, r.dst_ip, r.src_ip, r.src_ip, r.orig_dst_port,
-                  r.proto, r.rx_bytes, r.tx_bytes, r.rx_packets, r.tx_packets, r.dst_pod, r.dst_namespace,
+           SELECT r.window_start, r.window_end, r.node, r.direction,
+                  CASE WHEN inb THEN r.dst_ip ELSE r.src_ip END AS src_ip,
+                  CASE WHEN inb THEN r.src_ip ELSE r.dst_ip END AS dst_ip,
+                  CASE WHEN inb THEN r.src_ip ELSE r.orig_dst_ip END AS orig_dst_ip,
+                  CASE WHEN inb THEN r.orig_dst_port ELSE r.dst_port END AS dst_port, r.proto,
+                  CASE WHEN inb THEN r.rx_bytes ELSE r.tx_bytes END AS tx_bytes,
+                  CASE WHEN inb THEN r.tx_bytes ELSE r.rx_bytes END AS rx_bytes,
+                  CASE WHEN inb THEN r.rx_packets ELSE r.tx_packets END AS tx_packets,
+                  CASE WHEN inb THEN r.tx_packets ELSE r.rx_packets END AS rx_packets,
+                  CASE WHEN inb THEN r.dst_pod ELSE r.src_pod END AS src_pod,
+                  CASE WHEN inb THEN r.dst_namespace ELSE r.src_namespace END AS src_namespace,
                   r.ps, r.ns, r.ss, r.es
-           FROM r
-           LEFT JOIN pod_ip p ON p.t = r.ps AND p.ip = r.src_ip
-           LEFT JOIN node_ip n ON n.t = r.ns AND n.ip = r.src_ip
-           LEFT JOIN hostnet_ip h ON h.t = r.ps AND h.ip = r.src_ip
-           WHERE r.direction = 'inbound' AND p.ip IS NULL AND n.ip IS NULL AND h.ip IS NULL""",
+           FROM (SELECT raw.*, raw.direction = 'inbound' AS inb, snap.ps, snap.ns, snap.ss, snap.es
+                 FROM raw JOIN snap ON raw.window_end = snap.we) r
+           LEFT JOIN pod_ip p ON r.inb AND p.t = r.ps AND p.ip = r.src_ip
+           LEFT JOIN node_ip n ON r.inb AND n.t = r.ns AND n.ip = r.src_ip
+           LEFT JOIN hostnet_ip h ON r.inb AND h.t = r.ps AND h.ip = r.src_ip
+           WHERE NOT r.inb OR (p.ip IS NULL AND n.ip IS NULL AND h.ip IS NULL)""",
         # ---- DNS as of each (client, destination, window end)
         f"""CREATE TEMP TABLE dst_dom AS
             WITH q AS (SELECT DISTINCT src_ip, dst_ip, window_end FROM f),
@@ -353,7 +358,7 @@ def duckdb_sql(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
             FROM q ASOF LEFT JOIN d1 a ON a.client_ip = q.src_ip AND a.ip = q.dst_ip AND q.window_end >= a.seen
                    ASOF LEFT JOIN d2 b ON b.ip = q.dst_ip AND q.window_end >= b.seen""",
         # ---- resolution
-        """CREATE TEMP TABLE res AS
+        """CREATE TEMP VIEW res AS
            WITH j AS (
              SELECT f.*,
                sn.zone AS src_zone, sn.region AS sn_region, sn.provider AS sn_provider,
@@ -418,7 +423,7 @@ def duckdb_sql(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
            LEFT JOIN dst_dom dd ON dd.src_ip = k.src_ip AND dd.dst_ip = k.dst_ip AND dd.window_end = k.window_end""",
         # ---- address properties of external destinations (longest prefix by bit-string prefixes)
         """CREATE TEMP TABLE ext_ip AS
-           WITH u AS (SELECT DISTINCT dst_ip AS ip FROM res WHERE dst_kind = 'external'),
+           WITH u AS (SELECT DISTINCT dst_ip AS ip FROM f),
                 g AS (SELECT ip, contains(ip, ':') AS v6,
                         CASE WHEN contains(ip, '::') THEN list_concat(
                                list_filter(string_split(split_part(ip, '::', 1), ':'), lambda x: x <> ''),
@@ -482,24 +487,24 @@ def duckdb_sql(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
              CASE WHEN c.rule_rate IS NOT NULL THEN c.rule_label ELSE coalesce(r.card, 'none') END AS rate_card,
              c.traffic_class = 'internet_egress' AND c.rule_rate IS NULL AS tiered
            FROM c LEFT JOIN rates r ON r.provider = c.src_provider AND r.region = c.src_region AND r.cls = c.traffic_class""",
-        # ---- monthly egress tiers: F(cum_after) - F(cum_before) in (window_start, src_ip, dst_ip, dst_port, proto) order
-        f"""CREATE TEMP TABLE costs AS
-            WITH t AS (
-              SELECT *, sum(tx_bytes) OVER (PARTITION BY src_provider, src_region, date_trunc('month', window_start)
-                                            ORDER BY window_start, src_ip, dst_ip, dst_port, proto
-                                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)::DOUBLE AS cum
-              FROM cls WHERE tiered)
-            SELECT * EXCLUDE (cum), base_cost + CASE {tier_case} ELSE 0.0 END AS cost_usd FROM t
-            UNION ALL
-            SELECT *, base_cost AS cost_usd FROM cls WHERE NOT tiered""",
-        # ---- output: costs/flows partitioned like ours
-        f"""COPY (SELECT window_start, window_end, direction, src_node, src_zone, src_region, src_provider, src_ip,
-                         src_namespace, src_pod, src_workload_kind, src_workload, dst_kind, dst_namespace, dst_name,
-                         dst_service, dst_pod, dst_workload_kind, dst_workload, dst_node, dst_zone, dst_region,
-                         dst_domain, dst_cloud_provider, dst_cloud_service, dst_cloud_region, dst_ip, dst_port, proto,
-                         traffic_class, tx_bytes, rx_bytes, tx_packets, rx_packets, cost_usd, rate_card,
-                         strftime(window_start, '%Y-%m-%d') AS date, strftime(window_start, '%H') AS hour
-                  FROM costs)
+        # ---- monthly egress tiers (F(cum_after) - F(cum_before), rows in (window_start, src_ip,
+        # dst_ip, dst_port, proto) order per card and month) and the output, partitioned like ours
+        f"""COPY (
+              WITH t AS (
+                SELECT *, sum(tx_bytes) OVER (PARTITION BY src_provider, src_region, date_trunc('month', window_start)
+                                              ORDER BY window_start, src_ip, dst_ip, dst_port, proto
+                                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)::DOUBLE AS cum
+                FROM cls WHERE tiered),
+              c AS (SELECT * EXCLUDE (cum), base_cost + CASE {tier_case} ELSE 0.0 END AS cost_usd FROM t
+                    UNION ALL
+                    SELECT *, base_cost AS cost_usd FROM cls WHERE NOT tiered)
+              SELECT window_start, window_end, direction, src_node, src_zone, src_region, src_provider, src_ip,
+                     src_namespace, src_pod, src_workload_kind, src_workload, dst_kind, dst_namespace, dst_name,
+                     dst_service, dst_pod, dst_workload_kind, dst_workload, dst_node, dst_zone, dst_region,
+                     dst_domain, dst_cloud_provider, dst_cloud_service, dst_cloud_region, dst_ip, dst_port, proto,
+                     traffic_class, tx_bytes, rx_bytes, tx_packets, rx_packets, cost_usd, rate_card,
+                     strftime(window_start, '%Y-%m-%d') AS date, strftime(window_start, '%H') AS hour
+              FROM c)
             TO '{out}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date, hour), OVERWRITE_OR_IGNORE)""",
     ]
 
@@ -524,14 +529,17 @@ def phase_duckdb(lake: Path, out_dir: Path) -> dict:
     setup = _setup_tables(con, cfg, REPO / "jobs" / "fixtures", sorted(set(pr)))
     stmts = duckdb_sql(lake, out, cfg, setup["tiers"])
     t0 = time.perf_counter()
+    steps = []
     for s in stmts:
+        t = time.perf_counter()
         con.execute(s)
+        steps.append((" ".join(s.split())[:60], round(time.perf_counter() - t, 2)))
     seconds = time.perf_counter() - t0
     rows_in = con.execute("SELECT count(*) FROM raw").fetchone()[0]
-    rows_out = con.execute("SELECT count(*) FROM costs").fetchone()[0]
+    rows_out = con.execute(f"SELECT count(*) FROM read_parquet('{out}/*/*/*.parquet')").fetchone()[0]
     con.close()
     shutil.rmtree(tmp, ignore_errors=True)
-    return {"seconds": seconds, "rows_in": rows_in, "rows_out": rows_out}
+    return {"seconds": seconds, "rows_in": rows_in, "rows_out": rows_out, "steps": steps}
 
 
 # -------------------------------------------------------------------------- compare
