@@ -376,3 +376,27 @@ def test_event_overrun_resyncs_and_never_double_counts(pair):
     assert (row["tx_bytes"], row["tx_packets"], row["rx_bytes"], row["rx_packets"], row["connections"]) == \
         exp[("10.77.0.1", B4, B4, 5300, 5300, 17)]
     assert row["tx_bytes"] == 200 * (20 + 8 + 40)
+
+
+def test_setup_failures_are_one_clear_error():
+    import sys
+
+    from node_agent.collectors.base import CollectorError
+
+    with pytest.raises(CollectorError, match="no-such-netns") as exc:
+        ConntrackCollector(netns="no-such-netns-0f3a").open()
+    assert "\n" not in str(exc.value)
+    # without CAP_NET_ADMIN (an unprivileged user namespace over a namespace of ours)
+    a, b = make_pair("cterr")
+    try:
+        code = ("from node_agent.collectors.conntrack import ConntrackCollector\n"
+                "from node_agent.collectors.base import CollectorError\n"
+                "try:\n    ConntrackCollector().open()\n"
+                "except CollectorError as e:\n    print('error:', e)\n")
+        out = a.run("unshare", "--user", "--map-root-user", sys.executable, "-c", code,
+                    check=False)
+        line = out.stdout.strip()
+        assert line.startswith("error: cannot") and "root" in line and "\n" not in line, (line, out.stderr)
+    finally:
+        a.delete()
+        b.delete()

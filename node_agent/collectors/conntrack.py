@@ -132,7 +132,8 @@ class ConntrackCollector(Collector):
             self._event_sock.setblocking(False)
         except OSError as exc:
             self.close()
-            raise CollectorError(f"cannot open a ctnetlink socket: {exc.strerror or exc}") from None
+            hint = " (needs root: CAP_NET_ADMIN)" if exc.errno in (errno.EPERM, errno.EACCES) else ""
+            raise CollectorError(f"cannot open a ctnetlink socket: {exc.strerror or exc}{hint}") from None
         try:  # a dump proves we may read the table (CAP_NET_ADMIN) before the agent starts
             for _ in self.iter_dump():
                 pass
