@@ -407,7 +407,7 @@ def metric(text: str, name: str) -> float:
 def test_every_byte_reaches_the_lake_exactly_once_through_an_outage_and_a_restart(tmp_path, s3_env):
     a, b = setup_namespaces()
     procs = []
-    agent = None
+    agent = moto = None
     try:
         events = open(tmp_path / "ct-events.txt", "w")
         ev_err = open(tmp_path / "ct-events.err", "w")
@@ -498,6 +498,8 @@ def test_every_byte_reaches_the_lake_exactly_once_through_an_outage_and_a_restar
     finally:
         if agent is not None:
             agent.kill()
+        if moto is not None:
+            moto.stop()
         for p in procs:
             if p.poll() is None:
                 p.kill()
