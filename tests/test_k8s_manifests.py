@@ -191,7 +191,7 @@ def test_only_the_agent_is_privileged_or_touches_the_host(rendered):
         for c in containers(pod):
             sc = c.get("securityContext", {})
             if sc.get("privileged") or sc.get("capabilities", {}).get("add"):
-                seen.add(where)
+                seen.add(f"{where}/{c['name']}")
                 assert is_agent, f"{where}/{c['name']} is privileged or adds capabilities"
             if not is_agent:
                 assert sc.get("allowPrivilegeEscalation") is False, f"{where}/{c['name']}"
@@ -199,7 +199,8 @@ def test_only_the_agent_is_privileged_or_touches_the_host(rendered):
         for field in ("hostNetwork", "hostPID", "hostIPC"):
             assert not pod.get(field) or is_agent, f"{where} sets {field}"
         assert is_agent or not any("hostPath" in v for v in pod.get("volumes", [])), where
-    assert seen == {"DaemonSet/netmon-agent/pod"}
+    # Within the agent pod: the agent and its BPF-compiling init container, nothing else.
+    assert seen == {"DaemonSet/netmon-agent/pod/agent", "DaemonSet/netmon-agent/pod/bpf-pin"}
 
 
 def test_agent_daemonset_exactly_as_the_spec(rendered):
@@ -225,23 +226,66 @@ def test_agent_daemonset_exactly_as_the_spec(rendered):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": 9808}, probe
     assert c["args"][0] == "run"
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in c["env"]
+    assert {"name": "NETMON_BPF_PIN_DIR", "value": "/sys/fs/bpf/netmon"} in c["env"]
     assert c["envFrom"] == [{"configMapRef": {"name": "netmon-storage"}},
+                            {"configMapRef": {"name": "netmon-agent-config"}},
                             {"secretRef": {"name": "netmon-s3-credentials", "optional": True}}]
 
-    # Host mounts: the volume's host path, where it is mounted, read-only or not, hostPath type.
-    volumes = {v["name"]: v["hostPath"] for v in pod["volumes"]}
-    mounts = {(volumes[m["name"]]["path"], m["mountPath"], m.get("readOnly", False), volumes[m["name"]]["type"])
-              for m in c["volumeMounts"]}
-    assert mounts == {
+    # Host mounts: the host's bpffs (where bpf-pin pinned the programs), no kernel headers:
+    # the agent compiles nothing, and without headers a missing pin fails at once instead of
+    # compiling into the 128 MiB limit.
+    assert host_mounts(pod, c) == {
         ("/sys/fs/cgroup", "/host/sys/fs/cgroup", True, "Directory"),
         ("/sys/fs/bpf", "/sys/fs/bpf", False, "DirectoryOrCreate"),
-        ("/lib/modules", "/lib/modules", True, "Directory"),
-        ("/usr/src", "/usr/src", True, "Directory"),
         ("/var/lib/netmon/spool", "/var/lib/netmon/spool", False, "DirectoryOrCreate"),
     }
     # The agent is told where the host's cgroup v2 root and its spool are mounted.
     assert flag(c, "--cgroup-path") == "/host/sys/fs/cgroup"
     assert flag(c, "--spool") == "/var/lib/netmon/spool"
+
+
+def host_mounts(pod: dict, c: dict) -> set[tuple[str, str, bool, str]]:
+    """(host path, mount path, read-only, hostPath type) of each of a container's mounts."""
+    volumes = {v["name"]: v["hostPath"] for v in pod["volumes"]}
+    return {(volumes[m["name"]]["path"], m["mountPath"], m.get("readOnly", False), volumes[m["name"]]["type"])
+            for m in c["volumeMounts"]}
+
+
+def env_value(c: dict, name: str) -> str:
+    [value] = [e["value"] for e in c.get("env", []) if e["name"] == name]
+    return value
+
+
+def test_bpf_pin_init_container(rendered):
+    """The init container compiles with the agent's image, its own budget and the kernel
+    headers, and pins where the agent looks for the programs."""
+    _, objs = rendered
+    pod = one(objs, "DaemonSet", "netmon-agent")["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    [agent] = pod["containers"]
+    assert init["name"] == "bpf-pin"
+    assert init["image"] == agent["image"]          # also after an overlay's `images:` rewrite
+    assert init["command"] == ["/bin/sh", "-c"] and len(init["args"]) == 1
+    assert "python -m node_agent.bpfload pin " in init["args"][0]
+    assert init["securityContext"] == {"privileged": True}
+    assert init["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                 "limits": {"cpu": "1", "memory": "512Mi"}}
+    assert host_mounts(pod, init) == {
+        ("/sys/fs/bpf", "/sys/fs/bpf", False, "DirectoryOrCreate"),
+        ("/lib/modules", "/lib/modules", True, "Directory"),
+        ("/usr/src", "/usr/src", True, "Directory"),
+    }
+    # Pinned on the host's bpffs, under the same path in both containers.
+    pin_dir = env_value(init, "NETMON_BPF_PIN_DIR")
+    assert pin_dir == env_value(agent, "NETMON_BPF_PIN_DIR") == "/sys/fs/bpf/netmon"
+    for c in (init, agent):
+        [bpffs] = [m for m in c["volumeMounts"] if m["name"] == "bpffs"]
+        assert pin_dir.startswith(bpffs["mountPath"].rstrip("/") + "/") and not bpffs.get("readOnly")
+    # One switch for both: the init container's failure policy follows the agent's collector.
+    assert {"configMapRef": {"name": "netmon-agent-config"}} in init["envFrom"]
+    assert {"configMapRef": {"name": "netmon-agent-config"}} in agent["envFrom"]
+    assert not any("secretRef" in s for s in init["envFrom"])   # it needs no credentials
+    assert env_of(init, objs)["NETMON_COLLECTOR"] == env_of(agent, objs)["NETMON_COLLECTOR"] == "conntrack"
 
 
 def test_inventory_deployment(rendered):
@@ -255,9 +299,9 @@ def test_inventory_deployment(rendered):
     assert pod["serviceAccountName"] == "netmon-inventory"
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": 9809}, probe
-    # Same storage configuration as the agent.
+    # Same storage configuration as the agent (without the agent's own settings).
     agent = one(objs, "DaemonSet", "netmon-agent")["spec"]["template"]["spec"]["containers"][0]
-    assert c["envFrom"] == agent["envFrom"]
+    assert c["envFrom"] == [s for s in agent["envFrom"] if s.get("configMapRef", {}).get("name") != "netmon-agent-config"]
     # With a read-only root, everything the process writes is a mounted volume.
     assert {m["mountPath"] for m in c["volumeMounts"]} == {flag(c, "--spool"), "/tmp"}
 
@@ -280,6 +324,7 @@ def test_command_lines_parse_with_the_real_cli(dev, monkeypatch, kind, name):
     assert int(args.listen.rsplit(":", 1)[1]) == c["livenessProbe"]["httpGet"]["port"] == c["ports"][0]["containerPort"]
     if kind == "DaemonSet":
         assert args.node == "node-a" and args.cgroup_path == "/host/sys/fs/cgroup"
+        assert args.collector == "conntrack" and args.dns is None   # DNS tracing: auto (a warning if it cannot start)
 
 
 RBAC = {
