@@ -327,6 +327,97 @@ def test_command_lines_parse_with_the_real_cli(dev, monkeypatch, kind, name):
         assert args.collector == "conntrack" and args.dns is None   # DNS tracing: auto (a warning if it cannot start)
 
 
+# ------------------------------------------- the bpf-pin init container, run for real (root)
+# The rendered init container's command runs on this machine in a private mount namespace
+# (its own bpffs, or /lib/modules hidden as on a node without kernel headers), so nothing is
+# pinned on or hidden from the host. PATH leads to this venv's python, as /opt/venv in the image.
+
+def run_in_mount_ns(setup: str, argv: list[str], env: dict[str, str], timeout: float = 300,
+                    netns: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["unshare", "-m", *(["-n"] if netns else []), "--propagation", "private",
+         "sh", "-c", f'{setup} && exec "$@"', "sh", *argv],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+             "PYTHONPATH": ROOT, **env})
+
+
+def init_argv(objs: list[dict]) -> list[str]:
+    [init] = one(objs, "DaemonSet", "netmon-agent")["spec"]["template"]["spec"]["initContainers"]
+    return init["command"] + init["args"]
+
+
+HIDE_HEADERS = "mount -t tmpfs tmpfs /lib/modules"   # the node has no kernel headers
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("collector,dns,fatal", [
+    (None, None, False),              # the manifest's default: conntrack, DNS auto
+    ("conntrack", "false", False),
+    ("conntrack", "True", True),      # DNS tracing forced on cannot work without the programs
+    ("ebpf", None, True),
+])
+def test_bpf_pin_failure_is_fatal_only_when_the_agent_needs_the_programs(base, tmp_path, collector, dns, fatal):
+    """A node that cannot compile: the init container lets the default conntrack agent start
+    (exit 0) and fails the pod only for --collector ebpf or forced DNS tracing. Either way it
+    removes the pin directory, so the agent never opens stale (older image) or partial pins."""
+    pin = tmp_path / "netmon"
+    pin.mkdir()
+    (pin / "netmon_flows").write_text("left by an older image")
+    # Unset = empty (the ConfigMap may leave them out); the script reads both as the default.
+    env = {"NETMON_BPF_PIN_DIR": str(pin), "NETMON_COLLECTOR": collector or "", "NETMON_DNS": dns or ""}
+    r = run_in_mount_ns(HIDE_HEADERS, init_argv(base), env)
+    assert (r.returncode != 0) == fatal, r.stderr
+    assert "error: kernel headers missing: /lib/modules/" in r.stderr   # bpfload's reason, first
+    assert ("error: BPF programs not pinned" if fatal else "warning: BPF programs not pinned") in r.stderr
+    assert not pin.exists()
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("argv,message", [
+    (["--collector", "ebpf"], "error: ebpf collector: kernel headers missing"),
+    (["--collector", "conntrack", "--dns"], "error: cannot start DNS tracing: kernel headers missing"),
+])
+def test_agent_without_pins_stops_at_once_instead_of_compiling(base, tmp_path, argv, message):
+    """The agent container mounts no kernel headers: with no pins it does not start a compile
+    (~150-200 MiB, over its 128 MiB limit) but stops with one line. Own network namespace, so
+    the conntrack collector reads an empty table, not the host's."""
+    [agent] = one(base, "DaemonSet", "netmon-agent")["spec"]["template"]["spec"]["containers"]
+    assert not {"/lib/modules", "/usr/src"} & {m["mountPath"] for m in agent["volumeMounts"]}
+    r = run_in_mount_ns(HIDE_HEADERS, [os.path.join(os.path.dirname(sys.executable), "netmon-agent"), "run",
+                                       "--standalone", "--node", "node-a", "--lake", str(tmp_path / "lake"),
+                                       "--spool", str(tmp_path / "spool"), "--listen", "off", *argv],
+                        {"NETMON_BPF_PIN_DIR": env_value(agent, "NETMON_BPF_PIN_DIR")}, timeout=120, netns=True)
+    assert r.returncode == 2, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+def test_bpf_pin_pins_every_program_and_map_the_agent_opens(base, tmp_path):
+    """On a node that can compile: exit 0 and every object of bpfload.SOURCES pinned, on a
+    bpffs, replacing an earlier pod's pins."""
+    from node_agent import bpfload
+
+    bpffs = tmp_path / "bpf"
+    bpffs.mkdir()
+    pin = bpffs / "netmon"
+    # Run twice (the setup runs it once and lists the pins, then it runs again): a restarted
+    # pod's init container replaces the earlier pins.
+    argv = init_argv(base)
+    r = run_in_mount_ns(f'mount -t bpf bpf "{bpffs}" && "$@" && ls "{pin}"', argv,
+                        {"NETMON_BPF_PIN_DIR": str(pin), "NETMON_COLLECTOR": "ebpf"})
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr and "error" not in r.stderr
+    expected = sorted(n for progs, maps in bpfload.SOURCES.values() for n in progs + maps)
+    listed = sorted(ln for ln in r.stdout.split() if ln.startswith("netmon_"))   # from `ls`
+    assert listed == expected
+    pinned = [ln.split()[-1] for ln in r.stdout.splitlines() if ln.startswith("pinned ")]
+    assert sorted(pinned) == sorted(str(pin / n) for n in expected * 2)
+
+
 RBAC = {
     "netmon-agent": {("", "pods"): ["get", "list", "watch"], ("", "nodes"): ["get"]},
     "netmon-inventory": {("", "pods"): ["list", "watch"], ("", "services"): ["list", "watch"],
