@@ -13,8 +13,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # BCC (with its bundled clang/LLVM) compiles bpf/ on the node against the host's kernel
-# headers, which the DaemonSet mounts at /lib/modules and /usr/src; no headers in the image.
-# conntrack/nft/ip are for operators debugging on the node.
+# headers: in the DaemonSet's bpf-pin init container (`python -m node_agent.bpfload pin DIR`
+# under /bin/sh, with /lib/modules and /usr/src mounted), which pins the programs for the
+# agent container; no headers in the image. conntrack/nft/ip are for operators debugging.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       bpfcc-tools python3-bpfcc conntrack nftables iproute2 \
@@ -35,7 +36,9 @@ RUN python -m venv /opt/venv \
  # scripts/setup.sh does (the PyPI package named `bcc` is unrelated).
  && ln -s /usr/lib/python3/dist-packages/bcc \
       "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc" \
- && cd / && /opt/venv/bin/python -c "import bcc, node_agent.bpfload as b; assert b.BPF_SRC_DIR.is_dir(), b.BPF_SRC_DIR"
+ && cd / && /opt/venv/bin/python -c "import bcc, node_agent.bpfload as b; assert b.BPF_SRC_DIR.is_dir(), b.BPF_SRC_DIR" \
+ # The init container's command: the module's CLI answers (usage: exit 2) from any directory.
+ && { /opt/venv/bin/python -m node_agent.bpfload 2>&1 || true; } | grep -q "pin DIR"
 
 ENV PATH=/opt/venv/bin:$PATH
 
