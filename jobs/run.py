@@ -31,6 +31,7 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from jobs import load
 from jobs import state as st
@@ -372,14 +373,22 @@ def finish_hour(lake_url: str, endpoint: str | None, hour: dt.datetime, costs: p
     return {"hour": hour, "rows": costs.num_rows, "partial": sm.partial(costs)}
 
 
+#: cost columns the rollups group and sum (read alone: a fraction of the partition)
+ROLLUP_COLUMNS = ["window_start", "src_namespace", "src_workload_kind", "src_workload", "traffic_class",
+                  "tx_bytes", "rx_bytes", "cost_usd"]
+
+
 def rollup_date(lake_url: str, endpoint: str | None, day: dt.date) -> int:
     """Rebuild the date's rollups from its cost partitions; returns the cost rows read."""
     from jobs import rollup  # noqa: PLC0415
     lake = _lake(lake_url, endpoint)
     when = dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
     parts = [lake.rel(i.path) for i in lake.list_files(f"costs/flows/date={day:%Y-%m-%d}")]
-    tables = [S.conform(lake.read_table(p), S.COST_FLOWS) for p in parts]
-    costs = pa.concat_tables(tables) if tables else S.COST_FLOWS.empty_table()
+    tables = []
+    for rel in parts:
+        with lake.fs.open_input_file(lake.path(rel)) as f:
+            tables.append(pq.ParquetFile(f).read(columns=ROLLUP_COLUMNS))
+    costs = pa.concat_tables(tables) if tables else S.COST_FLOWS.empty_table().select(ROLLUP_COLUMNS)
     lake.write_table(S.cost_file_path("costs/namespace_hourly", when),
                      S.conform(rollup.rollup_namespace_hourly(costs), S.COST_NAMESPACE_HOURLY))
     lake.write_table(S.cost_file_path("costs/workload_daily", when),
