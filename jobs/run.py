@@ -489,7 +489,7 @@ class _Progress:
         self.last = now
         el = now - self.t0
         rate = self.rows / el if el > 0 else 0.0
-        print(f"cost: {self.done}/{self.total} hours written, {self.rows:,} rows, "
+        print(f"cost: {self.done}/{self.total} hours written, {self.rows:,} cost rows, "
               f"{rate:,.0f} rows/s, {el:.1f}s", file=self.out, flush=True)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -240,3 +241,47 @@ def test_rollups_reconcile_with_cost_rows(lake):
 def test_empty_lake_is_a_no_op(tmp_path):
     res = R.run_cost_job(R.JobOptions(lake_url=str(tmp_path / "empty"), executor="inline", progress=None))
     assert res.hours_computed == [] and res.rows_in == 0
+
+
+def dns_table(start, node, client, ip, domain):
+    return pa.table({
+        "window_start": pa.array([start], S.TS), "window_end": pa.array([start + dt.timedelta(seconds=60)], S.TS),
+        "node": [node], "client_ip": [client], "domain": [domain], "ip": [ip],
+        "ttl_s": pa.array([30], pa.int32()), "seen_at": pa.array([start + dt.timedelta(seconds=5)], S.TS),
+    })
+
+
+def test_dns_names_destinations_and_a_late_dns_file_recomputes_its_hour(lake):
+    # H1's egress goes to a private address; its class depends on the DNS name asked for it.
+    write_raw(lake, "raw/flows", "n1", H1 + dt.timedelta(minutes=2),
+              flows(H1 + dt.timedelta(minutes=2), "n1", [("10.0.1.1", "10.99.0.7", GB, GB)]))
+    run(lake)
+    t = cost_table(lake, H1)
+    assert t.filter(pc.equal(t["dst_ip"], "10.99.0.7"))["traffic_class"].to_pylist() == ["external_private"]
+    write_raw(lake, "raw/dns", "n1", H1, dns_table(H1, "n1", "10.0.1.1", "10.99.0.7",
+                                                  "vpce-0abc.s3.us-east-1.vpce.amazonaws.com"))
+    res = run(lake)
+    assert res.hours_computed == [H1]
+    t = cost_table(lake, H1)
+    row = t.filter(pc.equal(t["dst_ip"], "10.99.0.7")).to_pylist()[0]
+    assert row["traffic_class"] == "private_link" and row["dst_domain"].startswith("vpce-0abc")
+    assert row["cost_usd"] == pytest.approx(2 * 0.01)  # PrivateLink processing $0.01/GB on tx + rx
+
+
+def test_invalid_dns_file_is_quarantined_once(lake):
+    bad = S.raw_file_path("raw/dns", "n1", H0)
+    lake.write_table(bad, dns_table(H0, "n1", "10.0.1.1", "10.99.0.7", "x.example").drop_columns(["ip"]))
+    res = run(lake)
+    assert [(q["path"], q["reason"]) for q in res.quarantined] == [(bad, "schema")]
+    assert lake.exists(f"_quarantine/{bad}.reason.json") and not lake.exists(bad)
+    assert res.hours_computed == [H0, H1, H2]
+
+
+def test_unreadable_inventory_snapshot_is_skipped_not_quarantined(lake, capsys):
+    rel = S.inventory_file_path("pods", H0 + dt.timedelta(minutes=1))
+    lake.write_bytes(rel, b"not parquet")
+    res = R.run_cost_job(R.JobOptions(lake_url=lake.url, executor="inline", progress=sys.stderr))
+    assert res.quarantined == [] and lake.exists(rel)
+    assert f"inventory snapshot {rel} skipped" in capsys.readouterr().err
+    # the earlier snapshot still attributes the pods
+    assert set(cost_table(lake, H0)["src_namespace"].to_pylist()) == {"shop"}
