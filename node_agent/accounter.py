@@ -36,7 +36,10 @@ from node_agent.flows import ConnSample
 
 _M64 = (1 << 64) - 1
 _M32 = (1 << 32) - 1
-_COUNTED = 1  # in a state value: the connection already counts in this window's `connections`
+# State values are the packed counters shifted left by two; the low bits are flags.
+_COUNTED = 1  # the connection already counts in this window's `connections`
+_SEEN = 2     # parity of the last dump that showed the connection
+_FLAGS = _COUNTED | _SEEN
 
 
 def conn_key(s: ConnSample) -> int:
@@ -47,10 +50,11 @@ def conn_key(s: ConnSample) -> int:
 
 
 def pack(s: ConnSample) -> int:
-    """The four cumulative counters as one int (64 bits each), shifted left by one: bit 0
-    is the state's _COUNTED flag, kept low so the int does not grow."""
+    """The four cumulative counters as one int (64 bits each), shifted left by two: the
+    low bits hold the state's flags (_COUNTED, _SEEN), kept low so the int does not grow.
+    """
     ob, op, rb, rp = s[9:13]
-    return (ob | op << 64 | rb << 128 | rp << 192) << 1
+    return (ob | op << 64 | rb << 128 | rp << 192) << 2
 
 
 def ip_str(packed: bytes) -> str:
@@ -111,6 +115,7 @@ class Accounter:
         self._ended: dict[int, int] = {}     # ended since the last dump (a dying entry may still be dumped)
         self._window = _Window()
         self._baselined = False
+        self._seen = 0
         self._count_unseen = False           # ended-but-never-dumped connections count in full
         self._stats = dict.fromkeys((
             "polls", "entries", "baseline_entries", "new", "ended", "ended_unseen",
@@ -130,29 +135,38 @@ class Accounter:
         self._stats["polls"] += 1
 
     def observe_dump(self, samples: Iterable[ConnSample]) -> None:
-        """A full dump of live connections (cumulative counters)."""
+        """A full dump of live connections (cumulative counters).
+
+        The state is updated in place: each dump flips the _SEEN parity bit it writes, and
+        entries left with the old parity afterwards are the ones the dump did not show."""
         st = self._stats
         if self._missing:  # observe_ended was not called since the last dump
             self._expire_tombstones()
-        old = self._state
+        state = self._state
         limbo = self._limbo
         ended = self._ended
-        new: dict[int, int] = {}
         add = self._add
+        seen = self._seen = self._seen ^ _SEEN
         baseline = not self._baselined
         n = 0
         for s in samples:
             n += 1
             k = conn_key(s)
             cur = pack(s)
-            last = old.pop(k, None)
-            if last is None:
-                last = new.get(k)  # the same entry twice in one dump (table resized meanwhile)
-            if last is None and limbo:
+            last = state.get(k)
+            if last is not None:
+                if last | _FLAGS == cur | _FLAGS:  # idle since the last poll (the common case)
+                    if last & _SEEN != seen:
+                        state[k] = last ^ _SEEN
+                    continue
+                # (seen twice in one dump, when the table changes under it: same rule)
+                state[k] = add(s, cur, last) | seen
+                continue
+            if limbo:
                 last = limbo.pop(k, None)  # skipped by one dump, back in the next: not new
             if last is None:
                 if baseline:
-                    new[k] = cur
+                    state[k] = cur | seen
                     continue
                 fin = ended.get(k)
                 if fin is not None and fin == cur:  # dying entry dumped after its DESTROY
@@ -160,18 +174,17 @@ class Accounter:
                     continue
                 st["new"] += 1
                 last = 0
-            elif last | _COUNTED == cur | _COUNTED:  # idle since the last poll (the common case)
-                new[k] = last
-                continue
-            new[k] = add(s, cur, last)
+            state[k] = add(s, cur, last) | seen
         if baseline:
             st["baseline_entries"] = n
             self._baselined = True
         st["entries"] = n
-        # what the dump did not show waits one drain for its DESTROY (copied: a dict keeps
-        # its full-size table after pops, 2.5 MiB at 50k entries)
-        self._missing = dict(old) if old else {}
-        self._state = new
+        # what the dump did not show waits one drain for its DESTROY
+        if len(state) > n or any(v & _SEEN != seen for v in state.values()):
+            missing = {k: v for k, v in state.items() if v & _SEEN != seen}
+            for k in missing:
+                del state[k]
+            self._missing = missing
         ended.clear()
 
     def observe_ended(self, samples: Iterable[ConnSample]) -> None:
@@ -196,7 +209,7 @@ class Accounter:
                 last = 0
             st["ended"] += 1
             self._ended[k] = cur
-            if last | _COUNTED != cur | _COUNTED:
+            if last | _FLAGS != cur | _FLAGS:
                 self._add(s, cur, last)
         # tombstones had their drain: anything still missing ended without a DESTROY we saw
         self._expire_tombstones()
@@ -214,7 +227,7 @@ class Accounter:
     def _add(self, s: ConnSample, cur: int, last: int) -> int:
         """Add the delta cur - last to the window; returns the state value to keep (cur,
         with _COUNTED set once the connection carried traffic in this window)."""
-        c, p = cur >> 1, last >> 1
+        c, p = cur >> 2, last >> 2
         ob, op, rb, rp = c & _M64, (c >> 64) & _M64, (c >> 128) & _M64, c >> 192
         lob, lop, lrb, lrp = p & _M64, (p >> 64) & _M64, (p >> 128) & _M64, p >> 192
         if ob < lob or op < lop:  # counters went backwards: reset (zeroed) or reused entry
@@ -225,7 +238,7 @@ class Accounter:
             self._stats["resets"] += 1
         dob, dop, drb, drp = ob - lob, op - lop, rb - lrb, rp - lrp
         if not (dob or dop or drb or drp):
-            return cur | (last & _COUNTED)
+            return cur | (last & _COUNTED)  # the caller sets _SEEN
         # the flow identity as one int: proto, ports and window-local ids of the three IPs
         w = self._window
         ids = w.ip_ids
