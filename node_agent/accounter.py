@@ -79,6 +79,12 @@ def _strings(uniques: list[bytes], idx) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
 
 
+def _repeat_string(value: bytes, n: int) -> pa.Array:
+    step = len(value)
+    offsets = array("i", range(0, (n + 1) * step, step)) if step else array("i", [0]) * (n + 1)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(value * n)])
+
+
 def _null_strings(n: int) -> pa.Array:
     """n nulls of type string, from buffers (pa.nulls would allocate from Arrow's pool)."""
     zeros = pa.py_buffer(bytes((n + 7) // 8))
@@ -328,7 +334,7 @@ class Accounter:
         cols = {
             "window_start": _repeat_ts(window_start, n),
             "window_end": _repeat_ts(window_end, n),
-            "node": _strings([node.encode()], [0] * n),
+            "node": _repeat_string(node.encode(), n),
             "direction": _strings(dir_names, direction),
             "src_ip": _strings(encoded, src),
             "dst_ip": _strings(encoded, dst),
@@ -342,7 +348,8 @@ class Accounter:
             "rx_packets": _ints(rxp, pa.int64()),
             "connections": _ints(conns, pa.int64()),
         }
-        arrays = [cols[f.name] if f.name in cols else _null_strings(n) for f in RAW_FLOWS]
+        nulls = _null_strings(n)  # the four pod columns share one all-null array
+        arrays = [cols[f.name] if f.name in cols else nulls for f in RAW_FLOWS]
         return pa.Table.from_arrays(arrays, schema=RAW_FLOWS)
 
     def pending(self) -> int:
