@@ -175,6 +175,7 @@ VALID = [
     ct_message(src="fd77::1", dst="fd77::2", proto=17, family=socket.AF_INET6, mtype=CT_DELETE),
     ct_message(proto=1, icmp_id=9, nested=False, bits=32, zone=1) + done(),
     error(-1),
+    b"".join(ct_message(ct_id=i, sport=3000 + i) for i in range(3)) + done(),  # a run: one-pass reader
 ]
 
 
@@ -210,8 +211,8 @@ def test_fuzz_random_bytes(data):
 
 
 @settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(VALID), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=8),
-       st.integers(0, 450))
+@given(st.sampled_from(VALID), st.lists(st.tuples(st.integers(0, 800), st.integers(0, 255)), max_size=8),
+       st.integers(0, 850))
 def test_fuzz_mutated_valid_messages(msg, flips, cut):
     FUZZ_RUNS["mutated"] += 1
     data = bytearray(msg)

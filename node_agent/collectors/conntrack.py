@@ -137,9 +137,9 @@ class ConntrackCollector(Collector):
         try:  # a dump proves we may read the table (CAP_NET_ADMIN) before the agent starts
             for _ in self.iter_dump():
                 pass
-        except NetlinkError as exc:
+        except CollectorError:
             self.close()
-            raise CollectorError(f"cannot dump the conntrack table: {exc.strerror} (run as root)") from None
+            raise
 
     def close(self) -> None:
         for s in (self._dump_sock, self._event_sock):
@@ -179,6 +179,9 @@ class ConntrackCollector(Collector):
                 done = parser.feed(data, batch)
             except ParseError:
                 self._stats["parse_errors"] += 1  # that datagram is lost; the dump goes on
+            except NetlinkError as exc:
+                hint = " (needs root: CAP_NET_ADMIN)" if exc.errno in (errno.EPERM, errno.EACCES) else ""
+                raise CollectorError(f"conntrack dump failed: {exc.strerror}{hint}") from None
             entries += len(batch)
             yield from batch
             batch.clear()
