@@ -425,6 +425,21 @@ class InlineExecutor:
         pass
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a `host:port` (or `ray://host:port`) nobody listens on: Ray itself retries
+    connecting to a missing GCS for minutes. `auto` and other forms are left to Ray."""
+    import socket  # noqa: PLC0415
+    hostport = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise JobError(f"cannot start or reach Ray at {address}: {exc}") from None
+
+
 class RayExecutor:
     def __init__(self, address: str | None, num_cpus: int):
         # Must be set before Ray starts: keeps every listener on 127.0.0.1, no token auth locally.
@@ -436,6 +451,8 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                                       "log_to_driver": True}
+            if address:
+                _check_reachable(address)
             try:
                 if address:
                     ray.init(address=address, **kwargs)

@@ -110,3 +110,35 @@ def test_cli_on_local_ray_matches_inline_and_is_incremental(lake, tmp_path):  # 
 
     r = run_cli("cost", "--lake", lake.url, "--quiet")
     assert r.returncode == 0 and "0 hour(s) computed, 0 re-tiered" in r.stdout
+
+
+@pytest.mark.slow
+def test_cost_job_joins_an_existing_ray_cluster_by_address(lake):  # noqa: F811
+    """--ray-address: the job connects as a driver to a running cluster (here: one this test
+    starts on loopback) instead of starting its own."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        address = ray.get_runtime_context().gcs_address
+        assert address.startswith("127.0.0.1:")
+        r = run_cli("cost", "--lake", lake.url, "--ray-address", address, "--quiet")
+        assert r.returncode == 0, r.stderr
+        assert "3 hour(s) computed" in r.stdout
+        assert class_cost(all_costs(lake), "internet_egress") == pytest.approx(egress_cost(140 * GB))
+        assert ray.is_initialized()  # the job did not shut down a cluster it did not start
+    finally:
+        ray.shutdown()
+
+
+def test_unreachable_ray_address_is_one_error_line(lake, capsys):  # noqa: F811
+    port = __import__("socket").socket()
+    port.bind(("127.0.0.1", 0))
+    addr = f"127.0.0.1:{port.getsockname()[1]}"
+    port.close()
+    r = run_cli("cost", "--lake", lake.url, "--ray-address", addr, "--quiet")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert err[-1].startswith("error: cannot start or reach Ray at " + addr), r.stderr[-2000:]
