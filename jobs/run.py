@@ -18,6 +18,7 @@ Work unit: one hour of `raw/flows` (all nodes' windows whose window_start is in 
 """
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import logging
@@ -216,7 +217,7 @@ def _inventory_index(lake: Lake) -> dict[str, list[tuple[dt.datetime, str]]]:
             if m:
                 t = dt.datetime.strptime(m["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
                 items.append((t, rel))
-        out[kind] = sorted(items)
+        out[kind] = _Sorted(items)
     return out
 
 
@@ -245,16 +246,20 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     dns_chunks: dict[dt.datetime, list[str]] = {}
     inv_chunks: dict[dt.datetime, dict[str, list[str]]] = {}
     inv_hour_of = {p: st.hour_of(t) for items in inv.values() for t, p in items}
+    inv_by_hour: dict[dt.datetime, dict[str, list[str]]] = {}
+    for kind, items in inv.items():
+        for t, p_ in items:
+            inv_by_hour.setdefault(st.hour_of(t), {k: [] for k in inv})[kind].append(p_)
+    dns_sorted = sorted(dns_winners)
     for h in compute:
         lo_dns = h - dns_lookback - HOUR
-        dns_hours = [dh for dh in sorted(dns_winners) if lo_dns <= dh <= h + HOUR]
+        dns_hours = dns_sorted[bisect.bisect_left(dns_sorted, lo_dns):bisect.bisect_right(dns_sorted, h + HOUR)]
         for dh in dns_hours:
             dns_chunks[dh] = dns_winners[dh]
         # snapshots for windows ending in (h, h + 1h + one window]; two hours is a safe bound
         needed = {inv_hour_of[p] for items in inv.values() for p in _select_snapshots(items, h, h + 2 * HOUR)}
         for ih in needed:
-            if ih not in inv_chunks:
-                inv_chunks[ih] = {k: [p for t, p in items if st.hour_of(t) == ih] for k, items in inv.items()}
+            inv_chunks.setdefault(ih, inv_by_hour[ih])
         specs[h] = HourSpec(hour=h, flows=flow_winners[h], dns_hours=dns_hours, inv_hours=sorted(needed))
         files[h] = {**flow_files.get(h, {}), **dns_files.get(h, {})}
 
@@ -291,15 +296,24 @@ def _lake(url: str, endpoint: str | None) -> Lake:
 def _select_snapshots(items: list[tuple[dt.datetime, str]], lo: dt.datetime, hi: dt.datetime) -> list[str]:
     """Snapshots an as-of join over windows ending in [lo, hi] can pick: the latest at or before
     `lo` (plus one earlier, since names carry whole seconds), every one up to `hi`; the earliest
-    if none precedes `hi` (the lake starts mid-stream)."""
+    if none precedes `hi` (the lake starts mid-stream). `items` sorted by time."""
     if not items:
         return []
-    upto = [i for i, (t, _) in enumerate(items) if t <= hi]
-    if not upto:
+    times = [t for t, _ in items] if not isinstance(items, _Sorted) else items.times
+    last = bisect.bisect_right(times, hi) - 1
+    if last < 0:
         return [items[0][1]]
-    before = [i for i in upto if items[i][0] <= lo]
-    first = max(before[-1] - 1, 0) if before else 0
-    return [p for _, p in items[first:upto[-1] + 1]]
+    before = bisect.bisect_right(times, lo) - 1
+    first = max(before - 1, 0) if before >= 0 else 0
+    return [p for _, p in items[first:last + 1]]
+
+
+class _Sorted(list):
+    """(time, path) items sorted by time, with the times kept for bisection."""
+
+    def __init__(self, items):
+        super().__init__(sorted(items))
+        self.times = [t for t, _ in self]
 
 
 def load_dns_chunk(lake_url: str, endpoint: str | None, files: list[str]):

@@ -285,3 +285,27 @@ def test_unreadable_inventory_snapshot_is_skipped_not_quarantined(lake, capsys):
     assert f"inventory snapshot {rel} skipped" in capsys.readouterr().err
     # the earlier snapshot still attributes the pods
     assert set(cost_table(lake, H0)["src_namespace"].to_pylist()) == {"shop"}
+
+
+def test_egress_tiers_restart_each_month(tmp_path):
+    lk = open_lake(str(tmp_path / "lake"))
+    end_of_march = dt.datetime(2026, 3, 31, 23, 0, tzinfo=UTC)
+    april = end_of_march + dt.timedelta(hours=1)
+    write_inventory_snapshot(lk, end_of_march - dt.timedelta(minutes=5))
+    write_raw(lk, "raw/flows", "n1", end_of_march, flows(end_of_march, "n1", [("10.0.1.1", S3_IP, 150 * GB, 0)]))
+    write_raw(lk, "raw/flows", "n1", april, flows(april, "n1", [("10.0.1.1", S3_IP, 120 * GB, 0)]))
+    res = run(lk)
+    assert res.hours_computed == [end_of_march, april]
+    assert class_cost(cost_table(lk, end_of_march), "internet_egress") == pytest.approx(egress_cost(150 * GB))
+    assert class_cost(cost_table(lk, april), "internet_egress") == pytest.approx(egress_cost(120 * GB))
+    assert st.EgressLedger.load(lk, "2026-04").offsets_before(april + dt.timedelta(hours=1)) == {"aws/us-east-1": 120 * GB}
+
+
+def test_snapshot_selection():
+    t = lambda m: H0 + dt.timedelta(minutes=m)  # noqa: E731
+    items = R._Sorted([(t(m), f"s{m}") for m in (0, 10, 20, 30)])
+    assert R._select_snapshots(items, t(15), t(25)) == ["s0", "s10", "s20"]   # one extra before
+    assert R._select_snapshots(items, t(-20), t(-10)) == ["s0"]               # before the first: earliest
+    assert R._select_snapshots(items, t(-5), t(12)) == ["s0", "s10"]
+    assert R._select_snapshots(items, t(40), t(50)) == ["s20", "s30"]
+    assert R._select_snapshots(R._Sorted([]), t(0), t(1)) == []
