@@ -126,7 +126,8 @@ class Accounter:
         self._stats = dict.fromkeys((
             "polls", "entries", "baseline_entries", "new", "ended", "ended_unseen",
             "ended_before_start", "ended_duplicate", "forgotten", "resets", "dying_skipped",
-            "transit_flows", "transit_bytes", "flows_cut", "tx_bytes", "rx_bytes"), 0)
+            "transit_flows", "transit_bytes", "loopback_flows", "loopback_bytes", "flows_cut", "tx_bytes",
+            "rx_bytes"), 0)
 
     # ----------------------------------------------------------------- polling
     def poll(self, collector) -> None:
@@ -284,7 +285,8 @@ class Accounter:
         `is_local(ip: str) -> bool` (or a set of canonical IP strings): whether an address
         belongs to this node (its own addresses and its pods'). direction = outbound if the
         originator is local, inbound if the real peer (reply_src) or the dialed address is
-        local; neither = transit: dropped, counted in stats.
+        local; neither = transit: dropped, counted in stats. Connections whose real peer is a
+        loopback address never leave the node (health probes, a local proxy): dropped, counted.
         """
         window_start, window_end = as_utc(window_start), as_utc(window_end)
         test = is_local if callable(is_local) else frozenset(is_local).__contains__
@@ -296,6 +298,7 @@ class Accounter:
         ips = list(w.ip_ids)  # id -> packed address
         names = [ip_str(ip) for ip in ips]
         local = [bool(test(name)) for name in names]
+        loop = [_is_loopback(ip) for ip in ips]
         encoded = [name.encode() for name in names]
         st = self._stats
         direction = array("b")   # 0 outbound, 1 inbound
@@ -304,6 +307,12 @@ class Accounter:
         keep: list[int] | None = None  # row indexes to keep, once a transit row was dropped
         for i, ident in enumerate(w.idx):  # insertion order = row index of the counters
             ia, ib, ic = (ident >> 40) & _M32, (ident >> 72) & _M32, ident >> 104
+            if loop[ic]:
+                st["loopback_flows"] += 1
+                st["loopback_bytes"] += w.txb[i] + w.rxb[i]
+                if keep is None:
+                    keep = list(range(i))
+                continue
             if local[ia]:
                 direction.append(0)
             elif local[ic] or local[ib]:
@@ -358,3 +367,11 @@ class Accounter:
 
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
+
+
+_LOOPBACK6 = bytes(15) + b"\x01"
+
+
+def _is_loopback(packed: bytes) -> bool:
+    """127.0.0.0/8 or ::1: traffic that never leaves the node."""
+    return packed[0] == 127 if len(packed) == 4 else packed == _LOOPBACK6

@@ -326,19 +326,25 @@ def cmd_inventory(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help(sys.stderr)
-        return 2
-    _setup_logging(args.log_level)
+    from node_agent.lean import allow_heavy_imports, refuse_heavy_imports  # noqa: PLC0415
+    installed = refuse_heavy_imports()   # before pyarrow is used: see node_agent/lean.py
     try:
-        return cmd_run(args) if args.command == "run" else cmd_inventory(args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help(sys.stderr)
+            return 2
+        _setup_logging(args.log_level)
+        try:
+            return cmd_run(args) if args.command == "run" else cmd_inventory(args)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+    finally:
+        if installed:
+            allow_heavy_imports()
 
 
 if __name__ == "__main__":  # pragma: no cover

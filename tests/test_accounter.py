@@ -298,3 +298,18 @@ def test_connection_count_restarts_every_window():
     (r2,) = rows(a.cut(T1, T1 + dt.timedelta(seconds=60), "n1", LOCAL))
     assert totals(r1) == (200, 2, 0, 0, 1)
     assert totals(r2) == (200, 2, 10, 1, 1)
+
+
+def test_loopback_flows_never_leave_the_node_and_are_not_reported():
+    a = Accounter()
+    probe = conn(80, "127.0.0.1", "127.0.0.1", 40000, 9808, 0, 0, 0, 0)
+    probe6 = conn(81, "::1", "::1", 40001, 9808, 0, 0, 0, 0)
+    # a local proxy DNAT'ing a pod's request to loopback is loopback too: its peer is 127.0.0.53
+    dns = conn(82, POD_IP, "10.96.0.10", 40002, 53, 0, 0, 0, 0, proto=17, reply_src="127.0.0.53")
+    real = conn(83, POD_IP, PEER, 40003, 443, 0, 0, 0, 0)
+    a.observe_dump([])
+    a.observe_dump([s._replace(orig_bytes=100, orig_packets=1, reply_bytes=20, reply_packets=1)
+                    for s in (probe, probe6, dns, real)])
+    got = rows(a.cut(T0, T1, "n1", LOCAL | {"127.0.0.1", "::1"}))
+    assert [(r["src_ip"], r["dst_ip"]) for r in got] == [(POD_IP, PEER)]
+    assert a.stats()["loopback_flows"] == 3 and a.stats()["loopback_bytes"] == 3 * 120
