@@ -13,7 +13,7 @@ def host_addresses(netns: str | None = None) -> set[str]:
     """Every IPv4/IPv6 address on this host's (or `netns`'s) interfaces, canonical strings."""
     import ipaddress
 
-    from pyroute2 import IPRoute, NetNS
+    from pyroute2.iproute.linux import IPRoute, NetNS  # not `pyroute2`: see node_agent/lean.py
 
     ipr = NetNS(netns, flags=0) if netns else IPRoute()
     try:
