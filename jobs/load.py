@@ -143,7 +143,7 @@ def _map(lake: Lake, fn, rels: list[str]) -> list:
     return [fn(r) for r in rels]
 
 
-def quarantine(lake: Lake, rel: str, reason: str, error: str) -> str:
+def quarantine(lake: Lake, rel: str, reason: str, error: str, failed: list[dict] | None = None) -> str:
     """Move `rel` to `_quarantine/<rel>` with a `.reason.json`; returns the quarantine path.
 
     Safe when two workers quarantine the same file: the copy and the reason are rewritten with
@@ -167,6 +167,8 @@ def quarantine(lake: Lake, rel: str, reason: str, error: str) -> str:
         "error": error,
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if failed:
+        note["failed_expectations"] = failed
     lake.write_bytes(dest + ".reason.json", (json.dumps(note, indent=1) + "\n").encode())
     lake.delete(rel)
     return dest
@@ -181,10 +183,15 @@ def _try_read(lake: Lake, rel: str):
         return exc
 
 
-def load_files(lake: Lake, rels: list[str], table_name: str) -> tuple[pa.Table, list[dict]]:
+def load_files(lake: Lake, rels: list[str], table_name: str, validate: bool = True) -> tuple[pa.Table, list[dict]]:
     """Read and check each file; quarantine the bad ones. Returns (concatenated table,
-    [{path, reason, error}] for the files quarantined). Files that vanished are skipped."""
-    tables, bad = [], []
+    [{path, reason, error}] for the files quarantined). Files that vanished are skipped.
+
+    Two gates: the contract (read_checked: readable, schema, counters, windows), then, with
+    `validate`, the data-quality rules of jobs/quality.py checked by great-expectations over
+    all files at once; a file breaking a critical rule is quarantined with the failed
+    expectations recorded in its reason file."""
+    tables, names, bad = [], [], []
     for rel, got in zip(rels, _map(lake, lambda r: _try_read(lake, r), rels)):
         if got is None:
             continue
@@ -193,10 +200,33 @@ def load_files(lake: Lake, rels: list[str], table_name: str) -> tuple[pa.Table, 
             bad.append({"path": rel, "reason": got.reason, "error": str(got)})
         else:
             tables.append(got)
+            names.append(rel)
     schema = S.TABLES[table_name].schema
     if not tables:
         return schema.empty_table(), bad
+    if validate:
+        tables, bad_values = _quality_gate(lake, table_name, tables, names)
+        bad += bad_values
+        if not tables:
+            return schema.empty_table(), bad
     return pa.concat_tables(tables), bad
+
+
+def _quality_gate(lake: Lake, table_name: str, tables: list[pa.Table], names: list[str]):
+    from jobs import quality  # noqa: PLC0415 - great-expectations is heavy; import where used
+
+    idx = pa.concat_arrays([pa.repeat(pa.scalar(i, pa.int32()), t.num_rows) for i, t in enumerate(tables)])
+    together = pa.concat_tables(tables).append_column("_file", idx)
+    check = quality.check_raw_flows if table_name == "raw/flows" else quality.check_raw_dns
+    per_file: dict[int, list] = {}
+    for f in quality.critical(check(together, by="_file")):
+        per_file.setdefault(int(f.file), []).append(f)
+    bad = []
+    for i, fails in sorted(per_file.items()):
+        error = "; ".join(f.describe() for f in fails)
+        quarantine(lake, names[i], "expectations", error, [f.as_dict() for f in fails])
+        bad.append({"path": names[i], "reason": "expectations", "error": error})
+    return [t for i, t in enumerate(tables) if i not in per_file], bad
 
 
 def read_inventory(lake: Lake, rels: list[str], kind: str) -> tuple[pa.Table, list[dict]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs import classify as _classify
 from jobs import pricing as _pricing
@@ -69,11 +70,15 @@ def build_context(inventory_tables: dict[str, pa.Table], dns: pa.Table | None, c
     )
 
 
-def cost_flows(raw_flows: pa.Table, ctx: Context) -> pa.Table:
+def cost_flows(raw_flows: pa.Table, ctx: Context, stats: dict | None = None) -> pa.Table:
     """Raw flow rows (RAW_FLOWS; IP columns may be dictionary-encoded) -> COST_FLOWS rows,
-    priced except for the tiered part of internet egress."""
+    priced except for the tiered part of internet egress. With `stats`, records `kept_bytes`:
+    tx + rx of the rows kept after de-duplication, which the cost rows must add up to."""
     t = _resolve.encode(raw_flows)
     t = _resolve.orient(t, ctx)
+    if stats is not None:
+        stats["kept_rows"] = t.num_rows
+        stats["kept_bytes"] = int((pc.sum(t.column("tx_bytes")).as_py() or 0) + (pc.sum(t.column("rx_bytes")).as_py() or 0))
     t = _resolve.resolve(t, ctx)
     t = _classify.classify(t, ctx)
     t = _pricing.price(t, ctx)

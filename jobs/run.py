@@ -346,9 +346,11 @@ def compute_hour(lake_url: str, endpoint: str | None, spec: HourSpec, cfg, range
     if flows.num_rows:
         from jobs import pipeline  # noqa: PLC0415
         ctx = _build_context({k: v for k, v in inv.items() if v is not None}, dns, cfg, ranges_dir)
-        costs = S.conform(pipeline.cost_flows(flows, ctx), S.COST_FLOWS)
+        stats: dict = {}
+        costs = S.conform(pipeline.cost_flows(flows, ctx, stats), S.COST_FLOWS)
+        _gate_costs(spec.hour, costs, stats["kept_bytes"])
     else:
-        costs = S.COST_FLOWS.empty_table()
+        costs, stats = S.COST_FLOWS.empty_table(), {"kept_bytes": 0}
     info = {
         "hour": spec.hour,
         "rows_in": flows.num_rows,
@@ -356,8 +358,20 @@ def compute_hour(lake_url: str, endpoint: str | None, spec: HourSpec, cfg, range
         "files_read": len(spec.flows) - len(bad),
         "egress": _egress_volumes(costs) if costs.num_rows else {},
         "quarantined": bad,
+        "kept_bytes": stats["kept_bytes"],
     }
     return costs, info
+
+
+def _gate_costs(hour: dt.datetime, costs: pa.Table, kept_bytes: int) -> None:
+    """A cost partition is published only if it passes its data-quality rules and its bytes
+    equal the kept raw rows' bytes; otherwise the run fails, saying why."""
+    from jobs import quality  # noqa: PLC0415
+
+    fails = quality.critical(quality.check_costs(costs, raw_bytes=kept_bytes))
+    if fails:
+        raise JobError(f"cost partition {hour:%Y-%m-%dT%H}:00Z failed its checks and was not published: "
+                       + "; ".join(f.describe() for f in fails))
 
 
 def finish_hour(lake_url: str, endpoint: str | None, hour: dt.datetime, costs: pa.Table | None,
@@ -484,7 +498,13 @@ class RayExecutor:
         return self._remote[fn].options(num_returns=num_returns).remote(*args)
 
     def get(self, fut):
-        return self.ray.get(fut)
+        try:
+            return self.ray.get(fut)
+        except self.ray.exceptions.RayTaskError as exc:
+            # A JobError raised in a task is the user's message: give it without Ray's wrapping.
+            if isinstance(getattr(exc, "cause", None), JobError):
+                raise JobError(str(exc.cause)) from None
+            raise
 
     def put(self, value):
         return self.ray.put(value)  # shipped once, resolved in each task that takes it
@@ -559,7 +579,7 @@ def run_cost_job(opts: JobOptions) -> RunResult:
             info = infos[h]
             st.write_manifest(lake, st.Manifest(
                 hour=h, files=p.files[h], rows_in=info["rows_in"], rows_out=info["rows_out"],
-                quarantined=[q["path"] for q in info["quarantined"]]))
+                kept_bytes=info["kept_bytes"], quarantined=[q["path"] for q in info["quarantined"]]))
     quarantined = list(p.quarantined)
     seen = {q["path"] for q in quarantined}
     skipped = [q for q in chunk_bad if q["reason"] == load.SKIPPED_INVENTORY]

@@ -62,6 +62,7 @@ class Manifest:
     files: dict[str, FileSig] = field(default_factory=dict)  # rel path -> signature
     rows_in: int = 0
     rows_out: int = 0
+    kept_bytes: int = 0   # tx + rx of the raw rows kept after de-duplication (= the costs' bytes)
     quarantined: list[str] = field(default_factory=list)
     computed_at: str = ""
 
@@ -71,6 +72,7 @@ class Manifest:
             "files": {p: s.to_json() for p, s in sorted(self.files.items())},
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
+            "kept_bytes": self.kept_bytes,
             "quarantined": sorted(self.quarantined),
             "computed_at": self.computed_at,
         }
@@ -82,6 +84,7 @@ class Manifest:
             files={p: FileSig(int(s["size"]), int(s["mtime_ns"])) for p, s in data.get("files", {}).items()},
             rows_in=int(data.get("rows_in", 0)),
             rows_out=int(data.get("rows_out", 0)),
+            kept_bytes=int(data.get("kept_bytes", 0)),
             quarantined=list(data.get("quarantined", [])),
             computed_at=data.get("computed_at", ""),
         )

@@ -12,7 +12,6 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-import pandas as pd
 import pyarrow as pa
 
 from jobs import load, quality
@@ -50,18 +49,17 @@ class Report:
         if not self.failures:
             lines.append("None: every expectation held.")
         else:
-            lines += ["| severity | table | file | expectation | column | unexpected | detail |",
+            lines += ["| severity | table | file | rule | column | rows | detail |",
                       "| --- | --- | --- | --- | --- | ---: | --- |"]
             for f in sorted(self.failures, key=lambda f: (f.severity != "critical", f.table, f.file or "")):
-                detail = (f"observed {f.observed}" if f.observed is not None else
-                          ", ".join(str(e) for e in f.examples[:3]))
-                lines.append(f"| {f.severity} | `{f.table}` | {f.file or ''} | {f.expectation} | "
-                             f"{f.column or ''} | {f.unexpected_count} | {detail.replace('|', '/')} |")
-        lines += ["", "## Suites", ""]
-        for table, suite in quality.SUITES.items():
+                detail = f"observed {f.observed}" if f.observed is not None else ""
+                lines.append(f"| {f.severity} | `{f.table}` | {f.file or ''} | {f.rule} | "
+                             f"{f.column or ''} | {f.unexpected_count} | {str(detail).replace('|', '/')} |")
+        lines += ["", "## Rules", "",
+                  "great-expectations checks that no row breaks any of these (see jobs/quality.py):", ""]
+        for table, rules in quality.RULES.items():
             lines.append(f"- `{table}`: " + "; ".join(
-                f"{quality._snake(e.kind)}({e.kwargs.get('column', '')})" for e in suite
-                if e.kind != "ExpectColumnToExist") + f"; every contract column exists")
+                f"{r.column} {r.kind}" + (" (warning)" if r.severity != "critical" else "") for r in rules))
         return "\n".join(lines) + "\n"
 
 
@@ -69,8 +67,10 @@ def _files(lake: Lake, rel_dir: str, date: str | None) -> list[str]:
     return [lake.rel(i.path) for i in lake.list_files(rel_dir) if date is None or f"/date={date}/" in i.path]
 
 
-def _check_raw(lake: Lake, table: str, date: str | None, report: Report) -> pd.DataFrame:
-    frames = []
+def _check_raw(lake: Lake, table: str, date: str | None, report: Report) -> pa.Table:
+    """Read each raw file with the job's own contract checks; failures are reported per file
+    (nothing is quarantined here). Returns the readable rows with a `_file` column."""
+    parts = []
     rels = _files(lake, table, date)
     for rel in rels:
         try:
@@ -78,18 +78,14 @@ def _check_raw(lake: Lake, table: str, date: str | None, report: Report) -> pd.D
         except FileNotFoundError:
             continue
         except load.InvalidFile as exc:
-            report.failures.append(quality.Failure(table, f"contract:{exc.reason}", None, 1, [str(exc)], file=rel))
+            report.failures.append(quality.Failure(table, f"contract:{exc.reason}", None, 1,
+                                                   observed=str(exc), file=rel))
             continue
-        df = t.to_pandas()
-        df["_file"] = rel
-        frames.append(df)
+        parts.append(t.append_column("_file", pa.array([rel] * t.num_rows, pa.string())))
     report.files[table] = len(rels)
-    if not frames:
-        report.checked[table] = 0
-        return pd.DataFrame()
-    df = pd.concat(frames, ignore_index=True)
-    report.checked[table] = len(df)
-    return df
+    rows = pa.concat_tables(parts) if parts else pa.table({})
+    report.checked[table] = rows.num_rows
+    return rows
 
 
 def validate(lake: Lake, date: str | None = None, max_window_s: float = 3600.0) -> Report:
@@ -99,60 +95,58 @@ def validate(lake: Lake, date: str | None = None, max_window_s: float = 3600.0) 
         rels = _files(lake, f"inventory/{kind}", date)
         inv, bad = load.read_inventory(lake, rels, kind)
         for b in bad:
-            report.failures.append(quality.Failure(f"inventory/{kind}", "contract:unreadable", None, 1, [b["error"]], file=b["path"]))
+            report.failures.append(quality.Failure(f"inventory/{kind}", "contract:unreadable", None, 1,
+                                                   observed=b["error"], file=b["path"]))
         report.files[f"inventory/{kind}"] = len(rels)
         report.checked[f"inventory/{kind}"] = inv.num_rows
         if inv.num_rows:
-            df = inv.to_pandas()
-            report.failures += quality.check_inventory(kind, df)
+            report.failures += quality.check_inventory(kind, inv)
             if kind == "nodes":
-                known_nodes = set(df["name"].dropna())
+                known_nodes = {n for n in inv.column("name").to_pylist() if n}
 
     flows = _check_raw(lake, "raw/flows", date, report)
-    if len(flows):
+    if flows.num_rows:
         report.failures += quality.check_raw_flows(flows, max_window_s=max_window_s, known_nodes=known_nodes or None)
     dns = _check_raw(lake, "raw/dns", date, report)
-    if len(dns):
+    if dns.num_rows:
         report.failures += quality.check_raw_dns(dns)
 
     _check_costs(lake, date, report)
     return report
 
 
-def _read_all(lake: Lake, rel_dir: str, date: str | None, schema: pa.Schema) -> tuple[pd.DataFrame, int]:
+def _read_all(lake: Lake, rel_dir: str, date: str | None, schema: pa.Schema) -> tuple[pa.Table, int]:
     rels = _files(lake, rel_dir, date)
     tables = [S.conform(lake.read_table(r), schema) for r in rels]
-    return (pa.concat_tables(tables).to_pandas() if tables else schema.empty_table().to_pandas()), len(rels)
+    return (pa.concat_tables(tables) if tables else schema.empty_table()), len(rels)
 
 
 def _check_costs(lake: Lake, date: str | None, report: Report) -> None:
     costs, n = _read_all(lake, "costs/flows", date, S.COST_FLOWS)
-    report.files["costs/flows"], report.checked["costs/flows"] = n, len(costs)
-    if not len(costs):
+    report.files["costs/flows"], report.checked["costs/flows"] = n, costs.num_rows
+    if not costs.num_rows:
         return
     nsh, n1 = _read_all(lake, "costs/namespace_hourly", date, S.COST_NAMESPACE_HOURLY)
     wld, n2 = _read_all(lake, "costs/workload_daily", date, S.COST_WORKLOAD_DAILY)
-    report.files["costs/namespace_hourly"], report.checked["costs/namespace_hourly"] = n1, len(nsh)
-    report.files["costs/workload_daily"], report.checked["costs/workload_daily"] = n2, len(wld)
-    raw_bytes = _kept_raw_bytes(lake, date)
-    report.failures += quality.check_costs(costs, nsh if n1 else None, wld if n2 else None, raw_bytes=raw_bytes)
+    report.files["costs/namespace_hourly"], report.checked["costs/namespace_hourly"] = n1, nsh.num_rows
+    report.files["costs/workload_daily"], report.checked["costs/workload_daily"] = n2, wld.num_rows
+    report.failures += quality.check_costs(costs, nsh if n1 else None, wld if n2 else None,
+                                           raw_bytes=_kept_raw_bytes(lake, date))
 
 
-def _kept_raw_bytes(lake: Lake, date: str | None) -> tuple[int, int] | None:
-    """(tx, rx) of the raw rows the cost job kept, from its manifests, when they record it."""
-    tx = rx = 0
-    found = False
+def _kept_raw_bytes(lake: Lake, date: str | None) -> int | None:
+    """tx + rx of the raw rows the cost job kept, from its manifests (None if one lacks it)."""
+    total, found = 0, False
     for info in lake.list_files(f"{S.STATE_DIR}/processed", suffix=".json"):
         rel = lake.rel(info.path)
         if date is not None and f"/{date}/" not in rel:
             continue
         data = json.loads(lake.read_bytes(rel) or b"{}")
-        if "kept_tx_bytes" not in data:
+        if "kept_bytes" not in data:
             return None
-        tx += int(data["kept_tx_bytes"])
-        rx += int(data["kept_rx_bytes"])
+        total += int(data["kept_bytes"])
         found = True
-    return (tx, rx) if found else None
+    return total if found else None
 
 
 def write_report(lake: Lake, report: Report) -> str:

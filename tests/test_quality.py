@@ -1,34 +1,33 @@
-"""great-expectations suites catch each kind of broken data, and only that."""
+"""Data-quality rules catch each kind of broken data, map it to its file, and nothing else."""
 from __future__ import annotations
 
 import datetime as dt
 
-import pandas as pd
+import pyarrow as pa
 import pytest
 
 from jobs import quality as Q
+from lake import schema as S
 
-T0 = pd.Timestamp("2026-01-05T10:00:00Z")
+T0 = dt.datetime(2026, 1, 5, 10, tzinfo=dt.timezone.utc)
+T1 = T0 + dt.timedelta(seconds=60)
 
 
-def flows(n=4, **over):
-    df = pd.DataFrame({
-        "window_start": [T0] * n, "window_end": [T0 + pd.Timedelta(seconds=60)] * n,
-        "node": ["n1"] * n, "direction": ["outbound"] * n,
+def flows(n=4, **over) -> pa.Table:
+    cols = {
+        "window_start": [T0] * n, "window_end": [T1] * n, "node": ["n1"] * n, "direction": ["outbound"] * n,
         "src_ip": ["10.244.1.5"] * n, "dst_ip": ["10.244.2.9"] * n, "orig_dst_ip": ["10.96.0.10"] * n,
         "orig_dst_port": [80] * n, "dst_port": [8080] * n, "proto": [6] * n,
         "tx_bytes": [100] * n, "tx_packets": [2] * n, "rx_bytes": [50] * n, "rx_packets": [1] * n,
-        "connections": [1] * n, "src_pod": [None] * n, "src_namespace": [None] * n,
-        "dst_pod": [None] * n, "dst_namespace": [None] * n,
-        "_file": [f"f{i % 2}.parquet" for i in range(n)],
-    })
-    for k, v in over.items():
-        df[k] = v
-    return df
+        "connections": [1] * n,
+    }
+    cols.update(over)
+    t = S.conform(pa.table({k: v for k, v in cols.items()}), S.RAW_FLOWS)
+    return t.append_column("_file", pa.array([f"f{i % 2}.parquet" for i in range(n)]))
 
 
-def by_file(failures):
-    return {(f.file, f.expectation, f.column) for f in failures if f.severity == "critical"}
+def found(failures):
+    return {(f.file, f.rule, f.column, f.unexpected_count) for f in failures if f.severity == "critical"}
 
 
 def test_valid_flows_pass():
@@ -37,81 +36,82 @@ def test_valid_flows_pass():
 
 def test_negative_delta_is_caught_in_its_file_only():
     bad = flows(tx_bytes=[100, 100, -7, 100])   # row 2 lives in f0.parquet
-    assert by_file(Q.check_raw_flows(bad)) == {("f0.parquet", "expect_column_values_to_be_between", "tx_bytes")}
+    assert found(Q.check_raw_flows(bad)) == {("f0.parquet", "non_negative", "tx_bytes", 1)}
 
 
 def test_bad_and_non_canonical_ips_are_caught():
     bad = flows(dst_ip=["10.244.2.9", "300.1.1.1", "10.244.2.9", "10.244.2.9"],
                 src_ip=["10.244.1.5", "10.244.1.5", "10.244.1.5", "2001:DB8::1"])
-    got = by_file(Q.check_raw_flows(bad))
-    assert got == {("f1.parquet", "expect_column_values_to_be_in_set", "_ip_ok")}
+    assert found(Q.check_raw_flows(bad)) == {("f1.parquet", "canonical_ip", "dst_ip", 1),
+                                             ("f1.parquet", "canonical_ip", "src_ip", 1)}
 
 
 def test_inverted_or_overlong_window_is_caught():
-    ends = [T0 + pd.Timedelta(seconds=60), T0 - pd.Timedelta(seconds=1), T0 + pd.Timedelta(hours=3), T0 + pd.Timedelta(seconds=60)]
-    got = by_file(Q.check_raw_flows(flows(window_end=ends)))
-    assert got == {("f1.parquet", "expect_column_values_to_be_between", "_window_s"),
-                   ("f0.parquet", "expect_column_values_to_be_between", "_window_s")}
+    ends = [T1, T0 - dt.timedelta(seconds=1), T0 + dt.timedelta(hours=3), T1]
+    assert found(Q.check_raw_flows(flows(window_end=ends))) == {("f1.parquet", "window", "window_end", 1),
+                                                                ("f0.parquet", "window", "window_end", 1)}
+    # the bound follows the flush interval the caller states
+    assert found(Q.check_raw_flows(flows(), max_window_s=30)) == {("f0.parquet", "window", "window_end", 2),
+                                                                  ("f1.parquet", "window", "window_end", 2)}
 
 
-def test_unknown_direction_and_unknown_node():
-    df = flows(direction=["outbound", "sideways", "outbound", "outbound"])
+def test_unknown_direction_nulls_and_unknown_node():
+    df = flows(direction=["outbound", "sideways", "outbound", "outbound"], src_ip=[None, "10.0.0.1", "10.0.0.1", "10.0.0.1"])
     fails = Q.check_raw_flows(df, known_nodes={"n2"})
-    assert by_file(fails) == {("f1.parquet", "expect_column_values_to_be_in_set", "direction")}
-    warn = [f for f in fails if f.severity == "warning"]
-    assert [(w.column, w.unexpected_count) for w in warn] == [("node", 2), ("node", 2)]
+    assert found(fails) == {("f1.parquet", "in_set", "direction", 1), ("f0.parquet", "not_null", "src_ip", 1)}
+    warn = sorted((w.file, w.column, w.unexpected_count) for w in fails if w.severity == "warning")
+    assert warn == [("f0.parquet", "node", 2), ("f1.parquet", "node", 2)]
 
 
-def dns(**over):
-    df = pd.DataFrame({"window_start": [T0], "window_end": [T0], "node": ["n1"], "client_ip": ["10.244.1.5"],
-                       "domain": ["api.example.com"], "ip": ["2600:1f18::1"], "ttl_s": [30], "seen_at": [T0],
-                       "_file": ["d.parquet"]})
-    for k, v in over.items():
-        df[k] = v
-    return df
+def test_missing_column_breaks_every_row():
+    t = flows().drop_columns(["proto"])
+    assert ("f0.parquet", "not_null", "proto", 2) in found(Q.check_raw_flows(t))
+
+
+def dns(**over) -> pa.Table:
+    cols = {"window_start": [T0], "window_end": [T1], "node": ["n1"], "client_ip": ["10.244.1.5"],
+            "domain": ["api.example.com"], "ip": ["2600:1f18::1"], "ttl_s": [30], "seen_at": [T0]}
+    cols.update(over)
+    return S.conform(pa.table(cols), S.RAW_DNS).append_column("_file", pa.array(["d.parquet"]))
 
 
 def test_dns_checks():
     assert Q.check_raw_dns(dns()) == []
-    assert by_file(Q.check_raw_dns(dns(ttl_s=[-1]))) == {("d.parquet", "expect_column_values_to_be_between", "ttl_s")}
-    assert by_file(Q.check_raw_dns(dns(ip=["not-an-ip"]))) == {("d.parquet", "expect_column_values_to_be_in_set", "_ip_ok")}
+    assert found(Q.check_raw_dns(dns(ttl_s=[-1]))) == {("d.parquet", "non_negative", "ttl_s", 1)}
+    assert found(Q.check_raw_dns(dns(ip=["not-an-ip"]))) == {("d.parquet", "canonical_ip", "ip", 1)}
+    assert found(Q.check_raw_dns(dns(domain=[""]))) == {("d.parquet", "length_between", "domain", 1)}
 
 
-def costs():
-    return pd.DataFrame({
-        **{c: [None, None] for c in [f.name for f in Q.S.COST_FLOWS]},
-        "traffic_class": ["cross_zone", "internet_egress"], "dst_kind": ["pod", "external"],
-        "tx_bytes": [10, 20], "rx_bytes": [1, 2], "tx_packets": [1, 1], "rx_packets": [1, 1],
-        "cost_usd": [0.5, 0.25],
-    })
+def costs(**over) -> pa.Table:
+    cols = {"traffic_class": ["cross_zone", "internet_egress"], "dst_kind": ["pod", "external"],
+            "tx_bytes": [10, 20], "rx_bytes": [1, 2], "tx_packets": [1, 1], "rx_packets": [1, 1],
+            "cost_usd": [0.5, 0.25]}
+    cols.update(over)
+    return S.conform(pa.table(cols), S.COST_FLOWS)
 
 
-def rollup(tx=30, rx=3, usd=0.75, cls="cross_zone"):
-    return pd.DataFrame({"namespace": ["a"], "traffic_class": [cls], "tx_bytes": [tx], "rx_bytes": [rx], "cost_usd": [usd]})
+def rollup(tx=30, rx=3, usd=0.75, cls="cross_zone") -> pa.Table:
+    return pa.table({"namespace": ["a"], "traffic_class": [cls], "tx_bytes": [tx], "rx_bytes": [rx], "cost_usd": [usd]})
 
 
 def test_costs_reconcile_with_raw_and_rollups():
-    assert Q.check_costs(costs(), rollup(), rollup(), raw_bytes=(25, 8)) == []   # 25 + 8 == 30 + 3
+    assert Q.check_costs(costs(), rollup(), rollup(), raw_bytes=33) == []
 
 
 def test_cost_failures_are_named():
-    bad = costs()
-    bad.loc[1, "traffic_class"] = "teleport"
-    bad.loc[0, "cost_usd"] = -1.0
-    fails = Q.check_costs(bad, rollup(tx=31), None, raw_bytes=(30, 4))
-    got = {(f.table, f.expectation, f.column) for f in fails}
+    fails = Q.check_costs(costs(traffic_class=["cross_zone", "teleport"], cost_usd=[-1.0, 0.25]),
+                          rollup(tx=31, usd=0.75), None, raw_bytes=34)
+    got = {(f.table, f.rule, f.column, None if f.observed is None else round(f.observed, 6)) for f in fails}
     assert got == {
-        ("costs/flows", "expect_column_values_to_be_in_set", "traffic_class"),
-        ("costs/flows", "expect_column_values_to_be_between", "cost_usd"),
-        ("costs/flows", "expect_column_sum_to_be_between", "bytes"),
-        ("costs/namespace_hourly", "expect_column_sum_to_be_between", "tx_bytes"),
-        ("costs/namespace_hourly", "expect_column_sum_to_be_between", "cost_usd"),
+        ("costs/flows", "in_set", "traffic_class", None),
+        ("costs/flows", "non_negative", "cost_usd", None),
+        ("costs/flows", "equal_raw", "bytes", -1),                      # 33 in the table, 34 raw
+        ("costs/namespace_hourly", "equal_detail", "tx_bytes", 1),      # 31 vs 30
+        ("costs/namespace_hourly", "equal_detail", "cost_usd", 1.5),  # 0.75 vs -0.75
     }
     assert all(f.describe() for f in fails)
 
 
 def test_inventory_nodes_without_zone_is_only_a_warning():
-    df = pd.DataFrame({"snapshot_time": [T0], "name": ["n1"], "internal_ip": ["10.0.0.1"], "external_ip": [None],
-                       "zone": [None], "region": [None], "provider": ["aws"], "instance_type": [None]})
-    fails = Q.check_inventory("nodes", df)
-    assert [(f.column, f.severity) for f in fails] == [("zone", "warning")]
+    t = S.conform(pa.table({"snapshot_time": [T0], "name": ["n1"], "internal_ip": ["10.0.0.1"]}), S.INV_NODES)
+    assert [(f.column, f.severity) for f in Q.check_inventory("nodes", t)] == [("zone", "warning")]

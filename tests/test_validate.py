@@ -63,11 +63,11 @@ def test_each_broken_file_is_caught_with_its_reason(lake_copy, capsys):
     report = V.validate(lake)
     by_file = {}
     for f in report.critical:
-        by_file.setdefault(f.file, set()).add((f.expectation, f.column))
+        by_file.setdefault(f.file, set()).add((f.rule, f.column))
     rel = lambda p: str(p.relative_to(lake_copy))  # noqa: E731
     assert by_file == {
         rel(neg): {("contract:negative_counter", None)},
-        rel(badip): {("expect_column_values_to_be_in_set", "_ip_ok")},
+        rel(badip): {("canonical_ip", "dst_ip")},
         rel(wrongtype): {("contract:schema", None)},
         rel(trunc): {("contract:unreadable", None)},
     }
@@ -81,10 +81,10 @@ def test_costs_that_do_not_reconcile_fail(lake_copy):
     part = sorted((lake_copy / "costs" / "flows").rglob("*.parquet"))[0]
     _rewrite(part, lambda t: _set(t, "cost_usd", 0, -1.0))
     report = V.validate(open_lake(str(lake_copy)))
-    got = {(f.table, f.expectation, f.column) for f in report.critical}
-    assert ("costs/flows", "expect_column_values_to_be_between", "cost_usd") in got
+    got = {(f.table, f.rule, f.column) for f in report.critical}
+    assert ("costs/flows", "non_negative", "cost_usd") in got
     # the rollups were computed from the original detail, so they no longer reconcile
-    assert ("costs/namespace_hourly", "expect_column_sum_to_be_between", "cost_usd") in got
+    assert ("costs/namespace_hourly", "equal_detail", "cost_usd") in got
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
