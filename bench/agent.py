@@ -78,13 +78,16 @@ def cpu_s() -> float:
 def worker(args) -> None:
     import datetime as dt
 
+    sys.path.insert(0, ROOT)
+    from node_agent.lean import refuse_heavy_imports
+    refuse_heavy_imports()   # what `netmon-agent` does first (node_agent/lean.py)
+
     import kubernetes.client  # noqa: F401 - what the agent imports
     import prometheus_client  # noqa: F401
     import pyarrow  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     import pyroute2  # noqa: F401
 
-    sys.path.insert(0, ROOT)
     from node_agent.accounter import Accounter
     from node_agent.collectors.conntrack import ConntrackCollector
     from node_agent.localaddrs import LocalAddrs
