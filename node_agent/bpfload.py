@@ -174,7 +174,10 @@ def _open_pinned(pin_dir: str, programs: list[str], maps: list[str]) -> Loaded |
 def pin_all(pin_dir: str, cflags: list[str] | None = None) -> list[str]:
     """Compile every C file and pin its programs and maps in `pin_dir` (a bpffs directory),
     replacing earlier pins. Returns the pinned paths."""
-    os.makedirs(pin_dir, exist_ok=True)
+    try:
+        os.makedirs(pin_dir, exist_ok=True)
+    except OSError as exc:   # e.g. no bpffs mounted at the parent: one line, not a traceback
+        raise BpfError(f"cannot create the pin directory {pin_dir}: {exc.strerror or exc}") from exc
     done = []
     for source, (programs, maps) in SOURCES.items():
         loaded = _compile(source, programs, maps, cflags, 120.0)
