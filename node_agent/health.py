@@ -95,7 +95,7 @@ class _SnapshotCollector:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 g.add_metric([name], float(value))
         yield g
-        c = CounterMetricFamily("netmon_informer_relists", "Informer full relists (start, 410 Gone, reconnects)")
+        c = CounterMetricFamily("netmon_informer_relists", "Informer relists after the first list (410 Gone, expired continue token)")
         c.add_metric([], float(inf.get("relists", 0)))
         yield c
         g = GaugeMetricFamily("netmon_informer_stat", "Every statistic the informer reports", labels=["stat"])
