@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lake import schema as S
-from lake.storage import Lake
+from lake.storage import Lake, one_line
 
 HOUR = dt.timedelta(hours=1)
 
@@ -124,7 +124,7 @@ def read_checked(lake: Lake, rel: str) -> pa.Table:
     except Exception as exc:  # noqa: BLE001 - any read failure means the file is unusable
         if not lake.exists(rel):
             raise FileNotFoundError(rel) from exc
-        raise InvalidFile("unreadable", _one_line(exc)) from exc
+        raise InvalidFile("unreadable", one_line(exc)) from exc
     return check(table, table_name, hour)
 
 
@@ -238,7 +238,7 @@ def read_inventory(lake: Lake, rels: list[str], kind: str) -> tuple[pa.Table, li
         try:
             return S.conform(read_parquet(lake, rel), schema)
         except Exception as exc:  # noqa: BLE001 - reported, the run goes on with the rest
-            return {"path": rel, "reason": SKIPPED_INVENTORY, "error": _one_line(exc)}
+            return {"path": rel, "reason": SKIPPED_INVENTORY, "error": one_line(exc)}
 
     got = _map(lake, one, rels)
     tables = [g for g in got if isinstance(g, pa.Table)]
@@ -246,7 +246,3 @@ def read_inventory(lake: Lake, rels: list[str], kind: str) -> tuple[pa.Table, li
     if not tables:
         return schema.empty_table(), bad
     return pa.concat_tables(tables), bad
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__

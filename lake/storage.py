@@ -123,7 +123,7 @@ class Lake:
             self.write_bytes(probe, b"ok")
             self.delete(probe)
         except Exception as exc:  # noqa: BLE001 - surfaced as one clear line
-            raise LakeError(f"lake {self.url!r} is not writable: {_one_line(exc)}") from exc
+            raise LakeError(f"lake {self.url!r} is not writable: {one_line(exc)}") from exc
 
 
 def _is_not_found(exc: OSError) -> bool:
@@ -131,8 +131,10 @@ def _is_not_found(exc: OSError) -> bool:
     return "NoSuchKey" in msg or "not found" in msg.lower() or "Path does not exist" in msg
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+def one_line(exc: BaseException, limit: int | None = 300) -> str:
+    """An exception as one line (errors print as one `error: ...` line, never a traceback)."""
+    text = " ".join(str(exc).split())
+    return (text[:limit] if limit else text) or type(exc).__name__
 
 
 def open_lake(url: str, s3_endpoint: str | None = None, create_bucket: bool = True) -> Lake:
@@ -178,7 +180,7 @@ def open_lake(url: str, s3_endpoint: str | None = None, create_bucket: bool = Tr
     try:
         ffs, root = fsspec.core.url_to_fs(url)
     except (ValueError, ImportError) as exc:
-        raise LakeError(f"unsupported lake URL scheme {scheme!r} in {url!r}: {_one_line(exc)}") from exc
+        raise LakeError(f"unsupported lake URL scheme {scheme!r} in {url!r}: {one_line(exc)}") from exc
     return Lake(PyFileSystem(FSSpecHandler(ffs)), root.rstrip("/"), url)
 
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 import pyarrow.compute as pc
 
+from lake.storage import one_line
 from node_agent.enrich import enrich
 
 log = logging.getLogger("netmon.agent")
@@ -109,7 +110,7 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - keep running; /healthz goes stale if this persists
             self._poll_errors += 1
             if self._poll_errors == 1 or self._poll_errors % 100 == 0:
-                log.error("collector poll failed (%d so far): %s", self._poll_errors, _one_line(exc))
+                log.error("collector poll failed (%d so far): %s", self._poll_errors, one_line(exc))
             return
         self._poll_errors = 0
         acc = self.accounter.stats()
@@ -150,10 +151,6 @@ class Agent:
             dns = self.dns.cut(ws, we, self.node)
             self.exporter.submit_raw("raw/dns", self.node, ws, dns)
             log.info("window %s: %d DNS lookups", ws.strftime("%H:%M:%S"), dns.num_rows)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 class DnsFeed:

@@ -12,6 +12,8 @@ import os
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from lake.storage import one_line
+
 DEFAULT_KUBECONFIG = "~/.kube/config"
 
 
@@ -19,9 +21,8 @@ class KubeConfigError(Exception):
     """No usable Kubernetes configuration, or the API server cannot be reached."""
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+def _line(exc: BaseException) -> str:
+    return one_line(exc, limit=None)   # Kubernetes errors name the server: keep them whole
 
 
 def load_api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
@@ -37,7 +38,7 @@ def load_api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
         try:
             k8s_config.load_incluster_config(client_configuration=cfg)
         except (k8s_config.ConfigException, OSError) as exc:
-            raise KubeConfigError(f"in-cluster Kubernetes config is unusable: {_one_line(exc)}") from None
+            raise KubeConfigError(f"in-cluster Kubernetes config is unusable: {_line(exc)}") from None
         return k8s_client.ApiClient(configuration=cfg)
 
     if kubeconfig:
@@ -58,7 +59,7 @@ def load_api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
         k8s_config.load_kube_config(config_file=os.pathsep.join(existing), client_configuration=cfg,
                                     persist_config=False)
     except Exception as exc:  # the loader raises ConfigException, yaml errors, KeyError, TypeError...
-        raise KubeConfigError(f"invalid kubeconfig {', '.join(existing)}: {_one_line(exc)}") from None
+        raise KubeConfigError(f"invalid kubeconfig {', '.join(existing)}: {_line(exc)}") from None
     if not cfg.host or cfg.host == "http://localhost":
         raise KubeConfigError(f"invalid kubeconfig {', '.join(existing)}: no cluster server address")
     return k8s_client.ApiClient(configuration=cfg)
@@ -76,13 +77,13 @@ def _reason(exc: BaseException) -> str:
         if isinstance(seen, u3.NewConnectionError):  # (a ConnectTimeoutError subclass: test it first)
             text = str(seen)
             marker = "Failed to establish a new connection: "
-            return _one_line(text.split(marker, 1)[1] if marker in text else text)
+            return _line(text.split(marker, 1)[1] if marker in text else text)
         if isinstance(seen, (u3.ConnectTimeoutError, u3.ReadTimeoutError)):
             return "timed out"
         if isinstance(seen, u3.ProtocolError) and seen.args and len(seen.args) > 1:
             seen = seen.args[1]
             continue
-        return _one_line(seen)
+        return _line(seen)
 
 
 def check_reachable(api: k8s_client.ApiClient, timeout: float = 5.0) -> str:
@@ -108,7 +109,7 @@ def check_reachable(api: k8s_client.ApiClient, timeout: float = 5.0) -> str:
             raise KubeConfigError(
                 f"the Kubernetes API server at {host} rejected our credentials: {exc.status} {exc.reason}") from None
         if exc.status == 0:  # transport failures the client wraps (e.g. TLS)
-            raise KubeConfigError(f"cannot reach the Kubernetes API server at {host}: {_one_line(exc.reason)}") from None
+            raise KubeConfigError(f"cannot reach the Kubernetes API server at {host}: {_line(exc.reason)}") from None
         raise KubeConfigError(f"the Kubernetes API server at {host} answered {exc.status} {exc.reason}") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise KubeConfigError(f"cannot reach the Kubernetes API server at {host}: {_reason(exc)}") from None

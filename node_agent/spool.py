@@ -23,6 +23,8 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lake.storage import one_line
+
 log = logging.getLogger("netmon.spool")
 
 REL_KEY = b"netmon.spool.rel_path"
@@ -41,10 +43,6 @@ class Entry:
     size: int      # bytes on disk
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
-
-
 class Spool:
     def __init__(self, directory: str, max_bytes: int, metrics=None):
         self.dir = os.path.abspath(directory)
@@ -60,7 +58,7 @@ class Spool:
                 os.fsync(f.fileno())
             os.unlink(probe)
         except OSError as exc:
-            raise SpoolError(f"spool directory {self.dir!r} is not writable: {exc.strerror or _one_line(exc)}") from exc
+            raise SpoolError(f"spool directory {self.dir!r} is not writable: {exc.strerror or one_line(exc)}") from exc
         self._entries: list[Entry] = self._scan()
         self._next = (self._entries[-1].seq + 1) if self._entries else 1
         self._report()
@@ -86,7 +84,7 @@ class Spool:
                 meta = pq.read_schema(full).metadata or {}
                 rel = meta[REL_KEY].decode()
             except Exception as exc:  # noqa: BLE001 - any unreadable file is set aside
-                log.warning("spool file %s is unreadable (%s); moved aside as %s.corrupt", name, _one_line(exc), name)
+                log.warning("spool file %s is unreadable (%s); moved aside as %s.corrupt", name, one_line(exc), name)
                 try:
                     os.replace(full, full + ".corrupt")
                 except OSError:
