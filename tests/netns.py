@@ -6,6 +6,7 @@ a rule that uses it before the kernel tracks anything, and accounting is per nam
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -70,3 +71,26 @@ def make_pair(prefix: str = "nm") -> tuple[Netns, Netns]:
         b.delete()
         raise
     return a, b
+
+
+class TestCgroup:
+    """A cgroup v2 child made for one test, under the root the BPF programs attach to. Only
+    processes started with `preexec_fn=cg.enter` join it, so programs attached here see the
+    test's traffic and nothing else running on this machine."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, prefix: str = "netmon-test", root: str | None = None):
+        if root is None:
+            from node_agent import bpfload
+            root = bpfload.find_cgroup2()
+        self.path = os.path.join(root, f"{prefix}-{uuid.uuid4().hex[:6]}")
+        os.mkdir(self.path)
+
+    def enter(self) -> None:
+        """preexec_fn: move the starting process into this cgroup."""
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write("0")
+
+    def remove(self) -> None:
+        os.rmdir(self.path)

@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from conftest import free_port
-from netns import Netns, make_pair
+from netns import Netns, TestCgroup, make_pair
 
 pytestmark = pytest.mark.slow
 
@@ -697,7 +697,6 @@ print("done")
 def test_dns_answers_land_in_raw_dns(tmp_path):
     """--dns: the agent's tracer (cgroup ingress, on a test cgroup so only our client is
     traced) turns DNS answers into raw/dns rows of the window."""
-    import uuid
 
     import pyarrow.parquet as pq
 
@@ -707,8 +706,8 @@ def test_dns_answers_land_in_raw_dns(tmp_path):
         root = bpfload.find_cgroup2()
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"no cgroup v2 here: {exc}")
-    cgroup = os.path.join(root, f"netmon-agent-test-{uuid.uuid4().hex[:6]}")
-    os.mkdir(cgroup)
+    cg = TestCgroup("netmon-agent-test", root)
+    cgroup = cg.path
     a, b = make_pair("nmagd")
     srv = agent = None
     try:
@@ -721,11 +720,7 @@ def test_dns_answers_land_in_raw_dns(tmp_path):
                           keep_sys=True)
         agent.wait_for("agent running")
 
-        def in_cgroup():
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
-
-        r = subprocess.run(a.cmd(PY, "-c", DNS_CLIENT), preexec_fn=in_cgroup, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(a.cmd(PY, "-c", DNS_CLIENT), preexec_fn=cg.enter, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         time.sleep(1.0)
         assert agent.terminate() == 0, agent.text()
@@ -738,7 +733,7 @@ def test_dns_answers_land_in_raw_dns(tmp_path):
             srv.wait()
         a.delete()
         b.delete()
-        os.rmdir(cgroup)
+        cg.remove()
     assert left == []                         # the agent detached its program at exit
     rows = [r for f in sorted(lake.glob("raw/dns/date=*/hour=*/node=node-a/*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert {(r["client_ip"], r["domain"], r["ip"], r["ttl_s"]) for r in rows} == {

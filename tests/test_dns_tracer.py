@@ -9,13 +9,12 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 
 import pytest
 
 from lake.storage import open_lake
 from lake.writer import write_raw
-from netns import make_pair
+from netns import TestCgroup, make_pair
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
@@ -70,8 +69,8 @@ def test_tracer_writes_client_domain_and_every_ip(tmp_path):
     from node_agent.dns.exporter import dns_table
     from node_agent.dns.tracer import DnsTracer
 
-    cgroup = os.path.join(bpfload.find_cgroup2(), f"netmon-test-{uuid.uuid4().hex[:6]}")
-    os.mkdir(cgroup)
+    cg = TestCgroup()
+    cgroup = cg.path
     client, server = make_pair("nmdns")
     tracer = DnsTracer(cgroup_path=cgroup)
     srv = None
@@ -82,13 +81,9 @@ def test_tracer_writes_client_domain_and_every_ip(tmp_path):
         tracer.open()
         assert bpfload.attached_names(cgroup, bpfload.CGROUP_INET_INGRESS) == [b"netmon_dns_in"]
 
-        def in_cgroup():   # only the client's socket is traced: other traffic on this machine is not ours
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
-
         ws = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         for addr, fam in (("10.77.0.2", "4"), ("fd77::2", "6")):
-            r = subprocess.run(client.cmd(sys.executable, "-c", CLIENT, addr, fam), preexec_fn=in_cgroup,
+            r = subprocess.run(client.cmd(sys.executable, "-c", CLIENT, addr, fam), preexec_fn=cg.enter,
                                capture_output=True, text=True, timeout=60)
             assert r.returncode == 0, r.stderr
         deadline = time.monotonic() + 10
@@ -111,7 +106,7 @@ def test_tracer_writes_client_domain_and_every_ip(tmp_path):
             srv.wait()
         client.delete()
         server.delete()
-        os.rmdir(cgroup)
+        cg.remove()
 
     got = {(r["client_ip"], r["domain"], r["ip"], r["ttl_s"]) for r in rows}
     want = set()

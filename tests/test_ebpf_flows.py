@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from netns import make_pair
+from netns import TestCgroup, make_pair
 
 
 NAT = """
@@ -113,8 +113,8 @@ def test_ebpf_rows_equal_conntrack_rows():
     from node_agent.collectors.conntrack import ConntrackCollector
     from node_agent.collectors.ebpf import EbpfCollector
 
-    cgroup = os.path.join(bpfload.find_cgroup2(), f"netmon-test-{uuid.uuid4().hex[:6]}")
-    os.mkdir(cgroup)
+    cg = TestCgroup()
+    cgroup = cg.path
     client, server = make_pair("nmebpf")
     srv = None
     ct = eb = None
@@ -124,13 +124,9 @@ def test_ebpf_rows_equal_conntrack_rows():
         client.nft(NAT)
         client.run("ip", "route", "add", "10.96.0.0/16", "dev", client.dev)
         client.run("ip", "-6", "route", "add", "fd96::/64", "dev", client.dev)
-        def in_cgroup():
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
-
         # The server runs in the traced cgroup too, as two pods of one node would: its end of
         # every connection lands in another netns's map entries and must not count twice.
-        srv = server.popen(sys.executable, "-c", SERVER, stdout=subprocess.PIPE, text=True, preexec_fn=in_cgroup)
+        srv = server.popen(sys.executable, "-c", SERVER, stdout=subprocess.PIPE, text=True, preexec_fn=cg.enter)
         assert srv.stdout.readline().strip() == "ready"
 
         # a crashed earlier agent's attachments: open() must remove them
@@ -150,7 +146,7 @@ def test_ebpf_rows_equal_conntrack_rows():
         acc_ct.poll(ct)
         acc_eb.poll(eb)            # baselines (nothing yet)
 
-        r = subprocess.run(client.cmd(sys.executable, "-c", CLIENT), preexec_fn=in_cgroup,
+        r = subprocess.run(client.cmd(sys.executable, "-c", CLIENT), preexec_fn=cg.enter,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         time.sleep(1.5)            # past close_grace: closed TCP connections end in the ebpf collector
@@ -174,7 +170,7 @@ def test_ebpf_rows_equal_conntrack_rows():
             srv.wait()
         client.delete()
         server.delete()
-        os.rmdir(cgroup)
+        cg.remove()
 
     assert left == []                      # close() detached both programs
     rows_ct, rows_eb = _rows(t_ct), _rows(t_eb)
@@ -253,21 +249,17 @@ def test_map_bound_counts_what_does_not_fit_and_batches_read_everything():
     from node_agent import bpfload
     from node_agent.collectors.ebpf import EbpfCollector
 
-    cgroup = os.path.join(bpfload.find_cgroup2(), f"netmon-test-{uuid.uuid4().hex[:6]}")
-    os.mkdir(cgroup)
+    cg = TestCgroup()
+    cgroup = cg.path
     client, server = make_pair("nmbound")
     eb = None
     try:
         eb = EbpfCollector(cgroup_path=cgroup, max_flows=5000, nat_source=lambda: [])
         eb.open()
 
-        def in_cgroup():
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
-
         code = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                 "for i in range(6000):\n    s.sendto(b'x' * 50, ('10.77.0.2', 20000 + i))\n")
-        subprocess.run(client.cmd(sys.executable, "-c", code), preexec_fn=in_cgroup, check=True, timeout=60)
+        subprocess.run(client.cmd(sys.executable, "-c", code), preexec_fn=cg.enter, check=True, timeout=60)
         samples = eb.dump()
         st = eb.stats()
     finally:
@@ -275,7 +267,7 @@ def test_map_bound_counts_what_does_not_fit_and_batches_read_everything():
             eb.close()
         client.delete()
         server.delete()
-        os.rmdir(cgroup)
+        cg.remove()
     # the kernel may answer unreachable ports with ICMP errors: not flows (untracked)
     assert len(samples) == 5000 == st["map_entries"]
     assert all(s.proto == 17 and s.orig_packets == 1 and s.orig_bytes == 78 for s in samples)
@@ -353,8 +345,8 @@ def test_pod_dialing_a_clusterip_translated_in_the_host_netns():
     from node_agent.collectors.conntrack import ConntrackCollector
     from node_agent.collectors.ebpf import EbpfCollector
 
-    cgroup = os.path.join(bpfload.find_cgroup2(), f"netmon-test-{uuid.uuid4().hex[:6]}")
-    os.mkdir(cgroup)
+    cg = TestCgroup()
+    cgroup = cg.path
     pod, host, srv_ns = _three_hosts()
     srv = ct = eb = None
     try:
@@ -368,11 +360,7 @@ def test_pod_dialing_a_clusterip_translated_in_the_host_netns():
         acc_ct.poll(ct)
         acc_eb.poll(eb)
 
-        def in_cgroup():
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
-
-        r = subprocess.run(pod.cmd(sys.executable, "-c", POD_CLIENT), preexec_fn=in_cgroup,
+        r = subprocess.run(pod.cmd(sys.executable, "-c", POD_CLIENT), preexec_fn=cg.enter,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         time.sleep(1.5)
@@ -393,7 +381,7 @@ def test_pod_dialing_a_clusterip_translated_in_the_host_netns():
             srv.wait()
         for ns in (pod, host, srv_ns):
             ns.delete()
-        os.rmdir(cgroup)
+        cg.remove()
     assert rows_eb == rows_ct
     keys = {(r["proto"], r["src_ip"], r["orig_dst_ip"], r["orig_dst_port"], r["dst_ip"], r["dst_port"], r["connections"])
             for r in rows_eb}
@@ -448,8 +436,8 @@ def test_traffic_within_one_netns_counted_once():
     from node_agent.collectors.conntrack import ConntrackCollector
     from node_agent.collectors.ebpf import EbpfCollector
 
-    cgroup = os.path.join(bpfload.find_cgroup2(), f"netmon-test-{uuid.uuid4().hex[:6]}")
-    os.mkdir(cgroup)
+    cg = TestCgroup()
+    cgroup = cg.path
     client, server = make_pair("nmlocal")
     ct = eb = None
     try:
@@ -463,11 +451,7 @@ def test_traffic_within_one_netns_counted_once():
         acc_ct.poll(ct)
         acc_eb.poll(eb)
 
-        def in_cgroup():
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
-
-        r = subprocess.run(client.cmd(sys.executable, "-c", LOCAL_TRAFFIC), preexec_fn=in_cgroup,
+        r = subprocess.run(client.cmd(sys.executable, "-c", LOCAL_TRAFFIC), preexec_fn=cg.enter,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         time.sleep(1.5)
@@ -485,7 +469,7 @@ def test_traffic_within_one_netns_counted_once():
             ct.close()
         client.delete()
         server.delete()
-        os.rmdir(cgroup)
+        cg.remove()
     # Loopback (127.0.0.1, ::1) never leaves the node: the accounter drops those flows and
     # counts them; what remains is TCP and UDP on the namespace's own address.
     assert len(rows_eb) == 2
