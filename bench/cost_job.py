@@ -3,7 +3,7 @@
     python bench/cost_job.py [--rows 10000000] [--nodes 10] [--flows-per-window 1500]
 
 1. Generates (once; cached under bench/out/) a simulated lake with at least --rows raw flow
-   rows through the simulator (`jobs.simulate.simulate`, the agent's writer).
+   rows through the simulator (`simulator.simulate.simulate`, the agent's writer).
 2. OURS, timed: `run_cost_job` on local Ray (2 CPUs) from an empty `_state/` and `costs/`:
    discovery, reading + checking every raw file, as-of inventory and DNS, resolution,
    classification, pricing, egress tiers in time order, writing costs/flows partitions,
@@ -51,7 +51,7 @@ def lake_dir(out: Path, nodes: int, fpw: int, hours: int, seed: int) -> Path:
 
 def ensure_lake(out: Path, rows: int, nodes: int, fpw: int, seed: int) -> tuple[Path, dict]:
     """Simulate enough hours for `rows` raw flow rows (cached: reused when already complete)."""
-    from jobs.simulate import generate_flow_tables, simulate  # noqa: PLC0415
+    from simulator.simulate import generate_flow_tables, simulate  # noqa: PLC0415
     from lake.storage import open_lake  # noqa: PLC0415
 
     for d in sorted(out.glob(f"lake-n{nodes}-f{fpw}-h*-s{seed}")):

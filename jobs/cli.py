@@ -91,7 +91,7 @@ def _error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [CliError, ValueError, FileNotFoundError, PermissionError]
     from lake.storage import LakeError  # noqa: PLC0415
     types.append(LakeError)
-    for mod, name in (("jobs.run", "JobError"), ("jobs.config", "ConfigError"), ("jobs.simulate", "SimulateError"),
+    for mod, name in (("jobs.run", "JobError"), ("jobs.config", "ConfigError"), ("simulator.simulate", "SimulateError"),
                       ("jobs.validate", "ValidateError"), ("jobs.ipranges", "IPRangesError")):
         m = sys.modules.get(mod)
         if m is not None and isinstance(getattr(m, name, None), type):
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
         if argv and argv[0] in ("simulate", "validate"):
-            rc = _delegate(f"jobs.{argv[0]}", argv[1:], argv[0])
+            rc = _delegate({"simulate": "simulator.simulate", "validate": "jobs.validate"}[argv[0]], argv[1:], argv[0])
         else:
             args = parser.parse_args(argv)
             if args.command is None:

@@ -97,7 +97,7 @@ def costed_lake(tmp_path_factory):
     """A small simulated lake (3 nodes, 2 hours) costed once per test session, in-process
     (the Ray path is covered by the end-to-end tests). Tests must not modify it."""
     from jobs.run import JobOptions, run_cost_job
-    from jobs.simulate import simulate
+    from simulator.simulate import simulate
     from lake.storage import open_lake
 
     root = tmp_path_factory.mktemp("costed") / "lake"

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from jobs.simulate import simulate
+from simulator.simulate import simulate
 from lake import schema as S
 from lake.storage import open_lake
 

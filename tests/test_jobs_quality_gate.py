@@ -11,7 +11,7 @@ import pytest
 
 from jobs import pipeline
 from jobs.run import JobError, JobOptions, run_cost_job
-from jobs.simulate import simulate
+from simulator.simulate import simulate
 from lake.storage import open_lake
 
 

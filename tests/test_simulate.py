@@ -11,8 +11,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.sim_cluster import build_cluster
-from jobs.simulate import (EXPECTED_CONFIG, EXPECTED_FLOWS, SimulationError, expected_file_path,
+from simulator.cluster import build_cluster
+from simulator.simulate import (EXPECTED_CONFIG, EXPECTED_FLOWS, SimulationError, expected_file_path,
                            generate_flow_tables, main, simulate)
 from lake import schema as S
 from lake.storage import open_lake

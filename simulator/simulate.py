@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.sim_cluster import Cluster, build_cluster
-from jobs.sim_flows import EXPECTED_FLOWS, WindowTables, window_tables
+from simulator.cluster import Cluster, build_cluster
+from simulator.flows import EXPECTED_FLOWS, WindowTables, window_tables
 from lake import schema as S
 from lake.storage import Lake, LakeError, open_lake
 from lake.writer import write_inventory, write_raw

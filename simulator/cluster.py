@@ -2,7 +2,7 @@
 
 Everything here is small (one entry per node, pod, service or outside IP), so it is built
 with plain Python once per run; the per-window flow tables are built with NumPy in
-jobs/sim_flows.py from the arrays this module exposes.
+simulator/flows.py from the arrays this module exposes.
 
 Time is counted in whole minutes from the simulation start (minute m = window m).
 A pod is *alive* at snapshot minute s when start <= s < end, and *active* (sends and

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from jobs.sim_cluster import CLASS_NAMES, CLS, KIND, KINDS, ZONAL, Cluster
+from simulator.cluster import CLASS_NAMES, CLS, KIND, KINDS, ZONAL, Cluster
 from lake import schema as S
 
 #: Ground-truth table: the raw flow key plus what the cost job must conclude.
@@ -182,7 +182,7 @@ def _targets(c: Cluster, st: _Static, active_pods: np.ndarray):
             ips = np.array(g.ips, dtype=np.int64)
             m = _members(dst=ips, orig=ips, kind=g.kind, name=g.dst_name, ns=g.dst_ns, cls=g.cls, dup=False,
                          dname=np.array([-1 if n is None else n for n in g.names], dtype=np.int64))
-        else:  # pragma: no cover - edges are built in sim_cluster
+        else:  # pragma: no cover - edges are built in simulator.cluster
             raise ValueError(f"unknown target {t!r}")
         chunks.append(m)
         sizes.append(len(m["dst"]))
