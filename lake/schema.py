@@ -69,6 +69,10 @@ RAW_DNS = pa.schema(
         ("ip", pa.string()),       # an A or AAAA answer
         ("ttl_s", pa.int32()),     # the record's TTL as answered (before any cap)
         ("seen_at", TS),           # when the response was observed
+        # CNAME targets from `domain` to the name that owns the A/AAAA record, in answer order
+        # (empty: answered directly; null: written before the chain was kept). Private-link
+        # names (*.privatelink.*) often appear only here.
+        ("cname_chain", pa.list_(pa.string())),
     ],
     metadata={"netmon.table": "raw/dns", "netmon.schema_version": SCHEMA_VERSION},
 )

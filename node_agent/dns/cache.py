@@ -24,6 +24,7 @@ class Lookup(NamedTuple):
     ip: str
     ttl_s: int        # as answered, before the cap
     seen_at: float    # unix seconds
+    chain: tuple[str, ...] = ()  # CNAME targets from domain to the record's owner (raw/dns cname_chain)
 
 
 class DnsCache:

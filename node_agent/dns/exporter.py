@@ -30,5 +30,6 @@ def dns_table(lookups: Sequence[Lookup], window_start: dt.datetime, window_end: 
         "ttl_s": pa.array([min(x.ttl_s, _I32_MAX) for x in lookups], pa.int32()),
         "seen_at": pa.array([dt.datetime.fromtimestamp(x.seen_at, UTC) for x in lookups],
                             RAW_DNS.field("seen_at").type),
+        "cname_chain": pa.array([list(x.chain) for x in lookups], RAW_DNS.field("cname_chain").type),
     }
     return pa.table(cols, schema=RAW_DNS)
