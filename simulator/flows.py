@@ -408,7 +408,8 @@ def _dns_rows(c: Cluster, st: _Static, rng: np.random.Generator, src: np.ndarray
         [_ts(ws_us, n), _ts(ws_us + 60 * _US, n), _str(st, st.node_name_code[node]), _str(st, client),
          _str(st, members["dname"][mem]), _str(st, members["dst"][mem]),
          pa.array(st.e_ttl[edge[i]].astype(np.int32)),
-         pa.array(seen.astype(np.int64), type=pa.int64()).cast(S.TS)],
+         pa.array(seen.astype(np.int64), type=pa.int64()).cast(S.TS),
+         pa.nulls(n, S.RAW_DNS.field("cname_chain").type)],  # the simulated resolver answers directly
         schema=S.RAW_DNS,
     )
     return table, node
