@@ -306,13 +306,14 @@ _DEL_W = struct.unpack(">H", struct.pack("=H", CT_DELETE))[0]
 class CtParser:
     """Parses datagrams of ctnetlink messages into ConnSamples, counting what it skips."""
 
-    __slots__ = ("malformed", "messages", "layouts")
+    __slots__ = ("malformed", "messages", "layouts", "special")
     MAX_LAYOUTS = 64
 
     def __init__(self) -> None:
         self.malformed = 0   # messages with sound framing but unparseable attributes (skipped)
         self.messages = 0
         self.layouts: dict[int, list] = {}  # message length -> learned one-struct readers
+        self.special = 0     # samples with a zone or without counters (callers filter only then)
 
     def feed(self, buf, out: list) -> bool:
         """Append the connections in one datagram to `out`; True once NLMSG_DONE is seen.
@@ -365,6 +366,7 @@ class CtParser:
                         if zoned:
                             x = vget(v)
                             append(new(cs, (x[0], fam, *x[1:12], ended, x[12], True)))
+                            self.special += 1
                         else:
                             i, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp = vget(v)
                             append(new(cs, (i, fam, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp, ended, 0, True)))
@@ -374,10 +376,13 @@ class CtParser:
                         self.malformed += 1
                     else:
                         try:
-                            append(parse_entry(buf, off + 20, end, ended))
+                            sample = parse_entry(buf, off + 20, end, ended)
                         except (ParseError, struct.error, IndexError):
                             self.malformed += 1
                         else:
+                            append(sample)
+                            if sample.zone or not sample.counters:
+                                self.special += 1
                             self._learn(buf, off, end, mlen)
             elif mtype == NLMSG_DONE:
                 return True
