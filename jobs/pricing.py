@@ -54,6 +54,10 @@ class Card:
     tiers: list[tuple[float | None, float]] = field(default_factory=list)  # (up_to_gb, per_gb)
     egress_unit: int = 1 << 30
     egress_source: str = ""
+    free_gb: float = 0.0           # the provider's monthly free allowance (shared by all pools)
+
+    def free_bytes(self) -> int:
+        return int(self.free_gb * self.egress_unit)
 
     def per_byte(self, key: str) -> float:
         r = self.rates.get(key)
@@ -130,6 +134,9 @@ class RateCards:
         return Card(f"{provider}/{region or 'default'}", provider, region or "", rates, tiers,
                     int(eg["unit_bytes"]), eg["source"])
 
+    def free_bytes(self, provider: str) -> int:
+        return self.card(provider, None).free_bytes() if provider in self.docs else 0
+
     def card(self, provider: str | None, region: str | None) -> Card:
         provider = (provider or "").lower()
         if provider not in self.docs:
@@ -196,6 +203,13 @@ def price(t: pa.Table, ctx) -> pa.Table:
 
 
 # ------------------------------------------------------------------ egress tiers
+#
+# Tiering follows the contract in docs/costing.md ("Internet egress tiers"): each cost row
+# adds its tiered bytes to one pool (`tier_pools`); `tier_costs` prices the month's pool
+# volumes window by window; each row gets its window's pool cost pro rata to its bytes.
+
+POOL_SUFFIX = "/internet_egress"
+
 
 def _tiered_mask(costs: pa.Table) -> np.ndarray:
     eg = pc.fill_null(pc.equal(costs.column("traffic_class"), "internet_egress"), False)
@@ -203,22 +217,62 @@ def _tiered_mask(costs: pa.Table) -> np.ndarray:
     return pc.and_(eg, pc.invert(rule)).to_numpy(zero_copy_only=False)
 
 
-def _keys(sub: pa.Table) -> list[tuple[str, str]]:
-    p = sub.column("src_provider").to_pylist()
-    r = sub.column("src_region").to_pylist()
-    return list(zip(p, r))
+def pool_name(provider: str | None, region: str | None) -> str:
+    return f"{provider or ''}/{region or ''}{POOL_SUFFIX}"
 
 
-def egress_bytes(costs: pa.Table) -> dict[tuple[str, str], int]:
-    """Tiered internet-egress bytes (tx) per (src_provider, src_region) in `costs`."""
-    m = _tiered_mask(costs)
-    if not m.any():
-        return {}
-    sub = costs.filter(pa.array(m)).select(["src_provider", "src_region", "tx_bytes"])
-    g = sub.group_by(["src_provider", "src_region"]).aggregate([("tx_bytes", "sum")])
-    return {(p, r): int(v or 0) for p, r, v in zip(g.column("src_provider").to_pylist(),
-                                                   g.column("src_region").to_pylist(),
-                                                   g.column("tx_bytes_sum").to_pylist())}
+def pool_key(pool: str) -> tuple[str, str]:
+    """(provider, region) of a pool name."""
+    provider, _, rest = pool.partition("/")
+    return provider, rest[: -len(POOL_SUFFIX)] if rest.endswith(POOL_SUFFIX) else rest
+
+
+def tier_pools(costs: pa.Table, cards: "RateCards | None" = None) -> tuple[pa.Array, pa.Array]:
+    """Per cost row: its tier pool ("provider/region/internet_egress", null when the row is not
+    tiered) and the bytes it adds to that pool (tx of tiered internet egress, else 0)."""
+    n = costs.num_rows
+    m = _tiered_mask(costs) if n else np.zeros(0, bool)
+    prov = pc.fill_null(costs.column("src_provider").cast(pa.string()), "")
+    reg = pc.fill_null(costs.column("src_region").cast(pa.string()), "")
+    name = pc.binary_join_element_wise(prov, reg, "/")
+    name = pc.binary_join_element_wise(name, pa.scalar(POOL_SUFFIX[1:]), "/")
+    pools = pc.if_else(pa.array(m), name, pa.scalar(None, pa.string()))
+    tx = pc.fill_null(costs.column("tx_bytes"), 0).to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
+    return (pools.combine_chunks() if isinstance(pools, pa.ChunkedArray) else pools,
+            pa.array(np.where(m, tx, 0), pa.int64()))
+
+
+def _free_key(provider: str) -> str:
+    return f"{provider}/free_allowance"
+
+
+def tier_costs(volumes: pa.Table, mtd: dict, cards: "RateCards") -> tuple[np.ndarray, dict]:
+    """Tiered USD of each (pool, window) volume row, in order, and the month-to-date state after
+    the last one. `volumes`: tier_pool, window_start, tier_bytes, sorted by (window_start,
+    tier_pool), one calendar month. `mtd`: {pool: bytes so far, "<provider>/free_allowance":
+    bytes of the provider's account-wide free allowance used so far}; {} starts a month.
+
+    A pool's bytes climb its card's tiers; a provider's free allowance (AWS and Azure: the
+    first 100 GB a month, one allowance across all regions) covers the month's first tiered
+    bytes of any of its pools, in (window_start, tier_pool) order."""
+    state = {k: int(v) for k, v in (mtd or {}).items()}
+    pools = volumes.column("tier_pool").to_pylist()
+    vb = pc.fill_null(volumes.column("tier_bytes"), 0).to_numpy().astype(np.int64)
+    out = np.zeros(len(pools))
+    for i, (pool, b) in enumerate(zip(pools, vb.tolist())):  # one step per (pool, window): few
+        if pool is None or b <= 0:
+            continue
+        card = cards.card(*pool_key(pool))
+        x = state.get(pool, 0)
+        free_total = card.free_bytes()
+        fk = _free_key(card.provider)
+        free_used = state.get(fk, 0)
+        free = min(b, max(free_total - free_used, 0))
+        out[i] = float(card.egress_cost(np.array([x + free]), np.array([x + b]))[0])
+        state[pool] = x + b
+        if free_total:
+            state[fk] = free_used + free
+    return out, state
 
 
 def _month(ts_us: np.ndarray) -> np.ndarray:
@@ -226,49 +280,92 @@ def _month(ts_us: np.ndarray) -> np.ndarray:
     return d.astype(np.int64)
 
 
+def tier_volumes(costs: pa.Table, cards: "RateCards | None" = None) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(volumes sorted by (window_start, tier_pool), each row's volume index or -1, row bytes)."""
+    pools, nbytes = tier_pools(costs, cards)
+    m = pc.is_valid(pools).to_numpy(zero_copy_only=False)
+    b = nbytes.to_numpy()
+    idx = np.flatnonzero(m)
+    ws = costs.column("window_start").cast(pa.int64()).to_numpy()[idx] if len(idx) else np.zeros(0, np.int64)
+    pd_, pcode = dict_parts(pools.take(pa.array(idx)) if len(idx) else pa.array([], pa.string()))
+    names = np.array(pd_.to_pylist() + [""], dtype=object)
+    # unique (window, pool) in (window_start, pool name) order
+    rank = np.argsort(np.argsort(names[:-1])) if len(names) > 1 else np.zeros(0, np.int64)
+    key = np.stack([ws, rank[pcode] if len(pcode) else pcode]) if len(idx) else np.zeros((2, 0), np.int64)
+    uniq, inv = (np.unique(key, axis=1, return_inverse=True) if len(idx) else (np.zeros((2, 0), np.int64), np.zeros(0, np.int64)))
+    inv = inv.reshape(-1)
+    sums = np.bincount(inv, weights=b[idx], minlength=uniq.shape[1]) if len(idx) else np.zeros(0)
+    by_rank = np.empty(len(rank), dtype=object)
+    by_rank[rank] = names[:-1]
+    vol = pa.table({
+        "tier_pool": pa.array(by_rank[uniq[1]].tolist() if uniq.shape[1] else [], pa.string()),
+        "window_start": pa.array(uniq[0], pa.int64()).cast(S.TS),
+        "tier_bytes": pa.array(np.rint(sums).astype(np.int64), pa.int64()),
+    })
+    row_vol = np.full(costs.num_rows, -1, np.int64)
+    row_vol[idx] = inv
+    return vol, row_vol, b
+
+
+def egress_bytes(costs: pa.Table) -> dict[tuple[str, str], int]:
+    """Tiered internet-egress bytes (tx) per (src_provider, src_region) in `costs`."""
+    pools, nbytes = tier_pools(costs)
+    m = pc.is_valid(pools).to_numpy(zero_copy_only=False)
+    if not m.any():
+        return {}
+    g = pa.table({"p": pools, "b": nbytes}).filter(pa.array(m)).group_by("p").aggregate([("b", "sum")])
+    return {pool_key(p): int(v) for p, v in zip(g.column("p").to_pylist(), g.column("b_sum").to_pylist())}
+
+
+def _offsets_to_mtd(offsets: dict, cards: "RateCards") -> dict:
+    """Old-style offsets {(provider, region): bytes} -> tier_costs state. The free allowance
+    used is derivable: every tiered byte of a provider consumes it until it is exhausted."""
+    mtd, per_provider = {}, {}
+    for k, v in offsets.items():
+        if isinstance(k, tuple):
+            if len(k) == 2 and k[1] == "free_allowance":
+                continue
+            mtd[pool_name(*k)] = int(v)
+            per_provider[k[0]] = per_provider.get(k[0], 0) + int(v)
+    for p, total in per_provider.items():
+        free = cards.free_bytes(p)
+        if free:
+            mtd[_free_key(p)] = min(total, free)
+    return mtd
+
+
 def apply_egress_tiers(costs: pa.Table, offsets: dict[tuple[str, str], int],
                        cards: RateCards | None = None) -> tuple[pa.Table, dict[tuple[str, str], int]]:
-    """Add the tiered internet-egress cost. `offsets`: month-to-date egress bytes per
-    (src_provider, src_region) before this table. Rows are tiered in the order (window_start,
-    src_ip, dst_ip, dst_port, proto) per key. Returns the table and the updated offsets.
+    """Add the tiered internet-egress cost (tier_pools + tier_costs, pro rata within a window).
+    `offsets`: month-to-date tiered bytes per (src_provider, src_region) before this table.
+    Returns the table and the updated offsets.
 
     Offsets are for the month of the table's earliest row; rows of a later month (a table
     spanning a month boundary) start that month from zero, and the returned offsets are then
     that later month's. The caller starts each month with empty offsets."""
     cards = cards or default_cards()
     offsets = dict(offsets)
-    m = _tiered_mask(costs)
-    if not m.any():
+    vol, row_vol, b = tier_volumes(costs, cards)
+    if vol.num_rows == 0:
         return costs, offsets
-    idx = np.flatnonzero(m)
-    sub = costs.select(["src_provider", "src_region", "window_start", "src_ip", "dst_ip", "dst_port",
-                        "proto", "tx_bytes"]).take(pa.array(idx))
-    order = pc.sort_indices(sub, sort_keys=[(c, "ascending") for c in
-                                            ("src_provider", "src_region", "window_start", "src_ip",
-                                             "dst_ip", "dst_port", "proto")]).to_numpy()
-    sub = sub.take(pa.array(order))
-    rows = idx[order]
-    tx = pc.fill_null(sub.column("tx_bytes"), 0).to_numpy().astype(np.int64)
-    month = _month(sub.column("window_start").cast(pa.int64()).to_numpy())
-    keys = _keys(sub)
-    pd_, pcode = dict_parts(sub.column("src_provider"))
-    rd, rcode = dict_parts(sub.column("src_region"))
-    combo = pcode * (len(rd) + 1) + rcode
-    add = np.zeros(len(rows))
-    bounds = np.flatnonzero(np.diff(combo) != 0) + 1
-    first_month = int(month.min())
-    for s, e in zip(np.r_[0, bounds], np.r_[bounds, len(rows)]):  # one pass per key
-        key = keys[s]
-        card = cards.card(*key)
-        before_key = int(offsets.get(key, 0))
-        for mo in np.unique(month[s:e]):  # normally one month
-            sel = np.flatnonzero(month[s:e] == mo) + s
-            start = before_key if mo == first_month else 0
-            cum = start + np.cumsum(tx[sel])
-            add[sel] = card.egress_cost(cum - tx[sel], cum)
-            offsets[key] = int(cum[-1])
-    cost = costs.column("cost_usd").to_numpy().astype(np.float64).copy()
-    cost[rows] += add
+    month = _month(vol.column("window_start").cast(pa.int64()).to_numpy())
+    vcost = np.zeros(vol.num_rows)
+    mtd = _offsets_to_mtd(offsets, cards)
+    for k, mo in enumerate(np.unique(month)):  # normally one month
+        sel = np.flatnonzero(month == mo)
+        if k:
+            mtd = {}
+        vcost[sel], mtd = tier_costs(vol.take(pa.array(sel)), mtd, cards)
+        if k:
+            offsets = {}
+        offsets.update({pool_key(p): v for p, v in mtd.items() if p.endswith(POOL_SUFFIX)})
+    vbytes = vol.column("tier_bytes").to_numpy().astype(np.float64)
+    has = row_vol >= 0
+    share = np.zeros(costs.num_rows)
+    vi = np.maximum(row_vol, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share[has] = np.where(vbytes[vi[has]] > 0, vcost[vi[has]] * b[has] / vbytes[vi[has]], 0.0)
+    cost = costs.column("cost_usd").to_numpy().astype(np.float64).copy() + share
     i = costs.schema.get_field_index("cost_usd")
     return costs.set_column(i, costs.schema.field(i), pa.array(cost, pa.float64())), offsets
 

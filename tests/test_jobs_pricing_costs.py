@@ -11,8 +11,10 @@ import pytest
 
 from jobs.config import JobConfig
 from jobs.pipeline import apply_egress_tiers, cost_flows, egress_bytes
-from jobs.pricing import CARDS_DIR, RATE_KEYS, RateCardError, RateCards
-from test_jobs_stages_world import GB, World, rows_by, three_zone_world
+from jobs.pricing import CARDS_DIR, RATE_KEYS, RateCardError, RateCards, default_cards, tier_costs, tier_pools
+from test_jobs_stages_world import GB, T0, World, rows_by, three_zone_world
+import pyarrow as pa
+from lake import schema as S
 
 AWS = ("aws", "us-east-1")
 
@@ -129,19 +131,40 @@ def by_src_minute(costs):
     return {(r["src_ip"], r["window_start"].minute): r["cost_usd"] for r in costs.to_pylist()}
 
 
-def test_tiers_cross_100gb_and_10tb_within_one_table_in_deterministic_order():
-    # Input order is scrambled; tier order is window_start, then src_ip (string order).
+def test_tiers_cross_100gb_and_10tb_within_one_table_pro_rata_within_a_window():
+    # Input order is scrambled; windows are tiered in time order, rows of one window pro rata.
     w = egress_world([(1, "10.0.1.22", 10160), (0, "10.0.1.22", 60), (0, "10.0.1.21", 60)])
     costs = cost_flows(w.raw(), w.context())
     assert sum(costs.column("cost_usd").to_pylist()) == 0  # no NAT configured: nothing yet
     tiered, off = apply_egress_tiers(costs, {})
     got = by_src_minute(tiered)
-    assert got[("10.0.1.21", 0)] == pytest.approx(0.0)              # GB 0-60: free
-    assert got[("10.0.1.22", 0)] == pytest.approx(20 * 0.09)        # GB 60-120: 40 free, 20 at $0.09
+    # window 0: GB 0-120, 100 free and 20 at $0.09, shared 60/60 by its two rows
+    assert got[("10.0.1.21", 0)] == pytest.approx(20 * 0.09 / 2)
+    assert got[("10.0.1.22", 0)] == pytest.approx(20 * 0.09 / 2)
     # GB 120-10280: 10240 - 120 = 10120 GB at $0.09, then 40 GB at $0.085
     assert got[("10.0.1.22", 1)] == pytest.approx(10120 * 0.09 + 40 * 0.085)
     assert off == {AWS: 10280 * GB}
     assert egress_bytes(costs) == {AWS: 10280 * GB}
+
+
+def test_tier_pools_and_tier_costs_contract():
+    w = egress_world([(0, "10.0.1.22", 60), (0, "10.0.1.21", 60), (1, "10.0.1.21", 50)])
+    w.flow("10.0.1.21", "10.0.2.21", node="n-a", tx=GB)          # cross_zone: not tiered
+    costs = cost_flows(w.raw(), w.context())
+    pools, nbytes = tier_pools(costs, default_cards())
+    got = sorted(zip(pools.to_pylist(), nbytes.to_pylist()), key=lambda x: (x[0] or "", x[1]))
+    assert got == [(None, 0), ("aws/us-east-1/internet_egress", 50 * GB),
+                   ("aws/us-east-1/internet_egress", 60 * GB), ("aws/us-east-1/internet_egress", 60 * GB)]
+    vol = pa.table({"tier_pool": ["aws/us-east-1/internet_egress"] * 2,
+                    "window_start": pa.array([T0, T0 + dt.timedelta(minutes=1)], S.TS),
+                    "tier_bytes": pa.array([120 * GB, 50 * GB], pa.int64())})
+    usd, state = tier_costs(vol, {}, default_cards())
+    assert usd.tolist() == pytest.approx([20 * 0.09, 50 * 0.09])
+    # the state after the first window, fed back, gives the second window the same cost
+    usd1, st1 = tier_costs(vol.slice(0, 1), {}, default_cards())
+    usd2, st2 = tier_costs(vol.slice(1, 1), st1, default_cards())
+    assert usd2.tolist() == pytest.approx([50 * 0.09]) and st2 == state
+    assert json.loads(json.dumps(state)) == state
 
 
 def test_tiers_across_calls_with_offsets():
