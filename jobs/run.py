@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from jobs import load
+from jobs import faults, load
 from jobs import state as st
 from jobs import summary as sm
 from jobs import tasks as T
@@ -111,11 +111,13 @@ def run_cost_job(opts: JobOptions) -> RunResult:
             ex.shutdown()
         for ledger in p.ledgers.values():
             ledger.save(lake)
+            faults.point("during-ledger")
         for h in p.compute:
             info = infos[h]
             st.write_manifest(lake, st.Manifest(
                 hour=h, files=p.files[h], rows_in=info["rows_in"], rows_out=info["rows_out"],
                 kept_bytes=info["kept_bytes"], quarantined=[q["path"] for q in info["quarantined"]]))
+            faults.point("during-commit")
     quarantined = list(p.quarantined)
     seen = {q["path"] for q in quarantined}
     skipped = [q for q in chunk_bad if q["reason"] == load.SKIPPED_INVENTORY]
@@ -205,9 +207,11 @@ def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: Pro
         collect(0)
     while finals:
         collect(None)
+    faults.point("after-cells")
     days = sorted({h.date() for h in todo})
     for d in [ex.submit(T.rollup_date, url, ep, day) for day in days]:
         ex.get(d)
+        faults.point("during-rollups")
     # files quarantined while loading DNS chunks belong to the run (reported in the summary)
     chunk_bad = [q for b in bad_refs for q in ex.get(b)]
     return infos, partials, chunk_bad
