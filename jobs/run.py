@@ -31,7 +31,7 @@ from jobs.discover import Plan, _select_snapshots, _Sorted, plan  # noqa: F401 (
 from jobs.errors import JobError  # noqa: F401 (re-exported: the CLI looks it up here)
 from jobs.executors import InlineExecutor, RayExecutor
 from jobs.progress import Progress
-from lake.storage import open_lake
+from lake.storage import RetryPolicy, open_lake
 
 HOUR = dt.timedelta(hours=1)
 UTC = dt.timezone.utc
@@ -88,7 +88,7 @@ def run_cost_job(opts: JobOptions) -> RunResult:
     t0 = time.monotonic()
     if opts.start and opts.end and opts.end <= opts.start:
         raise JobError(f"--end {opts.end.isoformat()} is not after --start {opts.start.isoformat()}")
-    lake = open_lake(opts.lake_url, opts.s3_endpoint)
+    lake = open_lake(opts.lake_url, opts.s3_endpoint, retry=RetryPolicy.for_job())
     lake.check_writable()
     cfg = _load_config(opts.config_path)
     ranges_dir = _ranges_dir(opts.ip_ranges_dir, cfg)
