@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from jobs import load
+from jobs import faults, load
 from jobs import state as st
 from jobs import summary as sm
 from jobs import tasks as T
@@ -31,7 +31,7 @@ from jobs.discover import Plan, _select_snapshots, _Sorted, plan  # noqa: F401 (
 from jobs.errors import JobError  # noqa: F401 (re-exported: the CLI looks it up here)
 from jobs.executors import InlineExecutor, RayExecutor
 from jobs.progress import Progress
-from lake.storage import open_lake
+from lake.storage import RetryPolicy, open_lake
 
 HOUR = dt.timedelta(hours=1)
 UTC = dt.timezone.utc
@@ -88,7 +88,7 @@ def run_cost_job(opts: JobOptions) -> RunResult:
     t0 = time.monotonic()
     if opts.start and opts.end and opts.end <= opts.start:
         raise JobError(f"--end {opts.end.isoformat()} is not after --start {opts.start.isoformat()}")
-    lake = open_lake(opts.lake_url, opts.s3_endpoint)
+    lake = open_lake(opts.lake_url, opts.s3_endpoint, retry=RetryPolicy.for_job())
     lake.check_writable()
     cfg = _load_config(opts.config_path)
     ranges_dir = _ranges_dir(opts.ip_ranges_dir, cfg)
@@ -111,11 +111,13 @@ def run_cost_job(opts: JobOptions) -> RunResult:
             ex.shutdown()
         for ledger in p.ledgers.values():
             ledger.save(lake)
+            faults.point("during-ledger")
         for h in p.compute:
             info = infos[h]
             st.write_manifest(lake, st.Manifest(
                 hour=h, files=p.files[h], rows_in=info["rows_in"], rows_out=info["rows_out"],
                 kept_bytes=info["kept_bytes"], quarantined=[q["path"] for q in info["quarantined"]]))
+            faults.point("during-commit")
     quarantined = list(p.quarantined)
     seen = {q["path"] for q in quarantined}
     skipped = [q for q in chunk_bad if q["reason"] == load.SKIPPED_INVENTORY]
@@ -205,9 +207,11 @@ def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: Pro
         collect(0)
     while finals:
         collect(None)
+    faults.point("after-cells")
     days = sorted({h.date() for h in todo})
     for d in [ex.submit(T.rollup_date, url, ep, day) for day in days]:
         ex.get(d)
+        faults.point("during-rollups")
     # files quarantined while loading DNS chunks belong to the run (reported in the summary)
     chunk_bad = [q for b in bad_refs for q in ex.get(b)]
     return infos, partials, chunk_bad

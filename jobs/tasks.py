@@ -20,7 +20,7 @@ from jobs import summary as sm
 from jobs.discover import HourSpec
 from jobs.errors import JobError
 from lake import schema as S
-from lake.storage import Lake, open_lake
+from lake.storage import Lake, job_lake
 
 #: Parquet metadata key of a cost partition: the month-to-date egress offsets it was tiered from.
 OFFSETS_META = b"netmon.egress_offsets"
@@ -92,7 +92,7 @@ _LAKES: dict[tuple[str, str | None], Lake] = {}
 def _lake(url: str, endpoint: str | None) -> Lake:
     key = (url, endpoint)
     if key not in _LAKES:
-        _LAKES[key] = open_lake(url, endpoint, create_bucket=False)
+        _LAKES[key] = job_lake(url, endpoint)  # storage calls retried with backoff
     return _LAKES[key]
 
 
