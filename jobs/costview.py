@@ -63,3 +63,39 @@ def lake_dates(lake: Lake) -> list[dt.date]:
     """The dates that have cost rows, in order (from the listing only)."""
     days = {m.group(1) for i in lake.list_files("costs/flows") if (m := _DATE.search(i.path))}
     return sorted(dt.date.fromisoformat(d) for d in days)
+
+
+def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
+    """Where each rate card's internet egress stands in its monthly volume tiers on day `end`:
+    month-to-date bytes (the 1st of the month through `end`, every namespace: tiers count the
+    account's volume), the tier they are in, what is left of it, and the month's tiered charge.
+    Rows priced by a user rule are not tiered, as in the cost job."""
+    import numpy as np  # noqa: PLC0415 - only for the tier curve
+
+    from jobs.pricing import default_cards  # noqa: PLC0415
+    cards = cards or default_cards()
+    con = duckdb.connect()
+    con.register("mtd", dataset(lake, "flows", end.replace(day=1), end))
+    rows = con.execute("""
+        SELECT src_provider, src_region, SUM(tx_bytes)
+        FROM mtd
+        WHERE traffic_class = 'internet_egress' AND NOT starts_with(COALESCE(rate_card, ''), 'rule:')
+        GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+    out = []
+    for provider, region, total in rows:
+        card = cards.card(provider, region)
+        gb = int(total) / card.egress_unit
+        lo, hi, rate = 0.0, None, 0.0
+        for up_to, per_gb in card.tiers:
+            rate, hi = per_gb, up_to
+            if up_to is None or gb < up_to:
+                break
+            lo = float(up_to)
+        out.append({
+            "rate_card": card.name, "month": f"{end:%Y-%m}", "through": end.isoformat(),
+            "egress_bytes": int(total), "egress_gb": gb, "tier_from_gb": lo,
+            "tier_to_gb": None if hi is None else float(hi), "per_gb_usd": rate,
+            "gb_to_next_tier": None if hi is None else float(hi) - gb,
+            "month_cost_usd": float(card.egress_cost(np.array([0]), np.array([int(total)]))[0]),
+        })
+    return out
