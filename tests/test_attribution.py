@@ -9,13 +9,25 @@ from __future__ import annotations
 import datetime as dt
 
 from test_accounter import T0, T1, conn, ended, rows, totals
-from test_informer import FAST, api, informers, pod, server, wait_until  # noqa: F401 - fixtures
+from test_informer import FAST, informers, pod, server, wait_until  # noqa: F401 - fixtures
+
+import pytest
 
 from node_agent.accounter import Accounter
 from node_agent.enrich import Attribution
 from node_agent.informer import PodIndex
 
 NODE_IP, POD_IP, OTHER_POD, PEER = "10.0.0.5", "10.1.0.7", "10.1.0.9", "10.2.0.9"
+
+
+@pytest.fixture
+def api(server, tmp_path, monkeypatch):
+    """The node agent's own client (node_agent/kubehttp.py), as `netmon-agent run` uses it."""
+    from node_agent.kubehttp import load_http_api
+
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return load_http_api(server.write_kubeconfig(tmp_path / "kubeconfig"))
 
 
 def node(name, cidrs):
