@@ -215,17 +215,23 @@ class Accounter:
         seen = self._seen = self._seen ^ _SEEN
         baseline = not self._baselined
         key = conn_key
+        touch = getattr(state, "touch", None)   # CounterTable: the idle case without an allocation
         n = 0
         for s in samples:
             n += 1
             k = key(s)
             cur = pack(s)
-            last = state.get(k)
-            if last is not None:
-                if last | _FLAGS == cur | _FLAGS:  # idle since the last dump (the common case)
+            if touch is not None:
+                last = touch(k, cur, _SEEN, seen)
+                if last is True:                # idle since the last dump (the common case)
+                    continue
+            else:
+                last = state.get(k)
+                if last is not None and last | _FLAGS == cur | _FLAGS:  # idle (the common case)
                     if last & _SEEN != seen:
                         state[k] = last ^ _SEEN
                     continue
+            if last is not None:
                 # (seen twice in one dump, when the table changes under it: same rule)
                 state[k] = add(s, cur, last) | seen
                 continue

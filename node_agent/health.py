@@ -57,6 +57,10 @@ class _Metric:
     def _init(self, **kw) -> None:
         self._value = 0.0
 
+    def get(self) -> float:
+        """The current value (of an unlabelled counter or gauge)."""
+        return self._value
+
     def labels(self, *values) -> "_Metric":
         values = tuple(str(v) for v in values)
         with self._lock:
