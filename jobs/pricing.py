@@ -281,3 +281,50 @@ def default_cards() -> RateCards:
     if _DEFAULT is None:
         _DEFAULT = RateCards.load()
     return _DEFAULT
+
+
+# ------------------------------------------------------------------ tier pools (the tiering contract)
+# Interim versions of the contract's two functions over today's card curves: a pool is the
+# rate card "provider/region" of non-rule internet egress, each pool climbs its own card's
+# curve. The job (jobs/tiers.py) prices per (pool, window) volumes with them.
+
+POOL_SUFFIX = "/internet_egress"
+
+
+def tier_pools(costs: pa.Table, cards: RateCards | None = None) -> tuple[pa.Array, pa.Array]:
+    """Per cost row: its tier pool ("provider/region/internet_egress", null when not tiered)
+    and the bytes it adds to that pool's month-to-date volume (tx of tiered egress, else 0)."""
+    n = costs.num_rows
+    m = _tiered_mask(costs) if n else np.zeros(0, bool)
+    prov = pc.fill_null(costs.column("src_provider").cast(pa.string()), "")
+    reg = pc.fill_null(costs.column("src_region").cast(pa.string()), "")
+    name = pc.binary_join_element_wise(prov, reg, pa.scalar(POOL_SUFFIX[1:]), "/")
+    pools = pc.if_else(pa.array(m, pa.bool_()), name, pa.scalar(None, pa.string()))
+    if isinstance(pools, pa.ChunkedArray):
+        pools = pools.combine_chunks()
+    tx = pc.fill_null(costs.column("tx_bytes"), 0).to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
+    return pools, pa.array(np.where(m, tx, 0), pa.int64())
+
+
+def pool_card(pool: str, cards: RateCards) -> Card:
+    """The rate card whose egress curve a pool climbs."""
+    provider, _, rest = pool.partition("/")
+    region = rest[: -len(POOL_SUFFIX)] if rest.endswith(POOL_SUFFIX) else rest
+    return cards.card(provider, region)
+
+
+def tier_costs(volumes: pa.Table, mtd: dict, cards: RateCards) -> tuple[np.ndarray, dict]:
+    """Tiered USD of each (pool, window) row of `volumes` (tier_pool, window_start, tier_bytes;
+    sorted by (window_start, tier_pool), one month) and the state after the last row, from
+    month-to-date state `mtd` ({pool: bytes so far}; {} starts a month)."""
+    state = {k: int(v) for k, v in (mtd or {}).items()}
+    pools = volumes.column("tier_pool").to_pylist()
+    vb = pc.fill_null(volumes.column("tier_bytes"), 0).to_numpy().astype(np.int64)
+    out = np.zeros(len(pools))
+    for i, (pool, b) in enumerate(zip(pools, vb.tolist())):  # one step per (pool, window): few
+        if pool is None or b <= 0:
+            continue
+        x = state.get(pool, 0)
+        out[i] = float(pool_card(pool, cards).egress_cost(np.array([x]), np.array([x + b]))[0])
+        state[pool] = x + b
+    return out, state
