@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobs import load
 from jobs import state as st
@@ -44,6 +44,8 @@ class Plan:
     duplicates: list[str]                            # superseded uploads (not costed)
     quarantined: list[dict]                          # files quarantined during discovery
     ledgers: dict[str, st.EgressLedger]
+    #: hour -> the DNS files (winners) and their signatures: what a carried DNS state depends on
+    dns_sigs: dict[dt.datetime, dict[str, st.FileSig]] = field(default_factory=dict)
 
 
 
@@ -150,7 +152,8 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
                 retier.add(later)
     return Plan(compute=compute, retier=sorted(retier), files=files, specs=specs,
                 dns_chunks=dns_chunks, inv_chunks=inv_chunks,
-                duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers)
+                duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers,
+                dns_sigs={h: {p_: dns_files[h][p_] for p_ in dns_winners[h]} for h in dns_chunks})
 
 
 def _select_snapshots(items: list[tuple[dt.datetime, str]], lo: dt.datetime, hi: dt.datetime) -> list[str]:
