@@ -14,6 +14,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
+from jobs import commit as C
 from jobs import load
 from jobs import state as st
 from lake import schema as S
@@ -44,6 +45,7 @@ class Plan:
     duplicates: list[str]                            # superseded uploads (not costed)
     quarantined: list[dict]                          # files quarantined during discovery
     ledgers: dict[str, st.EgressLedger]
+    records: dict[dt.datetime, "C.HourRecord"]      # current records of the computed and re-tiered hours
 
 
 
@@ -99,7 +101,7 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     quarantined: list[dict] = []
     flow_files, flow_winners, dup_flows = _identity_winners(lake, "raw/flows", quarantined)
     dns_files, dns_winners, dup_dns = _identity_winners(lake, "raw/dns", quarantined)
-    manifests = st.read_manifests(lake)
+    manifests = C.read_records(lake, flow_winners)
 
     if start is not None or end is not None:
         lo = start or dt.datetime.min.replace(tzinfo=UTC)
@@ -110,7 +112,7 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
         for h in sorted(flow_winners):
             current = {**flow_files.get(h, {}), **dns_files.get(h, {})}
             m = manifests.get(h)
-            if m is None or m.changed_files(current):
+            if m is None or m.changed_inputs(current):
                 compute.append(h)
 
     inv = _inventory_index(lake)
@@ -142,15 +144,18 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     for h in compute:
         month = st.month_of(h)
         if month not in ledgers:
-            ledgers[month] = st.EgressLedger.load(lake, month)
+            ledgers[month] = st.EgressLedger.load(lake, month, manifests, [h for h in flow_winners
+                                                                          if st.month_of(h) == month])
     for month, ledger in ledgers.items():
         first = min(h for h in compute if st.month_of(h) == month)
         for later in ledger.hours_after(first):
             if later not in computed and ledger.hours.get(st.hour_id(later)):
                 retier.add(later)
+    records = {h: r for h, r in manifests.items() if h in computed or h in retier}
+    records.update(C.read_records(lake, [h for h in retier if h not in records]))
     return Plan(compute=compute, retier=sorted(retier), files=files, specs=specs,
                 dns_chunks=dns_chunks, inv_chunks=inv_chunks,
-                duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers)
+                duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers, records=records)
 
 
 def _select_snapshots(items: list[tuple[dt.datetime, str]], lo: dt.datetime, hi: dt.datetime) -> list[str]:

@@ -32,6 +32,7 @@ class Lake:
     fs: pafs.FileSystem
     root: str         # path of the lake root inside `fs` (no trailing slash)
     url: str          # as the user gave it
+    s3_endpoint: str | None = None  # endpoint override of an s3:// lake (conditional writes use it)
 
     # ----------------------------------------------------------------------- paths
     def path(self, rel: str) -> str:
@@ -167,7 +168,7 @@ def open_lake(url: str, s3_endpoint: str | None = None, create_bucket: bool = Tr
         kwargs["request_timeout"] = 30
         fs = pafs.S3FileSystem(**kwargs)
         root = f"{bucket}/{parsed.path.strip('/')}".rstrip("/")
-        lake = Lake(fs, root, url)
+        lake = Lake(fs, root, url, endpoint)
         if create_bucket:
             _ensure_bucket(fs, bucket)
         return lake
