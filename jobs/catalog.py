@@ -8,7 +8,9 @@ are the listing of the date partitions.
 
 Paths are in the lake's filesystem (`lake.fs`), like `lake.list_files` returns: give them to
 `pyarrow.dataset.dataset(paths, filesystem=lake.fs)`; `jobs.commit.uri` turns one into the
-`s3://` / `file://` URI a SQL engine wants.
+`s3://` / `file://` URI a SQL engine wants. A part whose hour is being rolled forward at
+that instant (or whose run died doing it) is returned at its staged name, so the answer is
+exact at every instant.
 
 Range: `start`/`end` may be datetimes (hours overlapping [start, end)) or dates (whole days,
 `end` inclusive: `current_files(lake, t, date(2026, 3, 1), date(2026, 3, 31))` is March).
@@ -64,10 +66,20 @@ def current_files(lake: Lake, table: str, start=None, end=None) -> list[str]:
     table = table if "/" in table else f"costs/{table}"
     if table not in S.TABLES and table != "costs/focus":
         raise ValueError(f"unknown table {table!r}")
+    lo, hi = _bounds(start, end)
     if table == C.FLOWS:
         recs = current_records(lake, start, end)
-        return sorted(lake.path(p) for r in recs.values() for p in r.parts.get(C.FLOWS, []))
-    lo, hi = _bounds(start, end)
+        # a part whose hour is being rolled forward (or whose run died doing it) is still
+        # staged: read it there, so the answer is exact at every instant
+        days = sorted({h.date() for h in recs})
+        listed = ({i.path for i in lake.list_files(C.FLOWS)} if lo is None or hi is None or len(days) > 62 else
+                  {i.path for d in days for i in lake.list_files(f"{C.FLOWS}/date={d:%Y-%m-%d}")})
+        out = []
+        for r in recs.values():
+            for p in r.parts.get(C.FLOWS, []):
+                full = lake.path(p)
+                out.append(full if full in listed else lake.path(C.staged(r.token, p)))
+        return sorted(out)
     out = []
     for info in lake.list_files(table):
         day = _date_of(lake.rel(info.path))

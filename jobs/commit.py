@@ -164,6 +164,25 @@ def recorded_hours(lake: Lake, day: dt.date | None = None) -> list[dt.datetime]:
     return sorted(out)
 
 
+def newest_recorded_hour(lake: Lake) -> dt.datetime | None:
+    """The latest hour with a record: two listings (the date directories, then the last
+    one's records), whatever the lake's age."""
+    sel = pafs.FileSelector(lake.path(HOURS_DIR), recursive=False, allow_not_found=True)
+    days = []
+    for info in lake.fs.get_file_info(sel):
+        name = posixpath.basename(info.path.rstrip("/"))
+        if info.type == pafs.FileType.Directory and name.startswith("date="):
+            try:
+                days.append(dt.date.fromisoformat(name[5:]))
+            except ValueError:
+                continue
+    for day in sorted(days, reverse=True):
+        hours = recorded_hours(lake, day)
+        if hours:
+            return hours[-1]
+    return None
+
+
 def records_of_month(lake: Lake, month: str) -> dict[dt.datetime, HourRecord]:
     """Every record of a month: one listing per day of the month, then the records (used to
     rebuild a lost ledger, never by a normal run)."""
@@ -194,8 +213,9 @@ def publish_hour(lake: Lake, lease, record: HourRecord) -> HourRecord:
     lease (fencing), writes the record (the commit point), rolls forward. Returns the record
     as written (token and committed_at filled in)."""
     record.token = lease.token
+    staged_now, final_now = _present(lake, record)
     for rel in record.all_parts():
-        if not (lake.exists(staged(lease.token, rel)) or lake.exists(rel)):
+        if rel not in staged_now and rel not in final_now:
             raise JobError(f"hour {st.hour_id(record.hour)} cannot be committed: part {rel} was not written")
     lease.check()
     record.committed_at = dt.datetime.now(UTC).isoformat(timespec="seconds")
@@ -217,26 +237,39 @@ def _move(lake: Lake, src_rel: str, dst_rel: str) -> None:
         lake.delete(src_rel)
 
 
+def _dirs(record: HourRecord) -> set[str]:
+    """The directories holding the hour's parts, of this generation and of earlier ones."""
+    dirs = {hour_dir(record.hour)} | {posixpath.dirname(p) for p in record.all_parts()}
+    dirs |= {f"{PARTIALS_DIR}/{k.split('/', 1)[1]}/date={record.hour:%Y-%m-%d}/hour={record.hour:%H}"
+             for k in record.parts if k.startswith("partials/")}
+    return dirs
+
+
+def _present(lake: Lake, record: HourRecord) -> tuple[set[str], set[str]]:
+    """(parts staged under the record's token, files at final names in the hour's
+    directories), as final rel paths: two listings per directory, not a request per part."""
+    staged_now, final_now = set(), set()
+    prefix = staged(record.token, "")
+    for d in sorted(_dirs(record)):
+        final_now |= {lake.rel(i.path) for i in lake.list_files(d)}
+        staged_now |= {lake.rel(i.path)[len(prefix):] for i in lake.list_files(staged(record.token, d))}
+    return staged_now, final_now
+
+
 def roll_forward(lake: Lake, record: HourRecord) -> None:
     """Make the filesystem what a committed record says: move its staged parts to their final
     names, delete every other part in the hour's directories, write the symlink manifest.
     Idempotent: safe to repeat after a crash at any point."""
+    staged_now, final_now = _present(lake, record)
     for rel in record.all_parts():
-        src = staged(record.token, rel)
-        if lake.exists(src):
-            _move(lake, src, rel)
-        elif not lake.exists(rel):
+        if rel in staged_now:
+            _move(lake, staged(record.token, rel), rel)
+        elif rel not in final_now:
             raise JobError(f"committed part {rel} of hour {st.hour_id(record.hour)} is missing "
                            f"(neither staged nor published)")
     keep = set(record.all_parts())
-    dirs = {hour_dir(record.hour)} | {posixpath.dirname(p) for p in keep}
-    dirs |= {f"{PARTIALS_DIR}/{k.split('/', 1)[1]}/date={record.hour:%Y-%m-%d}/hour={record.hour:%H}"
-             for k in record.parts if k.startswith("partials/")}
-    for d in sorted(dirs):
-        for info in lake.list_files(d):
-            rel = lake.rel(info.path)
-            if rel not in keep:
-                lake.delete(rel)
+    for rel in final_now - keep:
+        lake.delete(rel)
     write_symlink_manifest(lake, record)
 
 
@@ -291,3 +324,11 @@ def recover(lake: Lake, lease) -> Recovered:
             removed.append(int(name))
     return Recovered(hours=hours, committed=committed, staging_removed=sorted(removed))
 
+
+
+def clean_staging(lake: Lake, token: int) -> None:
+    """Remove a run's (empty, once every hour is rolled forward) staging directory."""
+    try:
+        lake.fs.delete_dir(lake.path(f"{STAGING_DIR}/{token:08d}"))
+    except (FileNotFoundError, OSError):
+        pass

@@ -56,6 +56,9 @@ class JobOptions:
     num_cpus: int = 2
     #: wait up to this many seconds for another run's lease (0: fail at once, one line)
     wait_s: float = 0.0
+    #: an incremental run looks for new or changed raw files in the hours from this long
+    #: before the newest committed hour on (older ones: run with start/end)
+    lateness: dt.timedelta = dt.timedelta(hours=48)
     lease_ttl_s: float = 600.0
     progress: TextIO | None = field(default_factory=lambda: sys.stderr)
 
@@ -113,7 +116,8 @@ def _run_leased(opts: JobOptions, lake, lease, cfg, ranges_dir, t0) -> RunResult
     # the ledger must agree with the hours the dead run committed before anything is planned
     for month in sorted({st.month_of(h) for h in recovered.hours}):
         st.EgressLedger.load(lake, month, C.read_records(lake, recovered.hours), recovered.hours)
-    p = plan(lake, opts.start, opts.end, _parse_lookback(cfg))
+    p = plan(lake, opts.start, opts.end, _parse_lookback(cfg), opts.lateness,
+             also_months={st.month_of(h) for h in recovered.hours})
     todo = sorted(set(p.compute) | set(p.retier))
     out = opts.progress
     if out is not None:
@@ -136,6 +140,7 @@ def _run_leased(opts: JobOptions, lake, lease, cfg, ranges_dir, t0) -> RunResult
     for ledger in p.ledgers.values():
         ledger.save(lake)
     if todo or recovered.hours:
+        C.clean_staging(lake, lease.token)
         lease.publishing([])
     quarantined = list(p.quarantined)
     seen = {q["path"] for q in quarantined}
