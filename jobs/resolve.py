@@ -351,7 +351,7 @@ def resolve(t: pa.Table, ctx) -> pa.Table:
         "dst_zone": choose(n, [(backend, inv.node_zone, drow), (ep >= 0, s_(E.column("zone")), ep),
                                (ep >= 0, inv.node_zone, drow)]),
         "dst_region": pick(inv.node_region, drow),
-        "dst_domain": ctx.dns.lookup(ipd, sid, did, inv.we),
+        **dict(zip(("dst_domain", "dst_cname"), ctx.dns.lookup(ipd, sid, did, inv.we, with_cname=True))),
         "dst_ip": t.column("dst_ip"),
         "dst_port": t.column("dst_port"),
         "proto": t.column("proto"),
@@ -359,5 +359,18 @@ def resolve(t: pa.Table, ctx) -> pa.Table:
         "rx_bytes": t.column("rx_bytes"),
         "tx_packets": t.column("tx_packets"),
         "rx_packets": t.column("rx_packets"),
+        "_src_nat": pa.array(_src_nat(ctx, inv, srow), pa.int32()),
     })
     return pa.table(cols)
+
+
+def _src_nat(ctx, inv: "Inventory", srow: np.ndarray) -> np.ndarray:
+    """The NAT gateway (index into config.nat_gateways, -1 none) of each row's source node; a
+    node missing from the inventory uses the first gateway that selects every node, if any."""
+    from jobs.pricing import nat_for_nodes  # noqa: PLC0415 (pricing imports resolve)
+    gws = ctx.config.nat_gateways
+    if not gws:
+        return np.full(len(srow), -1, np.int64)
+    per_node = nat_for_nodes(inv.nodes.table, ctx.config)
+    default = next((i for i, g in enumerate(gws) if g.all), -1)
+    return np.where(srow >= 0, per_node[np.maximum(srow, 0)] if len(per_node) else default, default)

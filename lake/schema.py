@@ -116,6 +116,9 @@ INV_NODES = pa.schema(
         ("region", pa.string()),        # topology.kubernetes.io/region
         ("provider", pa.string()),      # aws, gcp, azure, ... from spec.providerID
         ("instance_type", pa.string()),
+        # the provider's node-group label (eks.amazonaws.com/nodegroup, cloud.google.com/gke-nodepool,
+        # kubernetes.azure.com/agentpool); NAT gateways can be configured per node group
+        ("node_group", pa.string()),
     ],
     metadata={"netmon.table": "inventory/nodes", "netmon.schema_version": SCHEMA_VERSION},
 )
@@ -143,6 +146,7 @@ TRAFFIC_CLASSES = (
     "cross_region",
     "internet_egress",
     "peering",
+    "transit_gateway",
     "private_link",
     "k8s_control_plane",
     "cloud_api",
@@ -179,6 +183,7 @@ COST_FLOWS = pa.schema(
         ("dst_zone", pa.string()),
         ("dst_region", pa.string()),
         ("dst_domain", pa.string()),
+        ("dst_cname", pa.string()),       # private-link name in the DNS answer's CNAME chain
         ("dst_cloud_provider", pa.string()),  # from published IP ranges, for external IPs
         ("dst_cloud_service", pa.string()),
         ("dst_cloud_region", pa.string()),
@@ -192,6 +197,14 @@ COST_FLOWS = pa.schema(
         ("rx_packets", pa.int64()),
         ("cost_usd", pa.float64()),
         ("rate_card", pa.string()),       # which rate card priced the row (provider/region)
+        # the bill's language and both sides: cost_usd = source side + dst_cost_usd; the
+        # source side includes processing_cost_usd (NAT gateway, private endpoint, transit gateway)
+        ("usage_type", pa.string()),      # provider meter of the source side's transfer
+        ("dst_cost_usd", pa.float64()),   # part of cost_usd metered on the destination's side
+        ("dst_usage_type", pa.string()),
+        ("processing_cost_usd", pa.float64()),
+        ("processing_usage_type", pa.string()),
+        ("nat_gateway", pa.string()),     # NAT gateway the row passed (config.nat_gateways name)
     ],
     metadata={"netmon.table": "costs/flows", "netmon.schema_version": SCHEMA_VERSION},
 )

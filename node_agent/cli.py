@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 DEFAULT_SPOOL = "/var/lib/netmon/spool"
 DEFAULT_INVENTORY_SPOOL = "/var/lib/netmon/inventory-spool"
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="trace DNS answers into raw/dns (default: on in a cluster, off with --standalone) [NETMON_DNS]")
     run.add_argument("--cgroup-path", default=_env("NETMON_CGROUP_PATH"),
                      help="cgroup v2 root for the eBPF programs (default: found in /proc/mounts) [NETMON_CGROUP_PATH]")
+    run.add_argument("--shutdown-grace", default=_env("NETMON_SHUTDOWN_GRACE", "30s"),
+                     help="on SIGTERM, how long to keep trying to write the last windows (default 30s, the "
+                          "DaemonSet's terminationGracePeriodSeconds) [NETMON_SHUTDOWN_GRACE]")
     run.add_argument("--dns-ttl-cap", default=_env("NETMON_DNS_TTL_CAP", "120s"),
                      help="longest time an IP keeps its domain (default 120s) [NETMON_DNS_TTL_CAP]")
 
@@ -167,11 +171,16 @@ def _start_health(listen, stale_after: float, metrics):
     return health, server
 
 
+_STOPPED_AT: list[float] = []   # monotonic time of the first SIGTERM/SIGINT
+
+
 def _stop_event() -> threading.Event:
     stop = threading.Event()
 
     def handler(signum, frame):
         logging.getLogger("netmon.agent").info("received %s", signal.Signals(signum).name)
+        if not _STOPPED_AT:
+            _STOPPED_AT.append(time.monotonic())
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
@@ -218,12 +227,16 @@ def cmd_run(args) -> int:
     except ValueError as exc:
         raise UsageError(f"--node: {exc}") from None
     flush = _duration("--flush-interval", args.flush_interval)
+    if flush < 1 or flush != int(flush):
+        # window files are named by their start second: two windows in one second would share a name
+        raise UsageError(f"--flush-interval: {args.flush_interval!r} must be a whole number of seconds, at least 1s")
     poll = _duration("--poll-interval", args.poll_interval)
     if poll > flush:
         raise UsageError(f"--poll-interval ({args.poll_interval}) must not be longer than --flush-interval ({args.flush_interval})")
     dns_ttl_cap = _duration("--dns-ttl-cap", args.dns_ttl_cap)
     listen = _listen(args.listen)
     retry_max = _duration("--upload-retry-max", args.upload_retry_max)
+    grace = _duration("--shutdown-grace", args.shutdown_grace)
     dns_mode = args.dns if args.dns is not None else (None if not args.standalone else False)
 
     metrics = Metrics()
@@ -252,17 +265,23 @@ def cmd_run(args) -> int:
         if api is not None:
             from node_agent.informer import PodIndex
 
-            pod_index = PodIndex(api, args.node)
+            # a deleted pod's IP stays attributable for a window plus TIME_WAIT (120 s) and slack
+            pod_index = PodIndex(api, args.node, retain_deleted=flush + 180)
             if not pod_index.wait_synced(30):
                 log.warning("pod informer not synced after 30s; pod columns stay empty until it is")
         dns = _start_dns(dns_mode, args, dns_ttl_cap)
         from node_agent.accounter import Accounter
+        from node_agent.agent import state_ident
+        from node_agent.enrich import Attribution
         from node_agent.localaddrs import LocalAddrs
 
+        local_addrs = LocalAddrs().addresses
+        attribution = Attribution(local_addrs, pod_index)
         agent = Agent(
-            collector=collector, accounter=Accounter(), exporter=exporter, node=args.node,
-            poll_interval=poll, flush_interval=flush, metrics=metrics, health=health,
-            local_addrs=LocalAddrs().addresses, pod_index=pod_index, dns=dns,
+            collector=collector, accounter=Accounter(resolve=attribution.resolve), exporter=exporter,
+            node=args.node, poll_interval=poll, flush_interval=flush, metrics=metrics, health=health,
+            local_addrs=local_addrs, pod_index=pod_index, dns=dns, attribution=attribution,
+            state_path=os.path.join(spool.dir, "accounter.state"), state_ident=state_ident(args.node, args.collector),
         )
         stop = _stop_event()
         agent.run(stop)
@@ -273,7 +292,9 @@ def cmd_run(args) -> int:
         if pod_index is not None:
             pod_index.stop()
         if exporter is not None:
-            exporter.close(timeout=10)
+            # keep trying to write what is only in memory until shortly before the kubelet's SIGKILL
+            left = grace - (time.monotonic() - _STOPPED_AT[0]) - 2 if _STOPPED_AT else grace - 2
+            exporter.close(timeout=min(10.0, max(1.0, left)), memory_timeout=max(1.0, left))
         if health_server is not None:
             health_server.close()
     log.info("stopped")

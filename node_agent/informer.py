@@ -450,14 +450,28 @@ class PodIndex:
     IP, so a lookup that returns host_network=True means "the node": callers must attribute
     such traffic to the node, not to that pod. `local_ips()` is the set of pod-network IPs
     on this node (hostNetwork pods excluded).
+
+    A deleted pod keeps its IPs for `retain_deleted` seconds (at least a window plus
+    conntrack's TIME_WAIT, so its last connections' DESTROY still finds it), below any live
+    claimant of the same IP; a relist after 410 Gone deletes through the same path. The
+    node's `spec.podCIDRs` (read once from the Node object) make `in_pod_cidr(ip)` answer
+    before the informer has synced.
     """
 
-    def __init__(self, api, node_name: str, *, start: bool = True, **informer_kwargs):
+    def __init__(self, api, node_name: str, *, start: bool = True, retain_deleted: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic, **informer_kwargs):
         self.node_name = node_name
+        self.retain_deleted = retain_deleted
+        self.clock = clock
         self._lock = threading.Lock()
         self._pods: dict[str, tuple[tuple[str, ...], tuple]] = {}    # uid -> (ips, entry)
         self._claims: dict[str, dict[str, tuple]] = {}               # ip -> {uid: entry}
         self._best: dict[str, tuple[str, str, bool]] = {}            # ip -> answer
+        self._gone: dict[str, tuple[float, tuple[str, ...]]] = {}    # deleted uid -> (expiry, ips)
+        self._cidrs: list = []                                       # the node's pod CIDRs
+        self._cidr_thread: threading.Thread | None = None
+        self._api = api
+        self._stats_gone = 0
         informer_kwargs.setdefault("transform", _slim_pod)
         self.informer = Informer(
             api_lister(api, "/api/v1/pods"),
@@ -475,6 +489,9 @@ class PodIndex:
 
     def start(self) -> "PodIndex":
         self.informer.start()
+        if self._cidr_thread is None:
+            self._cidr_thread = threading.Thread(target=self._read_pod_cidrs, name="node-podcidrs", daemon=True)
+            self._cidr_thread.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -491,16 +508,67 @@ class PodIndex:
         out = self.informer.stats()
         with self._lock:
             out["ips"] = len(self._best)
+            out["deleted_retained"] = len(self._gone)
+            out["pod_cidrs"] = len(self._cidrs)
         return out
+
+    def _read_pod_cidrs(self) -> None:
+        """GET the Node object once (retrying with backoff until it answers) for spec.podCIDRs."""
+        get = api_lister(self._api, f"/api/v1/nodes/{self.node_name}")
+        delay = 1.0
+        while not self.informer._stopping.is_set():
+            try:
+                resp = get(_preload_content=False, _request_timeout=(10, 10))
+                try:
+                    node = json.loads(resp.data)
+                finally:
+                    resp.release_conn()
+                spec = node.get("spec") or {}
+                nets = []
+                for c in spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []):
+                    try:
+                        nets.append(ipaddress.ip_network(c, strict=False))
+                    except ValueError:
+                        log.warning("node %s: ignoring pod CIDR %r", self.node_name, c)
+                with self._lock:
+                    self._cidrs = nets
+                log.info("node %s: pod CIDRs %s", self.node_name, ", ".join(map(str, nets)) or "none")
+                return
+            except Exception as exc:  # noqa: BLE001 - RBAC, transport: retried, pods still come from the informer
+                status = getattr(exc, "status", None)
+                why = f"{status} {getattr(exc, 'reason', '')}".strip() if status else " ".join(str(exc).split())[:200]
+                if status == 404:
+                    log.warning("node %s: no such Node object; pod CIDRs unknown (pods are still named by the informer)",
+                                self.node_name)
+                    return
+                (log.warning if delay <= 1 else log.debug)(
+                    "node %s: cannot read spec.podCIDRs (%s); retrying", self.node_name, why)
+            if self.informer._stopping.wait(delay):
+                return
+            delay = min(delay * 2, 60.0)
 
     # ---------------------------------------------------------------- queries
 
     def lookup(self, ip: str) -> tuple[str, str, bool] | None:
         with self._lock:
+            if self._gone:
+                self._expire()
             return self._best.get(ip)
+
+    def in_pod_cidr(self, ip: str) -> bool:
+        cidrs = self._cidrs
+        if not cidrs:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in cidrs if n.version == addr.version)
 
     def local_ips(self) -> set[str]:
         with self._lock:
+            if self._gone:
+                self._expire()
             return {ip for ip, ans in self._best.items() if not ans[2]}
 
     # ---------------------------------------------------------------- maintenance
@@ -512,11 +580,12 @@ class PodIndex:
             return
         spec = pod.get("spec") or {}
         phase = (pod.get("status") or {}).get("phase")
-        # Sort key: higher is better (running, pod network, newer).
-        entry = (phase not in _DONE_PHASES, not spec.get("hostNetwork"), md.get("creationTimestamp") or "",
+        # Sort key: higher is better (live, running, pod network, newer).
+        entry = (True, phase not in _DONE_PHASES, not spec.get("hostNetwork"), md.get("creationTimestamp") or "",
                  md.get("name"), md.get("namespace"), bool(spec.get("hostNetwork")))
         ips = tuple(pod_ips(pod))
         with self._lock:
+            self._gone.pop(uid, None)
             old_ips = self._pods.get(uid, ((), None))[0]
             self._pods[uid] = (ips, entry)
             for ip in old_ips:
@@ -527,9 +596,29 @@ class PodIndex:
                 self._refresh(ip)
 
     def _remove(self, pod: Obj) -> None:
+        """A deleted pod's IPs stay claimed, below any live pod, for `retain_deleted` s."""
         uid = (pod.get("metadata") or {}).get("uid")
         with self._lock:
-            ips, _ = self._pods.pop(uid, ((), None))
+            ips, entry = self._pods.pop(uid, ((), None))
+            if entry is None:
+                return
+            if self.retain_deleted <= 0:
+                for ip in ips:
+                    self._unclaim(ip, uid)
+                return
+            ghost = (False,) + entry[1:]
+            for ip in ips:
+                claims = self._claims.get(ip)
+                if claims is not None and uid in claims:
+                    claims[uid] = ghost
+                    self._refresh(ip)
+            self._gone[uid] = (self.clock() + self.retain_deleted, ips)
+
+    def _expire(self) -> None:
+        """Forget deleted pods past their retention. Lock held."""
+        now = self.clock()
+        for uid in [u for u, (t, _) in self._gone.items() if t <= now]:
+            _, ips = self._gone.pop(uid)
             for ip in ips:
                 self._unclaim(ip, uid)
 
@@ -546,8 +635,8 @@ class PodIndex:
         if not claims:
             self._best.pop(ip, None)
             return
-        best = max(claims.values(), key=lambda e: e[:4])
-        self._best[ip] = (best[3], best[4], best[5])
+        best = max(claims.values(), key=lambda e: e[:5])
+        self._best[ip] = (best[4], best[5], best[6])
 
 
 def wait_all_synced(informers: Iterable[Informer], timeout: float | None) -> bool:

@@ -60,7 +60,7 @@ def test_workload_daily_reconciles():
 def test_config_files_and_errors(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("provider: GCP\nregion: europe-west1\nnat_gateway: true\ndns_lookback: 30m\n"
-                 "rules:\n  - {cidr: 10.20.0.5/16, class: peering, name: vpc, rate_per_gb: 0.02}\n")
+                 "rules:\n  - {cidr: 10.20.0.0/16, class: peering, name: vpc, rate_per_gb: 0.02}\n")
     c = load_config(y)
     assert (c.provider, c.region, c.nat_gateway, c.dns_lookback_s) == ("gcp", "europe-west1", True, 1800)
     assert c.rules[0].cidr == "10.20.0.0/16" and c.rules[0].rate_per_gb == 0.02 and c.rules[0].label == "vpc"
