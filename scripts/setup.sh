@@ -11,7 +11,8 @@ SYSTEM=1
 
 if [ "$SYSTEM" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for p in conntrack nftables iproute2 iputils-ping bpfcc-tools python3-bpfcc procps; do
+  # bind9 + bind9-dnsutils: the DNS tracer is tested against a real server (named) and dig
+  for p in conntrack nftables iproute2 iputils-ping bpfcc-tools python3-bpfcc procps bind9 bind9-dnsutils; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   # BCC compiles programs against kernel headers; the distribution's header package is the
