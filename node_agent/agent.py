@@ -113,8 +113,10 @@ class Agent:
             elif time.monotonic() >= next_poll:
                 self.poll()
                 next_poll = time.monotonic() + self.poll_interval
-        # Stop: count up to now and hand over the partial window.
+        # Stop: count up to now and hand over the partial window (a last drain picks up the
+        # DESTROYs of entries the final dump reaped).
         self.poll(dump=True)
+        self.poll()
         end = max(self.wall(), window_start)
         log.info("stopping: flushing the partial window %s-%s",
                  _ts(window_start).strftime("%H:%M:%S"), _ts(end).strftime("%H:%M:%S"))

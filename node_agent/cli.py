@@ -158,6 +158,24 @@ def _kube_api(kubeconfig: str | None):
     return api
 
 
+def _kube_http_api(kubeconfig: str | None):
+    """The node agent's API client: node_agent/kubehttp.py (standard library, ~30 MiB less
+    than the kubernetes package); the kubernetes client only for credential plugins."""
+    from node_agent.kube import KubeConfigError
+    from node_agent.kubehttp import check_reachable_http, load_http_api
+
+    try:
+        api = load_http_api(kubeconfig)
+        if api is None:
+            logging.getLogger("netmon.agent").info("kubeconfig needs a credential plugin: using the kubernetes client")
+            return _kube_api(kubeconfig)
+        version = check_reachable_http(api)
+    except KubeConfigError as exc:
+        raise UsageError(f"{exc} (use --standalone to run without Kubernetes)") from None
+    logging.getLogger("netmon.agent").info("Kubernetes API server %s (%s)", api.host, version or "?")
+    return api
+
+
 def _start_health(listen, stale_after: float, metrics):
     from node_agent.health import Health, HealthServer
 
@@ -241,7 +259,7 @@ def cmd_run(args) -> int:
 
     metrics = Metrics()
     lake, spool = _open_storage(args, metrics)
-    api = None if args.standalone else _kube_api(args.kubeconfig)
+    api = None if args.standalone else _kube_http_api(args.kubeconfig)
 
     from node_agent.agent import Agent
     from node_agent.exporter import Exporter

@@ -155,8 +155,6 @@ class Informer:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         need_list, failures, expired_run = True, 0, 0
         while not self._stopping.is_set():
             self._watch_opened = self._watch_progress = False
@@ -175,7 +173,8 @@ class Informer:
                     failures = 0             # the connection was good until it broke
                 if self._watch_progress:
                     expired_run = 0
-                if isinstance(exc, _Expired) or (isinstance(exc, ApiException) and exc.status == 410):
+                # 410 as an HTTP status: kubernetes' ApiException or kubehttp's ApiError (both have .status)
+                if isinstance(exc, _Expired) or getattr(exc, "status", None) == 410:
                     with self._lock:
                         self._stats["expired"] += 1
                     need_list = True
@@ -263,8 +262,6 @@ class Informer:
         self._synced.set()
 
     def _watch(self) -> None:
-        from kubernetes.watch.watch import iter_resp_lines
-
         resp = self.list_func(
             watch=True,
             resource_version=self._resource_version,
@@ -281,7 +278,7 @@ class Informer:
         try:
             if self._stopping.is_set():
                 return
-            for line in iter_resp_lines(resp):
+            for line in _iter_lines(resp):
                 if not line:
                     continue
                 event = json.loads(line)
@@ -342,6 +339,26 @@ class Informer:
             log.exception("informer %s: handler %s failed", self.name, getattr(handler, "__name__", handler))
 
 
+def _iter_lines(resp):
+    """The lines of a streamed watch response as they arrive (urllib3's `.stream()` or
+    http.client's `.read1()`), without waiting for a buffer to fill."""
+    if hasattr(resp, "read1"):
+        chunks = iter(lambda: resp.read1(65536), b"")
+    else:
+        chunks = resp.stream(amt=None, decode_content=False)
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            line, buf = buf[:nl], buf[nl + 1:]
+            yield line.decode("utf-8")
+    if buf.strip():
+        yield buf.decode("utf-8")
+
+
 def _cut(resp) -> None:
     """Unblock a thread reading a watch response by shutting its socket down."""
     if resp is None:
@@ -373,8 +390,11 @@ def api_lister(api, path: str) -> Callable[..., Any]:
     It runs the client's own request pipeline (ApiClient.param_serialize/call_api: the
     configuration, token refresh, TLS and urllib3 transport of `api`) without importing the
     generated API classes: `CoreV1Api` alone costs ~21 MiB and ~1 s to import here, which
-    the node agent's 128 MiB budget cannot spare.
+    the node agent's 128 MiB budget cannot spare. For a `node_agent.kubehttp.HttpApi` it
+    sends the same request over the standard library (no kubernetes import at all).
     """
+    if hasattr(api, "get") and hasattr(api, "host"):
+        return _http_lister(api, path)
     from kubernetes.client.exceptions import ApiException
 
     def list_func(*, _preload_content: bool = False, _request_timeout=None, **kwargs):
@@ -393,6 +413,20 @@ def api_lister(api, path: str) -> Callable[..., Any]:
             resp.read()
             raise ApiException.from_response(http_resp=resp, body=None, data=None)
         return resp.response
+
+    list_func.__name__ = f"list {path}"
+    return list_func
+
+
+def _http_lister(api, path: str) -> Callable[..., Any]:
+    def list_func(*, _preload_content: bool = False, _request_timeout=None, **kwargs):
+        if _preload_content:
+            raise ValueError("api_lister functions return the raw response (_preload_content=False)")
+        unknown = set(kwargs) - {k for k, _ in _QUERY_NAMES}
+        if unknown:
+            raise TypeError(f"unexpected arguments {sorted(unknown)}")
+        query = [(wire, kwargs[k]) for k, wire in _QUERY_NAMES if kwargs.get(k) is not None]
+        return api.get(path, query, timeout=_request_timeout)
 
     list_func.__name__ = f"list {path}"
     return list_func
