@@ -186,8 +186,7 @@ def finish_hour(lake_url: str, endpoint: str | None, hour: dt.datetime, costs: p
 
 
 #: cost columns the rollups group and sum (read alone: a fraction of the partition)
-ROLLUP_COLUMNS = ["window_start", "src_namespace", "src_workload_kind", "src_workload", "traffic_class",
-                  "tx_bytes", "rx_bytes", "cost_usd"]
+from jobs.rollup import ROLLUP_COLUMNS  # noqa: E402 - the columns the rollups and the FOCUS export read
 
 
 def rollup_date(lake_url: str, endpoint: str | None, day: dt.date) -> int:
@@ -198,12 +197,16 @@ def rollup_date(lake_url: str, endpoint: str | None, day: dt.date) -> int:
     tables = []
     for full in catalog.current_files(lake, "costs/flows", day, day):
         with lake.fs.open_input_file(full) as f:
-            tables.append(pq.ParquetFile(f).read(columns=ROLLUP_COLUMNS))
+            pf = pq.ParquetFile(f)  # partitions written before a column existed lack it
+            tables.append(pf.read(columns=[c for c in ROLLUP_COLUMNS if c in pf.schema_arrow.names]))
+    tables = [S.conform(t, S.COST_FLOWS).select(ROLLUP_COLUMNS) for t in tables]
     costs = pa.concat_tables(tables) if tables else S.COST_FLOWS.empty_table().select(ROLLUP_COLUMNS)
     lake.write_table(S.cost_file_path("costs/namespace_hourly", when),
                      S.conform(rollup.rollup_namespace_hourly(costs), S.COST_NAMESPACE_HOURLY))
     lake.write_table(S.cost_file_path("costs/workload_daily", when),
                      S.conform(rollup.rollup_workload_daily(costs), S.COST_WORKLOAD_DAILY))
+    from jobs.focus import focus_rows  # noqa: PLC0415
+    lake.write_table(S.cost_file_path("costs/focus", when), focus_rows(costs))
     return costs.num_rows
 
 
