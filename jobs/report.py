@@ -193,7 +193,10 @@ def latest_quality(lake: Lake) -> Quality:
 # ------------------------------------------------------------------------- HTML
 
 def usd(x: float) -> str:
-    return f"-${-x:,.2f}" if x < -0.005 else f"${abs(x):,.2f}"
+    """Dollars: cents from $1 up, four decimals below (a small cluster's day is cents)."""
+    digits = 2 if abs(x) >= 1 or x == 0 else 4
+    text = f"${abs(x):,.{digits}f}"
+    return "-" + text if x < 0 and text.strip("$0.,") else text
 
 
 def gb(b: float) -> str:
