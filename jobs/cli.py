@@ -37,7 +37,7 @@ def _env(name: str, default=None):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netmon-jobs", description="netmon batch jobs over the lake")
-    sub = p.add_subparsers(dest="command", metavar="{cost,simulate,validate}")
+    sub = p.add_subparsers(dest="command", metavar="{cost,simulate,validate,report}")
     c = sub.add_parser("cost", help="resolve, classify and price new raw flows (a Ray job)",
                        description="Cost the raw flows not yet processed (or every hour in "
                                    "[--start, --end), recomputed) and write costs/ tables.")
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("simulate", help="write a simulated cluster's lake (see netmon-jobs simulate --help)",
                    add_help=False)
     sub.add_parser("validate", help="check the lake's files against the contract", add_help=False)
+    sub.add_parser("report", help="write a self-contained HTML cost report for a date range", add_help=False)
     return p
 
 
@@ -111,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     try:
-        if argv and argv[0] in ("simulate", "validate"):
-            rc = _delegate({"simulate": "simulator.simulate", "validate": "jobs.validate"}[argv[0]], argv[1:], argv[0])
+        if argv and argv[0] in ("simulate", "validate", "report"):
+            rc = _delegate({"simulate": "simulator.simulate", "validate": "jobs.validate",
+                            "report": "jobs.report"}[argv[0]], argv[1:], argv[0])
         else:
             args = parser.parse_args(argv)
             if args.command is None:
