@@ -1,5 +1,6 @@
-"""The cost job's driver: discover -> per-hour contexts -> cells -> tiers in time order ->
-publish hours -> rollups from partials -> ledger and manifests.
+"""The cost job's driver, under the run lease (jobs/lock.py): recover -> discover -> per-hour
+contexts -> cells -> tiers in time order -> one commit per hour (jobs/commit.py) -> rollups
+from partials -> ledger.
 
 - Discovery (jobs/discover.py): which hours to compute, and later hours whose tiers may move.
 - Contexts (jobs/context.py, `tasks.build_context`): one task per computed hour builds the
@@ -10,8 +11,9 @@ publish hours -> rollups from partials -> ledger and manifests.
   CPUs (not the driver's). Each writes a staged part and returns a small summary.
 - Tiers (jobs/tiers.py): in time order, the driver settles each hour's tiered egress from the
   cells' per-(pool, window) volumes; only parts whose windows' rates moved are rewritten.
-- Publish (`_publish_hour`): the hour's staged parts become its visible parts, with its rollup
-  partials; rollups of the touched dates are summed from hour partials (`tasks.rollup_day`).
+- Commit (`_publish_hour`): the hour's record, listing its parts and rollup partials, is the
+  commit point (jobs/commit.py); rollups of the touched dates are summed from the hours'
+  partials (`tasks.rollup_day`), never from cost rows.
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from jobs import cells as C
+from jobs import cells as CL
+from jobs import commit as C
 from jobs import context as cx
-from jobs import load
+from jobs import faults, load, lock
 from jobs import partials as pt
 from jobs import state as st
 from jobs import summary as sm
@@ -35,7 +38,7 @@ from jobs.errors import JobError  # noqa: F401 (re-exported: the CLI looks it up
 from jobs.executors import InlineExecutor, RayExecutor
 from jobs.progress import Progress
 from lake import schema as S
-from lake.storage import Lake, open_lake
+from lake.storage import Lake, RetryPolicy, open_lake
 
 HOUR = dt.timedelta(hours=1)
 UTC = dt.timezone.utc
@@ -54,9 +57,15 @@ class JobOptions:
     #: called in this process: unit tests of the bookkeeping, profiling).
     executor: str = "ray"
     num_cpus: int = 2
+    #: wait up to this many seconds for another run's lease (0: fail at once, one line)
+    wait_s: float = 0.0
+    #: an incremental run looks for new or changed raw files in the hours from this long
+    #: before the newest committed hour on (older ones: run with start/end)
+    lateness: dt.timedelta = dt.timedelta(hours=48)
+    lease_ttl_s: float = 600.0
     progress: TextIO | None = field(default_factory=lambda: sys.stderr)
     #: target raw rows per cell (memory per task follows from it, see jobs/cells.py)
-    cell_rows: int = C.DEFAULT_CELL_ROWS
+    cell_rows: int = CL.DEFAULT_CELL_ROWS
 
 
 @dataclass
@@ -92,25 +101,45 @@ def run_cost_job(opts: JobOptions) -> RunResult:
         raise JobError(f"--end {opts.end.isoformat()} is not after --start {opts.start.isoformat()}")
     if opts.cell_rows <= 0:
         raise JobError(f"--cell-rows must be positive, got {opts.cell_rows}")
-    lake = open_lake(opts.lake_url, opts.s3_endpoint)
+    lake = open_lake(opts.lake_url, opts.s3_endpoint, retry=RetryPolicy.for_job())
     lake.check_writable()
     cfg = _load_config(opts.config_path)
     ranges_dir = opts.ip_ranges_dir or cfg.ip_ranges_dir
     if ranges_dir and not os.path.isdir(ranges_dir):
         raise JobError(f"IP ranges directory {ranges_dir!r} does not exist")
+    lease = lock.acquire(lake, ttl_s=opts.lease_ttl_s, wait_s=opts.wait_s)
+    try:
+        return _run_leased(opts, lake, lease, cfg, ranges_dir, t0)
+    finally:
+        lease.release()
+
+
+def _run_leased(opts: JobOptions, lake: Lake, lease, cfg, ranges_dir, t0) -> RunResult:
+    recovered = C.recover(lake, lease)
+    # the ledger must agree with the hours the dead run committed before anything is planned
+    for month in sorted({st.month_of(h) for h in recovered.hours}):
+        st.EgressLedger.load(lake, month, C.read_records(lake, recovered.hours), recovered.hours)
     lookback = _parse_lookback(cfg)
-    p = plan(lake, opts.start, opts.end, lookback)
+    p = plan(lake, opts.start, opts.end, lookback, opts.lateness,
+             also_months={st.month_of(h) for h in recovered.hours})
     out = opts.progress
     if out is not None:
         print(f"cost: {len(p.compute)} hour(s) to compute, {len(p.retier)} to check for re-tiering, "
               f"{len(p.duplicates)} duplicate upload(s) skipped", file=out, flush=True)
-    d = _Driver(lake, opts, p, cfg, ranges_dir, lookback)
-    if p.compute or p.retier:
+    d = _Driver(lake, lease, opts, p, cfg, ranges_dir, lookback)
+    todo = sorted(set(p.compute) | set(p.retier))
+    if todo or recovered.committed:
+        lease.publishing(sorted(set(todo) | set(recovered.hours)))
         ex = InlineExecutor() if opts.executor == "inline" else RayExecutor(opts.ray_address, opts.num_cpus)
         try:
-            d.run(ex)
+            d.run(ex, extra_days={h.date() for h in recovered.committed})
         finally:
             ex.shutdown()
+    for ledger in p.ledgers.values():
+        ledger.save(lake)
+    if todo or recovered.hours:
+        C.clean_staging(lake, lease.token)
+        lease.publishing([])
     quarantined = list(p.quarantined)
     seen = {q["path"] for q in quarantined}
     for q in d.bad:
@@ -131,65 +160,64 @@ def run_cost_job(opts: JobOptions) -> RunResult:
 
 # ----------------------------------------------------------------------------- publishing
 
-def staging_dir(run_id: str) -> str:
-    return f"{S.STATE_DIR}/staging/{run_id}"
+def _cell_of(part: str) -> int:
+    """The cell number in a part's name (`part-<token>-<cell>.parquet`; older `part-0`: 0)."""
+    stem = part.rsplit("/", 1)[-1].split(".", 1)[0]
+    try:
+        return int(stem.rsplit("-", 1)[-1])
+    except ValueError:
+        return 0
 
 
-def part_path(hour: dt.datetime, cell: int) -> str:
-    return f"{S.TABLES['costs/flows'].partition_dir(hour)}/part-{cell}.parquet"
+def _publish_hour(lake: Lake, lease, rec: C.HourRecord, partials: dict[str, Any] | None) -> C.HourRecord:
+    """Stage the hour's rollup partials, then commit the hour: its record (listing its parts
+    and partials) is the commit point, rolled forward at once (jobs/commit.py)."""
+    for name, table in (partials or {}).items():
+        final = C.partial_path(name, rec.hour, lease.token)
+        C.write_part(lake, lease.token, final, table)
+        rec.parts[f"partials/{name}"] = [final]
+    return C.publish_hour(lake, lease, rec)
 
 
-def _publish_hour(lake: Lake, hour: dt.datetime, staged: dict[str, str], keep: list[str],
-                  partials: dict[str, Any]) -> None:
-    """Make the hour's new parts the visible ones: staged parts move to their final names, the
-    hour's other parts are removed, the hour's rollup partials are written. `staged`: final
-    name -> staged name; `keep`: committed parts that stay as they are."""
-    for final, src in sorted(staged.items()):
-        lake.fs.create_dir(lake.path(final).rsplit("/", 1)[0], recursive=True)
-        lake.fs.move(lake.path(src), lake.path(final))
-    wanted = set(staged) | set(keep)
-    for info in lake.list_files(S.TABLES["costs/flows"].partition_dir(hour)):
-        if lake.rel(info.path) not in wanted:
-            lake.delete(info.path)
-    for name, table in partials.items():
-        lake.write_table(pt.partial_path(name, hour, "partial"), table)
-
-
-def _hour_parts(lake: Lake, hour: dt.datetime) -> list[str]:
-    return [lake.rel(i.path) for i in lake.list_files(S.TABLES["costs/flows"].partition_dir(hour))]
-
-
-def _read_partials(lake: Lake, hour: dt.datetime) -> dict[str, Any]:
+def _read_partials(lake: Lake, rec: C.HourRecord) -> dict[str, Any] | None:
+    """The hour's committed partials, or None if its record has none (committed before them)."""
     out = {}
-    for name, (_, schema) in pt.ROLLUPS.items():
-        rel = pt.partial_path(name, hour, "partial")
-        out[name] = lake.read_table(rel) if lake.exists(rel) else schema.empty_table()
+    for name in pt.ROLLUPS:
+        files = rec.parts.get(f"partials/{name}")
+        if not files:
+            return None
+        out[name] = pt.ROLLUPS[name].combine([lake.read_table(f) for f in files])
     return out
 
 
 # ----------------------------------------------------------------------------- the driver
 
 class _Driver:
-    def __init__(self, lake: Lake, opts: JobOptions, p: Plan, cfg, ranges_dir, lookback):
-        self.lake, self.opts, self.p, self.cfg, self.ranges_dir, self.lookback = lake, opts, p, cfg, ranges_dir, lookback
+    def __init__(self, lake: Lake, lease, opts: JobOptions, p: Plan, cfg, ranges_dir, lookback):
+        self.lake, self.lease, self.opts, self.p = lake, lease, opts, p
+        self.cfg, self.ranges_dir, self.lookback = cfg, ranges_dir, lookback
         self.url, self.ep = opts.lake_url, opts.s3_endpoint
-        self.run_id = f"run-{time.time_ns():x}-{os.getpid()}"
+        self.token = lease.token
         self.results: dict[dt.datetime, list[dict]] = {}
         self.retiered: set[dt.datetime] = set()
+        self.committed: dict[dt.datetime, C.HourRecord] = {}
         self.bad: list[dict] = []
-        months = {st.month_of(h) for h in p.compute + p.retier}
-        self.ledgers = {m: tiers.Ledger.load(lake, m) for m in months}
+        for m in {st.month_of(h) for h in p.compute + p.retier} - set(p.ledgers):
+            p.ledgers[m] = st.EgressLedger.load(lake, m)
         from jobs import pricing  # noqa: PLC0415
         self.cards = pricing.default_cards()
 
+    def _ledger(self, h: dt.datetime) -> st.EgressLedger:
+        return self.p.ledgers[st.month_of(h)]
+
     # -- planning helpers
-    def _cells(self) -> dict[dt.datetime, list[C.Cell]]:
+    def _cells(self) -> dict[dt.datetime, list[CL.Cell]]:
         inputs = {}
         for h in self.p.compute:
-            files = [(f, self.p.files[h][f].size if f in self.p.files[h] else 0) for f in self.p.specs[h].flows]
-            inputs[h] = C.estimate_rows(self.lake, files)
-        out: dict[dt.datetime, list[C.Cell]] = {}
-        for c in C.make_cells(inputs, self.opts.cell_rows):
+            sigs = self.p.files[h]
+            inputs[h] = CL.estimate_rows(self.lake, [(f, sigs[f].size if f in sigs else 0) for f in self.p.specs[h].flows])
+        out: dict[dt.datetime, list[CL.Cell]] = {}
+        for c in CL.make_cells(inputs, self.opts.cell_rows):
             out.setdefault(c.hour, []).append(c)
         return out
 
@@ -212,7 +240,7 @@ class _Driver:
                              lookback=self.lookback)
 
     # -- the run
-    def run(self, ex) -> None:
+    def run(self, ex, extra_days=()) -> None:
         self.ex = ex
         cells = self._cells()
         computed = set(self.p.compute)
@@ -221,15 +249,15 @@ class _Driver:
         capacity = ex.capacity()
         queue = list(self.p.compute)
         chain: dict[dt.datetime, tuple] = {}      # hour -> (ctx, state, next-hour DNS) refs
-        cell_futs: dict[Any, C.Cell] = {}
+        cell_futs: dict[Any, CL.Cell] = {}
         done_cells: dict[dt.datetime, list[dict]] = {}
-        waiting: list[tuple[dt.datetime, list, dict]] = []  # hours settled, parts being re-tiered
+        waiting: list[tuple[dt.datetime, list, dict]] = []  # settled hours whose parts are being re-tiered
         bad_refs: list = []
         settled = 0
 
         def submit_more():
-            # keep the cluster busy: cells of at least two CPUs' worth per slot, contexts ahead
-            while queue and (len(cell_futs) < 2 * capacity or len(chain) < 2):
+            # keep the whole cluster busy (two cells per CPU queued), contexts built ahead
+            while queue and len(cell_futs) < 2 * capacity:
                 h = queue.pop(0)
                 prev = chain.get(h - HOUR)
                 handed = (ex.arg(prev[1]), ex.arg(prev[2])) if prev else (None, None)
@@ -237,63 +265,55 @@ class _Driver:
                                  num_returns=4)
                 chain[h] = refs
                 bad_refs.append(refs[3])
-                est = self.ledgers[st.month_of(h)].before(h)
+                est = self._ledger(h).state_before(h)  # exact once the previous hour is settled
                 for c in cells[h]:
-                    staged = f"{staging_dir(self.run_id)}/{part_path(h, c.index)}"
+                    staged = C.staged(self.token, C.part_path(h, self.token, c.index))
                     f = ex.submit(T.cost_cell, self.url, self.ep, c, ex.arg(refs[0]), self.ranges_dir, staged, est,
                                   memory=c.memory)
                     cell_futs[f] = c
                 done_cells[h] = []
-                # the chain only needs the last hour's refs; older contexts leave the object store
-                for old in [k for k in chain if k < h - HOUR]:
+                for old in [k for k in chain if k < h]:  # only the last hour's state is handed on
                     del chain[old]
 
-        def collect(timeout):
-            for f in ex.ready(list(cell_futs), timeout):
+        def hour_ready(h) -> bool:
+            return h not in computed or (h in done_cells and len(done_cells[h]) == len(cells[h]))
+
+        while settled < len(todo) or waiting:
+            submit_more()
+            for f in ex.ready(list(cell_futs), 0):
                 c = cell_futs.pop(f)
                 done_cells[c.hour].append(ex.get(f))
-
-        def hour_ready(h) -> bool:
-            return h not in computed or (h in done_cells and len(done_cells[h]) == len(cells[h]) and
-                                         not any(c.hour == h for c in cell_futs.values()))
-
-        try:
-            while settled < len(todo) or waiting:
-                submit_more()
-                collect(0)
-                while settled < len(todo) and hour_ready(todo[settled]):
-                    h = todo[settled]
-                    waiting.append(self._settle(h, done_cells.pop(h)) if h in computed else self._settle_later(h))
-                    settled += 1
-                    submit_more()
-                for item in list(waiting):
-                    if len(ex.ready(item[1], 0)) == len(item[1]):
-                        waiting.remove(item)
-                        progress.hour_done(self._publish(*item))
-                pending = list(cell_futs) + [f for w in waiting for f in w[1]]
-                if pending:
-                    ex.wait_any(pending, 1.0)
-        finally:
-            self._cleanup_staging()
+            while settled < len(todo) and hour_ready(todo[settled]):
+                h = todo[settled]
+                waiting.append(self._settle(h, done_cells.pop(h)) if h in computed else self._settle_later(h))
+                settled += 1
+            for item in list(waiting):
+                if len(ex.ready(item[1], 0)) == len(item[1]):
+                    waiting.remove(item)
+                    progress.hour_done(self._commit(*item))
+            pending = list(cell_futs) + [f for w in waiting for f in w[1]]
+            if pending:
+                ex.wait_any(pending, 1.0)
         for b in bad_refs:
             self.bad += ex.get(b)
         for r in self.results.values():
             for x in r:
                 self.bad += x["quarantined"]
-        self._rollups(todo)
+        faults.point("after-cells")
+        self._rollups(set(extra_days))
 
     # -- tiers
     def _settle(self, h: dt.datetime, results: list[dict]):
         """A computed hour: exact window rates from its cells' volumes; re-tier the parts whose
-        provisional rates differ. Returns (hour, re-tier futures, context for publishing)."""
+        provisional rates differ. Returns (hour, re-tier futures, what committing needs)."""
         results = sorted(results, key=lambda r: r["cell"])
-        ledger = self.ledgers[st.month_of(h)]
+        ledger = self._ledger(h)
         vols: tiers.Volumes = {}
         for r in results:
             tiers.add(vols, r["volumes"])
-        before = ledger.before(h)
+        before = ledger.state_before(h)
         rates, after = tiers.window_rates(vols, before, self.cards)
-        ledger.set(h, vols, before, after)
+        tiers.set_pending(ledger, h, vols, before, after)
         futs, which = [], []
         for r in results:
             mine = {k: rates[k] for k in r["rates"]}
@@ -305,73 +325,84 @@ class _Driver:
     def _settle_later(self, h: dt.datetime):
         """A committed hour after a changed one: re-tier only if the state before it moved, and
         then only the parts whose windows' rates moved."""
-        ledger = self.ledgers[st.month_of(h)]
-        before = ledger.before(h)
-        if ledger.recorded_before(h) == before:
+        ledger = self._ledger(h)
+        rec = self.p.records[h]
+        before = ledger.state_before(h)
+        if tiers.same_state(rec.tier_state_before, before):
             return h, [], {"skip": True}
-        vols = ledger.volumes(h)
+        vols = tiers.from_list(rec.tier_volumes)
         rates, after = tiers.window_rates(vols, before, self.cards)
-        ledger.set(h, vols, before, after)
+        tiers.set_pending(ledger, h, vols, before, after)
         futs, parts = [], []
-        for rel in _hour_parts(self.lake, h):
-            staged = f"{staging_dir(self.run_id)}/{rel}"
-            futs.append(self.ex.submit(T.retier_part, self.url, self.ep, rel, staged, rates))
-            parts.append((rel, staged))
-        return h, futs, {"parts": parts}
+        for rel in rec.parts.get(C.FLOWS, []):
+            final = C.part_path(h, self.token, _cell_of(rel))
+            futs.append(self.ex.submit(T.retier_part, self.url, self.ep, rel, C.staged(self.token, final), rates))
+            parts.append((rel, final))
+        return h, futs, {"parts": parts, "before": before, "after": after, "vols": vols}
 
-    # -- publishing
-    def _publish(self, h: dt.datetime, futs: list, info: dict) -> int:
+    # -- committing
+    def _commit(self, h: dt.datetime, futs: list, info: dict) -> int:
         got = [self.ex.get(f) for f in futs]
         if info.get("skip"):
             return 0
+        ledger = self._ledger(h)
+        e = ledger.entries[st.hour_id(h)]
         if "results" in info:  # a computed hour
             results = info["results"]
-            parts = {r["part"]: r for r in results}
             deltas = []
             for r, g in zip(info["which"], got):
                 if g is not None:
-                    parts[r["part"]]["summary"] = g["summary"]
+                    r["summary"] = g["summary"]
                     deltas.append(g["delta"])
-            partials = {name: pt.combine([r["partials"][name] for r in results] + [d[name] for d in deltas], schema)
-                        for name, (_, schema) in pt.ROLLUPS.items()}
-            staged = {part_path(h, r["cell"]): r["part"] for r in results}
-            _publish_hour(self.lake, h, staged, [], partials)
+            partials = {name: ru.combine([r["partials"][name] for r in results] + [d[name] for d in deltas])
+                        for name, ru in pt.ROLLUPS.items()}
+            rec = C.HourRecord(
+                hour=h, inputs=self.p.files[h], parts={C.FLOWS: [C.part_path(h, self.token, r["cell"]) for r in results]},
+                rows_in=sum(r["rows_in"] for r in results), rows_out=sum(r["rows_out"] for r in results),
+                kept_bytes=sum(r["kept_bytes"] for r in results),
+                quarantined=[q["path"] for r in results for q in r["quarantined"]],
+                tier_volumes=e["tier_volumes"], tier_state_before=e["tier_state_before"],
+                tier_state_after=e["tier_state_after"])
             self.results[h] = results
-            self._commit_bookkeeping(h, results)
-            return sum(r["rows_out"] for r in results)
-        # a re-tiered committed hour: only the rewritten parts change
-        changed = {rel: staged for (rel, staged), g in zip(info["parts"], got) if g is not None}
-        if changed:
-            old = _read_partials(self.lake, h)
-            partials = {name: pt.combine([old[name]] + [g["delta"][name] for g in got if g is not None], schema)
-                        for name, (_, schema) in pt.ROLLUPS.items()}
-            keep = [rel for rel, _ in info["parts"] if rel not in changed]
-            _publish_hour(self.lake, h, changed, keep, partials)
-            self.retiered.add(h)
-        self.ledgers[st.month_of(h)].save(self.lake)
-        return 0
+            rows = rec.rows_out
+        else:  # a committed hour re-tiered: only its rewritten parts change
+            old = self.p.records[h]
+            changed = {rel: final for (rel, final), g in zip(info["parts"], got) if g is not None}
+            oldp = _read_partials(self.lake, old)
+            partials = None
+            if oldp is not None:
+                partials = {name: ru.combine([oldp[name]] + [g["delta"][name] for g in got if g is not None])
+                            for name, ru in pt.ROLLUPS.items()}
+            rec = C.HourRecord(
+                hour=h, inputs=old.inputs, rows_in=old.rows_in, rows_out=old.rows_out, kept_bytes=old.kept_bytes,
+                quarantined=old.quarantined, flags=old.flags,
+                parts={C.FLOWS: sorted(changed.get(rel, rel) for rel, _ in info["parts"])},
+                tier_volumes=e["tier_volumes"], tier_state_before=e["tier_state_before"],
+                tier_state_after=e["tier_state_after"])
+            if changed:
+                self.retiered.add(h)
+            rows = 0
+        rec = _publish_hour(self.lake, self.lease, rec, partials)
+        ledger.set_record(rec)
+        self.committed[h] = rec
+        return rows
 
-    def _commit_bookkeeping(self, h: dt.datetime, results: list[dict]) -> None:
-        self.ledgers[st.month_of(h)].save(self.lake)
-        st.write_manifest(self.lake, st.Manifest(
-            hour=h, files=self.p.files[h], rows_in=sum(r["rows_in"] for r in results),
-            rows_out=sum(r["rows_out"] for r in results), kept_bytes=sum(r["kept_bytes"] for r in results),
-            quarantined=[q["path"] for r in results for q in r["quarantined"]]))
-
-    def _rollups(self, hours: list[dt.datetime]) -> None:
-        days = sorted({h.date() for h in self.results} | {h.date() for h in self.retiered})
+    def _rollups(self, extra_days: set) -> None:
+        """Each touched date's rollups, summed from its hours' partials (named by their records)."""
+        days = sorted({h.date() for h in self.committed} | extra_days)
         futs = []
         for day in days:
-            files = {name: [self.lake.rel(i.path) for i in
-                            self.lake.list_files(f"{S.STATE_DIR}/partials/{name}/date={day:%Y-%m-%d}")]
-                     for name in pt.ROLLUPS}
-            futs.append(self.ex.submit(T.rollup_day, self.url, self.ep, day, files))
+            recs = C.read_records(self.lake, C.recorded_hours(self.lake, day))
+            recs.update({h: r for h, r in self.committed.items() if h.date() == day})
+            files: dict[str, list[str]] = {name: [] for name in pt.ROLLUPS}
+            legacy: list[str] = []  # hours committed before partials existed: read their parts
+            for h, r in sorted(recs.items()):
+                if all(r.parts.get(f"partials/{name}") for name in pt.ROLLUPS):
+                    for name in pt.ROLLUPS:
+                        files[name] += r.parts[f"partials/{name}"]
+                else:
+                    legacy += r.parts.get(C.FLOWS, [])
+            futs.append(self.ex.submit(T.rollup_day, self.url, self.ep, day, files, legacy))
         for f in futs:
             self.ex.get(f)
-
-    def _cleanup_staging(self) -> None:
-        root = self.lake.path(staging_dir(self.run_id))
-        try:
-            self.lake.fs.delete_dir(root)
-        except (FileNotFoundError, OSError):
-            pass
+            faults.point("during-rollups")

@@ -26,7 +26,7 @@ from jobs import tiers
 from jobs.cells import Cell
 from jobs.errors import JobError
 from lake import schema as S
-from lake.storage import Lake, open_lake
+from lake.storage import Lake, job_lake
 
 UTC = dt.timezone.utc
 HOUR = dt.timedelta(hours=1)
@@ -48,7 +48,7 @@ def _ip_ranges(directory: str | None):
 def _lake(url: str, endpoint: str | None) -> Lake:
     key = (url, endpoint)
     if key not in _LAKES:
-        _LAKES[key] = open_lake(url, endpoint, create_bucket=False)
+        _LAKES[key] = job_lake(url, endpoint)  # storage calls retried with backoff
     return _LAKES[key]
 
 
@@ -238,14 +238,26 @@ def _cards():
 
 # ----------------------------------------------------------------------------- rollups
 
-def rollup_day(lake_url: str, endpoint: str | None, day: dt.date, hour_partials: dict[str, list[str]]) -> int:
-    """Write the date's rollups from its hours' partial files (rollup -> files); never reads
-    cost rows. Returns the number of partial rows read."""
+def rollup_day(lake_url: str, endpoint: str | None, day: dt.date, hour_partials: dict[str, list[str]],
+               legacy_parts: list[str] = ()) -> int:
+    """Write the date's rollups (costs/<rollup>/date=D/part-0, one file each, written whole)
+    from its hours' partial files (rollup -> files), never from cost rows; `legacy_parts`: cost
+    parts of hours committed before partials existed, rolled up from their rows. Returns the
+    number of partial rows read."""
+    from jobs.rollup import ROLLUP_COLUMNS  # noqa: PLC0415
     lake = _lake(lake_url, endpoint)
     when = dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
+    extra = {}
+    if legacy_parts:
+        tables = []
+        for rel in legacy_parts:
+            with lake.fs.open_input_file(lake.path(rel)) as f:
+                pf = pq.ParquetFile(f)
+                tables.append(pf.read(columns=[c for c in ROLLUP_COLUMNS if c in pf.schema_arrow.names]))
+        extra = pt.partials(pa.concat_tables([S.conform(t, S.COST_FLOWS) for t in tables]))
     n = 0
-    for name, (_, schema) in pt.ROLLUPS.items():
-        tables = [lake.read_table(rel) for rel in hour_partials.get(name, [])]
+    for name, r in pt.ROLLUPS.items():
+        tables = [lake.read_table(rel) for rel in hour_partials.get(name, [])] + ([extra[name]] if extra else [])
         n += sum(t.num_rows for t in tables)
-        lake.write_table(S.cost_file_path(f"costs/{name}", when), pt.combine(tables, schema))
+        lake.write_table(S.cost_file_path(f"costs/{name}", when), r.combine(tables))
     return n

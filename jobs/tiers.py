@@ -18,9 +18,9 @@ How the job applies it without a second pass over most rows:
 Rates are snapped to the card's marginal rates when they agree to 1e-7 (the interpolation of a
 window's cost has rounding noise), so "equal" is exact and a settled part is bit-stable.
 
-The month's ledger (`_state/egress/<YYYY-MM>.json`) keeps per hour its volumes and the state
-before and after it; a late change re-tiers later hours only while the state before them
-actually moved, and within those only the parts whose windows' rates changed.
+Each hour's record (and the month's ledger, a cache of the records) keeps its volumes and the
+state before and after it; a late change re-tiers a later hour only if the state before it
+actually moved, and within it only the parts whose windows' rates changed.
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ import pyarrow as pa
 
 from jobs import state as st
 from lake import schema as S
-from lake.storage import Lake
 
 #: Parquet metadata key of a cost part: {pool: {window_start_us: rate per byte}} it was priced at
 RATES_META = b"netmon.tier_rates"
@@ -101,63 +100,39 @@ def marginal_rate(pool: str, at: dt.datetime, state: dict, cards) -> float:
     return snap(float(cost[0]) / PROBE_BYTES, card_rates(pool, cards))
 
 
-# ----------------------------------------------------------------------------- the ledger
+# ----------------------------------------------------------------- the month's ledger (jobs/state.py)
+# Hour records and the ledger keep an hour's volumes as [[pool, window id, bytes], ...].
 
-def ledger_path(month: str) -> str:
-    return f"{S.STATE_DIR}/egress/{month}.json"
+def window_id(us: int) -> str:
+    t = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(us))
+    return t.isoformat().replace("+00:00", "Z")
 
 
-class Ledger:
-    """One month's tier bookkeeping: per hour its (pool, window) volumes and the state before
-    and after it. `hours` keeps, per hour, the pool totals (what discovery reads)."""
+def window_us(wid: str) -> int:
+    t = dt.datetime.fromisoformat(wid.replace("Z", "+00:00"))
+    return int(round(t.timestamp() * 1_000_000))
 
-    def __init__(self, month: str, entries: dict[str, dict] | None = None):
-        self.month = month
-        self.entries: dict[str, dict] = entries or {}
 
-    @classmethod
-    def load(cls, lake: Lake, month: str) -> "Ledger":
-        data = lake.read_bytes(ledger_path(month))
-        if data is None:
-            return cls(month)
-        try:
-            raw = json.loads(data)
-            return cls(month, {h: e for h, e in raw.get("tiers", {}).items() if isinstance(e, dict)})
-        except ValueError:
-            return cls(month)  # a damaged ledger: hours are re-tiered from their parts' own rates
+def to_list(vols: Volumes) -> list[list]:
+    return [[p, window_id(w), int(b)] for (p, w), b in sorted(vols.items(), key=lambda kv: (kv[0][1], kv[0][0])) if b]
 
-    def save(self, lake: Lake) -> None:
-        hours = {}
-        for h, e in sorted(self.entries.items()):
-            tot: dict[str, int] = {}
-            for pool, _, b in e.get("volumes", []):
-                tot[pool] = tot.get(pool, 0) + int(b)
-            hours[h] = dict(sorted(tot.items()))
-        body = {"month": self.month, "hours": hours, "tiers": dict(sorted(self.entries.items()))}
-        lake.write_bytes(ledger_path(self.month), (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
 
-    def hours(self) -> list[dt.datetime]:
-        return sorted(st.parse_hour_id(h) for h in self.entries)
+def from_list(items: list) -> Volumes:
+    return add({}, [(p, window_us(w), b) for p, w, b in items])
 
-    def before(self, hour: dt.datetime) -> dict:
-        """State before `hour`: the state after the latest earlier hour of the month."""
-        hid = st.hour_id(hour)
-        prev = [h for h in self.entries if h < hid]
-        return dict(self.entries[max(prev)].get("after", {})) if prev else {}
 
-    def recorded_before(self, hour: dt.datetime) -> dict | None:
-        e = self.entries.get(st.hour_id(hour))
-        return None if e is None else dict(e.get("before", {}))
+def same_state(a: dict, b: dict) -> bool:
+    norm = lambda s: {k: int(v) for k, v in (s or {}).items() if v}  # noqa: E731
+    return norm(a) == norm(b)
 
-    def volumes(self, hour: dt.datetime) -> Volumes:
-        e = self.entries.get(st.hour_id(hour), {})
-        return add({}, [(p, int(w), b) for p, w, b in e.get("volumes", [])])
 
-    def set(self, hour: dt.datetime, vols: Volumes, before: dict, after: dict) -> None:
-        self.entries[st.hour_id(hour)] = {
-            "volumes": [[p, w, b] for (p, w), b in sorted(vols.items(), key=lambda kv: (kv[0][1], kv[0][0])) if b],
-            "before": dict(sorted(before.items())), "after": dict(sorted(after.items())),
-        }
+def set_pending(ledger, hour: dt.datetime, vols: Volumes, before: dict, after: dict) -> None:
+    """Record a settled hour's tier fields in the month's ledger before its commit (so the next
+    hour settles from them); the commit replaces them with the record's."""
+    hid = st.hour_id(hour)
+    ledger.entries[hid] = {"token": 0, "tier_volumes": to_list(vols),
+                           "tier_state_before": dict(before), "tier_state_after": dict(after)}
+    ledger.entries = dict(sorted(ledger.entries.items()))
 
 
 def rates_meta(rates: dict[tuple[str, int], float]) -> bytes:
