@@ -205,7 +205,7 @@ class _Driver:
         for m in {st.month_of(h) for h in p.compute + p.retier} - set(p.ledgers):
             p.ledgers[m] = st.EgressLedger.load(lake, m)
         from jobs import pricing  # noqa: PLC0415
-        self.cards = pricing.default_cards()
+        self.cards = pricing.RateCards.for_config(cfg)  # the cards the cells price with
 
     def _ledger(self, h: dt.datetime) -> st.EgressLedger:
         return self.p.ledgers[st.month_of(h)]
@@ -262,7 +262,7 @@ class _Driver:
                 prev = chain.get(h - HOUR)
                 handed = (ex.arg(prev[1]), ex.arg(prev[2])) if prev else (None, None)
                 refs = ex.submit(T.build_context, self.url, self.ep, self._context_spec(h), self.cfg, *handed,
-                                 num_returns=4)
+                                 num_returns=4, memory=CL.BASE_BYTES)
                 chain[h] = refs
                 bad_refs.append(refs[3])
                 est = self._ledger(h).state_before(h)  # exact once the previous hour is settled
@@ -318,7 +318,8 @@ class _Driver:
         for r in results:
             mine = {k: rates[k] for k in r["rates"]}
             if mine != r["rates"]:
-                futs.append(self.ex.submit(T.retier_part, self.url, self.ep, r["part"], r["part"], mine))
+                futs.append(self.ex.submit(T.retier_part, self.url, self.ep, r["part"], r["part"], mine,
+                                           memory=CL.memory_for(r["rows_out"])))
                 which.append(r)
         return h, futs, {"results": results, "which": which}
 
@@ -336,7 +337,8 @@ class _Driver:
         futs, parts = [], []
         for rel in rec.parts.get(C.FLOWS, []):
             final = C.part_path(h, self.token, _cell_of(rel))
-            futs.append(self.ex.submit(T.retier_part, self.url, self.ep, rel, C.staged(self.token, final), rates))
+            futs.append(self.ex.submit(T.retier_part, self.url, self.ep, rel, C.staged(self.token, final), rates,
+                                       memory=CL.memory_for(self.opts.cell_rows)))
             parts.append((rel, final))
         return h, futs, {"parts": parts, "before": before, "after": after, "vols": vols}
 

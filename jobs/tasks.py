@@ -211,7 +211,7 @@ def retier_part(lake_url: str, endpoint: str | None, src: str, dst: str, rates: 
     if mine == old:
         return None
     costs = S.conform(lake.read_table(src), S.COST_FLOWS)
-    code, nbytes, names, ws = _tier_rows(costs, _cards())
+    code, nbytes, names, ws = _tier_rows(costs, None)
     before = costs.column("cost_usd").to_numpy().astype(np.float64)
     r_old = _row_rates(code, names, ws, old, {})
     r_new = _row_rates(code, names, ws, mine, {})
@@ -223,17 +223,6 @@ def retier_part(lake_url: str, endpoint: str | None, src: str, dst: str, rates: 
     old_t = costs.set_column(costs.schema.get_field_index("cost_usd"), "cost_usd", pa.array(before, pa.float64()))
     return {"part": dst, "summary": sm.partial(new), "old_summary": sm.partial(old_t),
             "delta": pt.delta(pt.partials(old_t), pt.partials(new))}
-
-
-_CARDS = None
-
-
-def _cards():
-    global _CARDS
-    if _CARDS is None:
-        from jobs import pricing  # noqa: PLC0415
-        _CARDS = pricing.default_cards()
-    return _CARDS
 
 
 # ----------------------------------------------------------------------------- rollups

@@ -19,6 +19,7 @@ from jobs import cells as C
 from jobs import context as cx
 from jobs import partials as pt
 from jobs import run as R
+from jobs import state as st
 from jobs import tiers
 from jobs.dns import DnsIndex
 from jobs.resolve import encode, shared_ip_dictionary, window_codes
@@ -233,5 +234,5 @@ def test_settled_parts_are_not_rewritten_and_moved_ones_are(lake):  # noqa: F811
     h2 = [p for p in now if "hour=12" in p]
     assert h2 and all(now[p] == mtimes[p] for p in h2)   # H2: same rate, untouched
     assert class_cost(all_costs(lake), "internet_egress") == pytest.approx(egress_cost(160 * GB))
-    ledger = tiers.Ledger.load(lake, "2026-03")
-    assert ledger.before(H2)["aws/us-east-1/internet_egress"] == 130 * GB
+    ledger = st.EgressLedger.load(lake, "2026-03")
+    assert ledger.state_before(H2)["aws/us-east-1/internet_egress"] == 130 * GB
