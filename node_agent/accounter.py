@@ -43,6 +43,11 @@ import pyarrow as pa
 from lake.schema import RAW_FLOWS, TS, as_utc
 from node_agent.flows import ConnSample
 
+try:  # the compact state (node_agent/_cttable.c, built by `pip install -e .`); else a dict
+    from node_agent._cttable import CounterTable
+except ImportError:  # pragma: no cover - depends on the build
+    CounterTable = None
+
 log = logging.getLogger("netmon.accounter")
 
 _M64 = (1 << 64) - 1
@@ -146,7 +151,9 @@ class Accounter:
     """Exact per-window deltas from cumulative samples. Not thread-safe: one poll loop owns it."""
 
     def __init__(self, resolve: Resolve | None = None) -> None:
-        self._state: dict[int, int] = {}     # live connections: key -> packed counters
+        # live connections: key -> packed counters; 48 bytes an entry in a CounterTable,
+        # ~100-250 in a dict (the same interface: get, pop, items, ...)
+        self._state = CounterTable() if CounterTable is not None else {}
         self._missing: dict[int, int] = {}   # missing from the last dump: kept until the next one
         self._ended: dict[int, int] = {}     # ended in the latest drain (a dying entry may still be dumped)
         self._ended_prev: dict[int, int] = {}
@@ -238,7 +245,9 @@ class Accounter:
         # missing from the previous dump and from this one, with no DESTROY: gone unseen
         st["forgotten"] += len(missing)
         # what this dump did not show keeps its counters until the next dump
-        if len(state) > n or any(v & _SEEN != seen for v in state.values()):
+        if not isinstance(state, dict):
+            self._missing = state.take_unseen(_SEEN, seen)
+        elif len(state) > n or any(v & _SEEN != seen for v in state.values()):
             gone = {k: v for k, v in state.items() if v & _SEEN != seen}
             for k in gone:
                 del state[k]
@@ -355,10 +364,13 @@ class Accounter:
         window_start, window_end = as_utc(window_start), as_utc(window_end)
         test = is_local if callable(is_local) else frozenset(is_local).__contains__
         w, self._window = self._window, _Window()
-        for d in (self._state, self._missing):  # a new window: nobody counted yet
-            for k, v in d.items():
-                if v & _COUNTED:
-                    d[k] = v ^ _COUNTED
+        if not isinstance(self._state, dict):    # a new window: nobody counted yet
+            self._state.clear_bit(_COUNTED)
+        for d in (self._state, self._missing):
+            if isinstance(d, dict):
+                for k, v in d.items():
+                    if v & _COUNTED:
+                        d[k] = v ^ _COUNTED
         # per address: name, locality, loopback, pod (once per unique address, not per row)
         names, local, loop, pods, nss = [], array("b"), array("b"), [], []
         for packed, info in zip(w.ip_ids, w.info):
