@@ -56,3 +56,31 @@ def test_cost_by_class_matches_the_files(con, costed_lake):
 def test_partition_filter_prunes_other_days(con):
     q = blocks("query")["cost_by_class"].replace("DATE '2026-01-05'", "DATE '2031-01-01'")
     assert con.execute(q).fetchall() == []
+
+
+def test_focus_and_cost_rows_give_the_same_totals_by_meter(con):
+    focus = {r[2]: r[5] for r in con.execute(blocks("query")["focus_by_meter"]).fetchall()}
+    flows = {r[0]: r[1] for r in con.execute(blocks("query")["flows_by_meter"]).fetchall()}
+    assert focus and set(focus) == set(flows)
+    for meter, usd in flows.items():
+        assert focus[meter] == pytest.approx(usd, abs=1e-5), meter
+    assert "USE1-DataTransfer-Regional-Bytes" in focus
+
+
+def test_reconciliation_with_a_cost_and_usage_report(con):
+    """A hand-made CUR for the simulated day: the cross-AZ line as netmon computed it plus a
+    $1.50 line netmon cannot see; the join shows each meter's difference."""
+    q = blocks("reconcile")["cur"]
+    regional = con.execute("""SELECT SUM(ConsumedQuantity), SUM(BilledCost) FROM focus
+                              WHERE x_UsageType = 'USE1-DataTransfer-Regional-Bytes'""").fetchone()
+    con.execute("CREATE OR REPLACE TABLE cur (line_item_usage_type VARCHAR, line_item_usage_amount DOUBLE, "
+                "line_item_unblended_cost DOUBLE, line_item_line_item_type VARCHAR, line_item_usage_start_date TIMESTAMP)")
+    con.execute("INSERT INTO cur VALUES ('USE1-DataTransfer-Regional-Bytes', ?, ?, 'Usage', TIMESTAMP '2026-01-05 03:00:00'),"
+                "('USE1-EUC1-AWS-Out-Bytes', 75, 1.5, 'Usage', TIMESTAMP '2026-01-05 04:00:00'),"
+                "('USE1-BoxUsage:m6i.xlarge', 24, 4.6, 'Usage', TIMESTAMP '2026-01-05 04:00:00')",
+                [regional[0], regional[1]])
+    rows = {r[0]: r for r in con.execute(q).fetchall()}
+    assert rows["USE1-EUC1-AWS-Out-Bytes"][5] == pytest.approx(-1.5)          # on the bill, not seen by netmon
+    assert rows["USE1-DataTransfer-Regional-Bytes"][5] == pytest.approx(0, abs=1e-4)
+    assert "USE1-BoxUsage:m6i.xlarge" not in rows                                # not a network meter
+    assert con.execute(q).fetchall()[0][0] == "USE1-EUC1-AWS-Out-Bytes"         # largest difference first
