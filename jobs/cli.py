@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="directory of published cloud IP ranges [NETMON_IP_RANGES]")
     c.add_argument("--s3-endpoint", default=_env("NETMON_S3_ENDPOINT"),
                    help="S3 endpoint URL (MinIO, moto) [NETMON_S3_ENDPOINT]")
+    c.add_argument("--wait", default=float(_env("NETMON_WAIT", 0)), type=float, metavar="SECONDS",
+                   help="if another cost run holds the lake's lease, wait up to SECONDS for it "
+                        "(default 0: fail at once) [NETMON_WAIT]")
+    c.add_argument("--lateness", default=float(_env("NETMON_LATENESS_H", 48)), type=float, metavar="HOURS",
+                   help="look for late raw files this many hours before the newest committed hour "
+                        "(older ones: use --start/--end) [NETMON_LATENESS_H]")
     c.add_argument("--quiet", action="store_true", help="no progress lines")
     sub.add_parser("simulate", help="write a simulated cluster's lake (see netmon-jobs simulate --help)",
                    add_help=False)
@@ -65,10 +71,12 @@ def _cost(args) -> int:
     from jobs import summary as sm  # noqa: PLC0415
     if not args.lake:
         raise CliError("--lake is required (or set NETMON_LAKE)")
+    if args.wait < 0 or args.lateness < 0:
+        raise CliError("--wait and --lateness must not be negative")
     opts = R.JobOptions(
         lake_url=args.lake, s3_endpoint=args.s3_endpoint, start=args.start, end=args.end,
         ray_address=args.ray_address, config_path=args.config, ip_ranges_dir=args.ip_ranges,
-        progress=None if args.quiet else sys.stderr,
+        wait_s=args.wait, lateness=dt.timedelta(hours=args.lateness), progress=None if args.quiet else sys.stderr,
     )
     res = R.run_cost_job(opts)
     print(sm.format_summary(res.summary, hours=len(res.hours_computed), retiered=len(res.hours_retiered),

@@ -12,7 +12,10 @@ SYSTEM=1
 
 if [ "$SYSTEM" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for p in conntrack nftables iproute2 iputils-ping bpfcc-tools python3-bpfcc procps chromium fonts-dejavu-core; do
+  # bind9 + bind9-dnsutils: the DNS tracer is tested against a real server (named) and dig;
+  # chromium + fonts: the cost report page is checked in headless Chromium
+  for p in conntrack nftables iproute2 iputils-ping bpfcc-tools python3-bpfcc procps bind9 bind9-dnsutils \
+           chromium fonts-dejavu-core; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   # BCC compiles programs against kernel headers; the distribution's header package is the
