@@ -14,7 +14,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from jobs import load
+from jobs import identity, load
 from jobs import state as st
 from lake import schema as S
 from lake.storage import Lake
@@ -47,21 +47,21 @@ class Plan:
 
 
 
-def _identity_winners(lake: Lake, table: str, quarantined: list[dict]):
-    """List a raw table; quarantine badly named files; keep the newest upload per
+def _identity_winners(lake: Lake, table: str, quarantined: list[dict], now: dt.datetime,
+                      bounds: identity.Bounds):
+    """List a raw table; quarantine files whose name is bad, disagrees with its partition or is
+    dated beyond the clock's bounds (jobs/identity.py); keep the newest upload per
     (node, window_start). Returns ({hour: {path: sig}} of all files, {hour: [winners]}, losers)."""
     by_id: dict[tuple[str, dt.datetime], list[tuple[int, str, st.FileSig]]] = {}
     for info in lake.list_files(table):
         rel = lake.rel(info.path)
-        parsed = S.parse_raw_file_name(rel)
-        if parsed is None:
-            try:
-                load.file_hour(rel)
-            except load.InvalidFile as exc:
-                load.quarantine(lake, rel, exc.reason, str(exc))
-                quarantined.append({"path": rel, "reason": exc.reason, "error": str(exc)})
+        try:
+            identity.check_listed(rel, now, bounds)
+        except load.InvalidFile as exc:
+            load.quarantine(lake, rel, exc.reason, str(exc))
+            quarantined.append({"path": rel, "reason": exc.reason, "error": str(exc)})
             continue
-        _, node, start = parsed
+        _, node, start = S.parse_raw_file_name(rel)
         sig = st.sig_of(info)
         by_id.setdefault((node, start), []).append((sig.mtime_ns, rel, sig))
     all_files: dict[dt.datetime, dict[str, st.FileSig]] = {}
@@ -94,11 +94,13 @@ def _inventory_index(lake: Lake) -> dict[str, list[tuple[dt.datetime, str]]]:
 
 
 def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None = None,
-         dns_lookback: dt.timedelta = dt.timedelta(hours=24)) -> Plan:
+         dns_lookback: dt.timedelta = dt.timedelta(hours=24),
+         bounds: identity.Bounds = identity.Bounds(), now: dt.datetime | None = None) -> Plan:
     """Decide which hours to compute and which to re-tier. Reads listings and small JSON only."""
     quarantined: list[dict] = []
-    flow_files, flow_winners, dup_flows = _identity_winners(lake, "raw/flows", quarantined)
-    dns_files, dns_winners, dup_dns = _identity_winners(lake, "raw/dns", quarantined)
+    now = now or dt.datetime.now(UTC)
+    flow_files, flow_winners, dup_flows = _identity_winners(lake, "raw/flows", quarantined, now, bounds)
+    dns_files, dns_winners, dup_dns = _identity_winners(lake, "raw/dns", quarantined, now, bounds)
     manifests = st.read_manifests(lake)
 
     if start is not None or end is not None:
