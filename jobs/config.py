@@ -5,6 +5,8 @@ provider: aws            # used when a node has no provider (no spec.providerID)
 region: us-east-1        # used when a node has no region label
 nat_gateway: false       # internet egress leaves through a NAT gateway (adds per-GB processing)
 dns_lookback: 24h        # how old a DNS answer may be and still name a destination
+clock_skew: 10m          # raw windows starting later than now + this are quarantined (future_window)
+horizon: 1096d           # raw windows starting before now - this are quarantined (beyond_horizon)
 ip_ranges_dir: /path     # cloud IP-range files (AWS, GCP, Azure, Oracle)
 rules:                   # user CIDR rules, longest prefix first; like Kubecost's network-costs
   - {cidr: 10.20.0.0/16, class: peering, name: shared-vpc, region: us-east-1, rate_per_gb: 0.01}
@@ -61,11 +63,13 @@ class JobConfig:
     dns_lookback_s: float = 86400.0
     rules: list[Rule] = field(default_factory=list)
     ip_ranges_dir: str | None = None
+    clock_skew_s: float = 600.0
+    horizon_s: float = 1096 * 86400.0
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "JobConfig":
         data = dict(data or {})
-        known = {"provider", "region", "nat_gateway", "dns_lookback", "rules", "ip_ranges_dir"}
+        known = {"provider", "region", "nat_gateway", "dns_lookback", "rules", "ip_ranges_dir", "clock_skew", "horizon"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
@@ -77,6 +81,8 @@ class JobConfig:
             dns_lookback_s=parse_duration(data.get("dns_lookback", "24h")),
             rules=rules,
             ip_ranges_dir=data.get("ip_ranges_dir"),
+            clock_skew_s=parse_duration(data.get("clock_skew", "10m")),
+            horizon_s=parse_duration(data.get("horizon", "1096d")),
         )
 
 
