@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from jobs import faults, load
+from jobs import faults, identity, load
 from jobs import state as st
 from jobs import summary as sm
 from jobs import tasks as T
@@ -94,7 +94,7 @@ def run_cost_job(opts: JobOptions) -> RunResult:
     ranges_dir = _ranges_dir(opts.ip_ranges_dir, cfg)
     if ranges_dir and not os.path.isdir(ranges_dir):
         raise JobError(f"IP ranges directory {ranges_dir!r} does not exist")
-    p = plan(lake, opts.start, opts.end, _parse_lookback(cfg))
+    p = plan(lake, opts.start, opts.end, _parse_lookback(cfg), identity.Bounds.of(cfg))
     todo = sorted(set(p.compute) | set(p.retier))
     out = opts.progress
     if out is not None:
