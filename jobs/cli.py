@@ -51,7 +51,7 @@ def _env(name: str, default=None):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netmon-jobs", description="netmon batch jobs over the lake")
-    sub = p.add_subparsers(dest="command", metavar="{cost,simulate,validate,release}")
+    sub = p.add_subparsers(dest="command", metavar="{cost,simulate,validate,report,release}")
     c = sub.add_parser("cost", help="resolve, classify and price new raw flows (a Ray job)",
                        description="Cost the raw flows not yet processed (or every hour in "
                                    "[--start, --end), recomputed) and write costs/ tables.")
@@ -66,10 +66,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="directory of published cloud IP ranges [NETMON_IP_RANGES]")
     c.add_argument("--s3-endpoint", default=_env("NETMON_S3_ENDPOINT"),
                    help="S3 endpoint URL (MinIO, moto) [NETMON_S3_ENDPOINT]")
+    c.add_argument("--wait", default=float(_env("NETMON_WAIT", 0)), type=float, metavar="SECONDS",
+                   help="if another cost run holds the lake's lease, wait up to SECONDS for it "
+                        "(default 0: fail at once) [NETMON_WAIT]")
+    c.add_argument("--lateness", default=float(_env("NETMON_LATENESS_H", 48)), type=float, metavar="HOURS",
+                   help="look for late raw files this many hours before the newest committed hour "
+                        "(older ones: use --start/--end) [NETMON_LATENESS_H]")
     c.add_argument("--quiet", action="store_true", help="no progress lines")
     sub.add_parser("simulate", help="write a simulated cluster's lake (see netmon-jobs simulate --help)",
                    add_help=False)
     sub.add_parser("validate", help="check the lake's files against the contract", add_help=False)
+    sub.add_parser("report", help="write a self-contained HTML cost report for a date range", add_help=False)
     sub.add_parser("release", help="move quarantined files back so the next run costs them "
                                    "(see netmon-jobs release --help)", add_help=False)
     return p
@@ -80,10 +87,12 @@ def _cost(args) -> int:
     from jobs import summary as sm  # noqa: PLC0415
     if not args.lake:
         raise CliError("--lake is required (or set NETMON_LAKE)")
+    if args.wait < 0 or args.lateness < 0:
+        raise CliError("--wait and --lateness must not be negative")
     opts = R.JobOptions(
         lake_url=args.lake, s3_endpoint=args.s3_endpoint, start=args.start, end=args.end,
         ray_address=args.ray_address, config_path=args.config, ip_ranges_dir=args.ip_ranges,
-        progress=None if args.quiet else sys.stderr,
+        wait_s=args.wait, lateness=dt.timedelta(hours=args.lateness), progress=None if args.quiet else sys.stderr,
     )
     res = R.run_cost_job(opts)
     print(sm.format_summary(res.summary, hours=len(res.hours_computed), retiered=len(res.hours_retiered),
@@ -119,7 +128,8 @@ def _error_types() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    delegates = {"simulate": "simulator.simulate", "validate": "jobs.validate", "release": "jobs.release"}
+    delegates = {"simulate": "simulator.simulate", "validate": "jobs.validate", "report": "jobs.report",
+                 "release": "jobs.release"}
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         if argv and argv[0] in delegates:

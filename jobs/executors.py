@@ -79,9 +79,13 @@ def task_error(exc) -> Exception:
 
 class RayExecutor:
     def __init__(self, address: str | None, num_cpus: int):
-        # Must be set before Ray starts: keeps every listener on 127.0.0.1, no token auth locally.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        os.environ["RAY_AUTH_MODE"] = "disabled"
+        if not address:
+            # Only for the local Ray this job starts itself, and before Ray is imported (it reads
+            # them then): single-node mode keeps every listener on 127.0.0.1, and a private
+            # loopback cluster needs no token. A cluster joined by address keeps its own settings
+            # (single-node mode would refuse a second node; auth is the cluster's to decide).
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # The driver reports the first failed task as one line; the other tasks' errors would
         # otherwise be printed as tracebacks when their results are dropped.
         os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")

@@ -1,5 +1,6 @@
 """The cost job's driver: discover -> per-hour Ray tasks -> egress tiers in time order
--> cost partitions -> rollups -> egress ledger -> manifests.
+-> staged parts -> one commit per hour (jobs/commit.py) -> rollups -> egress ledger, under the
+run lease (jobs/lock.py).
 
 Work unit: one hour of `raw/flows` (all nodes' windows whose window_start is in the hour).
 - Discovery (jobs/discover.py): which hours to compute and re-tier.
@@ -8,9 +9,10 @@ Work unit: one hour of `raw/flows` (all nodes' windows whose window_start is in 
 - Tiering (here, in time order): month-to-date offsets come from the egress ledger
   (`_state/egress/<month>.json`); when an hour changes, every later processed hour of its month
   is re-tiered from its stored partition so monthly totals stay exact.
-- Wave 2 (one task per hour): `T.finish_hour` writes `costs/flows/date=/hour=/part-0`.
-- Rollups (one task per affected date) from that date's cost partitions.
-- Then the ledger, then the manifests: a crash before the manifests re-does the hours.
+- Wave 2 (one task per hour): `T.finish_hour` stages the hour's part; the driver commits the
+  hour (its record is the commit point) as each one finishes.
+- Rollups (one task per affected date) from that date's committed parts, then the ledger (a
+  cache of the records: a crash before it is repaired from them).
 Executors (local Ray, a cluster, inline) are in jobs/executors.py.
 """
 from __future__ import annotations
@@ -23,7 +25,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from jobs import commit as C
 from jobs import faults, identity, load
+from jobs import lock
 from jobs import state as st
 from jobs import summary as sm
 from jobs import tasks as T
@@ -50,6 +54,12 @@ class JobOptions:
     #: called in this process: unit tests of the bookkeeping, profiling).
     executor: str = "ray"
     num_cpus: int = 2
+    #: wait up to this many seconds for another run's lease (0: fail at once, one line)
+    wait_s: float = 0.0
+    #: an incremental run looks for new or changed raw files in the hours from this long
+    #: before the newest committed hour on (older ones: run with start/end)
+    lateness: dt.timedelta = dt.timedelta(hours=48)
+    lease_ttl_s: float = 600.0
     progress: TextIO | None = field(default_factory=lambda: sys.stderr)
 
 
@@ -94,7 +104,20 @@ def run_cost_job(opts: JobOptions) -> RunResult:
     ranges_dir = _ranges_dir(opts.ip_ranges_dir, cfg)
     if ranges_dir and not os.path.isdir(ranges_dir):
         raise JobError(f"IP ranges directory {ranges_dir!r} does not exist")
-    p = plan(lake, opts.start, opts.end, _parse_lookback(cfg), identity.Bounds.of(cfg))
+    lease = lock.acquire(lake, ttl_s=opts.lease_ttl_s, wait_s=opts.wait_s)
+    try:
+        return _run_leased(opts, lake, lease, cfg, ranges_dir, t0)
+    finally:
+        lease.release()
+
+
+def _run_leased(opts: JobOptions, lake, lease, cfg, ranges_dir, t0) -> RunResult:
+    recovered = C.recover(lake, lease)
+    # the ledger must agree with the hours the dead run committed before anything is planned
+    for month in sorted({st.month_of(h) for h in recovered.hours}):
+        st.EgressLedger.load(lake, month, C.read_records(lake, recovered.hours), recovered.hours)
+    p = plan(lake, opts.start, opts.end, _parse_lookback(cfg), opts.lateness,
+             also_months={st.month_of(h) for h in recovered.hours}, bounds=identity.Bounds.of(cfg))
     todo = sorted(set(p.compute) | set(p.retier))
     out = opts.progress
     if out is not None:
@@ -104,20 +127,21 @@ def run_cost_job(opts: JobOptions) -> RunResult:
     partials: list[dict] = []
     chunk_bad: list[dict] = []
     if todo:
+        lease.publishing(sorted(set(todo) | set(recovered.hours)))
         ex = InlineExecutor() if opts.executor == "inline" else RayExecutor(opts.ray_address, opts.num_cpus)
         try:
-            infos, partials, chunk_bad = _execute(ex, opts, p, cfg, ranges_dir, todo, Progress(out, len(todo)))
+            infos, partials, chunk_bad = _execute(ex, opts, p, cfg, ranges_dir, todo, Progress(out, len(todo)),
+                                                  _publisher(lake, lease, p), lease.token)
         finally:
             ex.shutdown()
-        for ledger in p.ledgers.values():
-            ledger.save(lake)
-            faults.point("during-ledger")
-        for h in p.compute:
-            info = infos[h]
-            st.write_manifest(lake, st.Manifest(
-                hour=h, files=p.files[h], rows_in=info["rows_in"], rows_out=info["rows_out"],
-                kept_bytes=info["kept_bytes"], quarantined=[q["path"] for q in info["quarantined"]]))
-            faults.point("during-commit")
+    rolled = {h.date() for h in todo}
+    for day in sorted({h.date() for h in recovered.committed} - rolled):
+        T.rollup_date(opts.lake_url, opts.s3_endpoint, day)  # the dead run's days
+    for ledger in p.ledgers.values():
+        ledger.save(lake)
+    if todo or recovered.hours:
+        C.clean_staging(lake, lease.token)
+        lease.publishing([])
     quarantined = list(p.quarantined)
     seen = {q["path"] for q in quarantined}
     skipped = [q for q in chunk_bad if q["reason"] == load.SKIPPED_INVENTORY]
@@ -138,7 +162,28 @@ def run_cost_job(opts: JobOptions) -> RunResult:
     )
 
 
-def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: Progress):
+def _publisher(lake, lease, p: Plan):
+    """Commit one finished hour (jobs/commit.py): its record says what is published."""
+    def publish(res: dict, info: dict | None) -> None:
+        h = res["hour"]
+        ledger = p.ledgers[st.month_of(h)]
+        old = p.records.get(h)
+        if info is not None:
+            rec = C.HourRecord(hour=h, inputs=p.files[h], rows_in=info["rows_in"], rows_out=info["rows_out"],
+                               kept_bytes=info["kept_bytes"], quarantined=[q["path"] for q in info["quarantined"]])
+        else:  # re-tiered: same inputs and counts, new parts and tier state
+            rec = C.HourRecord(hour=h, inputs=old.inputs, rows_in=old.rows_in, rows_out=old.rows_out,
+                               kept_bytes=old.kept_bytes, quarantined=old.quarantined, flags=old.flags)
+        rec.parts = res["parts"]
+        rec.tier_volumes = ledger.entries[st.hour_id(h)]["tier_volumes"]
+        rec.tier_state_before = ledger.offsets_before(h)
+        rec.tier_state_after = st.advance_state(rec.tier_state_before, rec.tier_volumes)
+        ledger.set_record(C.publish_hour(lake, lease, rec))
+    return publish
+
+
+def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: Progress, publish,
+             token: int):
     url, ep = opts.lake_url, opts.s3_endpoint
     computed = set(p.compute)
     pending = deque(p.compute)
@@ -188,6 +233,7 @@ def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: Pro
         for f in ex.ready(finals, timeout):
             finals.remove(f)
             res = ex.get(f)
+            publish(res, infos.get(res["hour"]))
             partials.append(res["partial"])
             progress.hour_done(res["rows"])
 
@@ -199,11 +245,13 @@ def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: Pro
             info = ex.get(info_ref)
             infos[h] = info
             ledger.set(h, info["egress"])
-            finals.append(ex.submit(T.finish_hour, url, ep, h, ex.arg(table_ref), ledger.offsets_before(h), None))
+            finals.append(ex.submit(T.finish_hour, url, ep, h, ex.arg(table_ref), ledger.offsets_before(h), None,
+                                    token))
             del table_ref
             top_up()
         else:
-            finals.append(ex.submit(T.finish_hour, url, ep, h, None, ledger.offsets_before(h), old[h]))
+            finals.append(ex.submit(T.finish_hour, url, ep, h, None, ledger.offsets_before(h), old[h], token,
+                                    p.records[h].parts.get(C.FLOWS, [])))
         collect(0)
     while finals:
         collect(None)

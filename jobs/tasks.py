@@ -155,18 +155,22 @@ def _gate_costs(hour: dt.datetime, costs: pa.Table, kept_bytes: int) -> None:
 
 
 def finish_hour(lake_url: str, endpoint: str | None, hour: dt.datetime, costs: pa.Table | None,
-                offsets: dict[str, int], old_offsets: dict[str, int] | None) -> dict:
+                offsets: dict[str, int], old_offsets: dict[str, int] | None, token: int,
+                old_parts: list[str] | None = None) -> dict:
     """Wave 2: tier the hour's internet egress from month-to-date `offsets`, write its partition.
     `costs` None means re-tier the stored partition (an earlier hour of the month changed): its
     old tier amounts are recomputed from the offsets recorded in its metadata (`old_offsets`,
     the ledger's, if absent) and swapped for the new ones.
 
     The offsets a partition was tiered from are kept in its Parquet metadata, so re-tiering is
-    exact even if a crash left the ledger behind the partitions."""
+    exact even if a crash left the ledger behind the partitions.
+
+    The part is staged under `token` (jobs/commit.py); the driver commits the hour."""
+    from jobs import commit  # noqa: PLC0415
     lake = _lake(lake_url, endpoint)
-    rel = S.cost_file_path("costs/flows", hour)
+    rel = commit.part_path(hour, token, 0)
     if costs is None:
-        stored = lake.read_table(rel)
+        stored = pa.concat_tables([lake.read_table(p) for p in old_parts])
         meta = (stored.schema.metadata or {}).get(OFFSETS_META)
         if meta is not None:
             old_offsets = json.loads(meta)
@@ -177,30 +181,32 @@ def finish_hour(lake_url: str, endpoint: str | None, hour: dt.datetime, costs: p
         costs = S.conform(_apply_tiers(costs, offsets, old_offsets), S.COST_FLOWS)
     meta = dict(S.COST_FLOWS.metadata or {})
     meta[OFFSETS_META] = json.dumps(dict(sorted(offsets.items()))).encode()
-    lake.write_table(rel, costs.replace_schema_metadata(meta))
-    return {"hour": hour, "rows": costs.num_rows, "partial": sm.partial(costs)}
+    commit.write_part(lake, token, rel, costs.replace_schema_metadata(meta))
+    return {"hour": hour, "rows": costs.num_rows, "partial": sm.partial(costs), "parts": {commit.FLOWS: [rel]}}
 
 
 #: cost columns the rollups group and sum (read alone: a fraction of the partition)
-ROLLUP_COLUMNS = ["window_start", "src_namespace", "src_workload_kind", "src_workload", "traffic_class",
-                  "tx_bytes", "rx_bytes", "cost_usd"]
+from jobs.rollup import ROLLUP_COLUMNS  # noqa: E402 - the columns the rollups and the FOCUS export read
 
 
 def rollup_date(lake_url: str, endpoint: str | None, day: dt.date) -> int:
-    """Rebuild the date's rollups from its cost partitions; returns the cost rows read."""
-    from jobs import rollup  # noqa: PLC0415
+    """Rebuild the date's rollups from its committed cost parts; returns the cost rows read."""
+    from jobs import catalog, rollup  # noqa: PLC0415
     lake = _lake(lake_url, endpoint)
     when = dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
-    parts = [lake.rel(i.path) for i in lake.list_files(f"costs/flows/date={day:%Y-%m-%d}")]
     tables = []
-    for rel in parts:
-        with lake.fs.open_input_file(lake.path(rel)) as f:
-            tables.append(pq.ParquetFile(f).read(columns=ROLLUP_COLUMNS))
+    for full in catalog.current_files(lake, "costs/flows", day, day):
+        with lake.fs.open_input_file(full) as f:
+            pf = pq.ParquetFile(f)  # partitions written before a column existed lack it
+            tables.append(pf.read(columns=[c for c in ROLLUP_COLUMNS if c in pf.schema_arrow.names]))
+    tables = [S.conform(t, S.COST_FLOWS).select(ROLLUP_COLUMNS) for t in tables]
     costs = pa.concat_tables(tables) if tables else S.COST_FLOWS.empty_table().select(ROLLUP_COLUMNS)
     lake.write_table(S.cost_file_path("costs/namespace_hourly", when),
                      S.conform(rollup.rollup_namespace_hourly(costs), S.COST_NAMESPACE_HOURLY))
     lake.write_table(S.cost_file_path("costs/workload_daily", when),
                      S.conform(rollup.rollup_workload_daily(costs), S.COST_WORKLOAD_DAILY))
+    from jobs.focus import focus_rows  # noqa: PLC0415
+    lake.write_table(S.cost_file_path("costs/focus", when), focus_rows(costs))
     return costs.num_rows
 
 

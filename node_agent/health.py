@@ -52,6 +52,10 @@ class Metrics:
             "netmon_spool_dropped_bytes", "Bytes of spooled files dropped because the spool was full", registry=r
         )
         self.spool_errors = Counter("netmon_spool_errors", "Failed writes to the spool", registry=r)
+        self.memory_windows = Gauge(
+            "netmon_memory_windows", "Windows held in memory because the spool refused them (lost if the agent stops)",
+            registry=r)
+        self.memory_bytes = Gauge("netmon_memory_bytes", "Bytes of the windows held in memory", registry=r)
         self.last_tick = Gauge("netmon_loop_last_tick_timestamp_seconds", "Unix time of the last loop tick", registry=r)
         self.snapshots = Counter("netmon_inventory_snapshots", "Inventory snapshots taken", registry=r)
         self._lock = threading.Lock()

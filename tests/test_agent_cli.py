@@ -88,6 +88,13 @@ def test_bad_duration(base, flag, value):
     assert flag in line and "invalid duration" in line and value in line
 
 
+@pytest.mark.parametrize("value", ["500ms", "1.5s", "2500ms"])
+def test_flush_interval_must_be_whole_seconds(base, value):
+    """Window files are named by their start second: two windows in one second would share a name."""
+    line = one_error(agent(*base, "--standalone", "--poll-interval", "100ms", "--flush-interval", value))
+    assert line == f"error: --flush-interval: {value!r} must be a whole number of seconds, at least 1s"
+
+
 def test_other_bad_input(base):
     assert "--spool-max-bytes" in one_error(agent(*base, "--standalone", "--spool-max-bytes", "lots"))
     assert "--listen" in one_error(agent(*base, "--standalone", "--listen", "localhost"))

@@ -236,7 +236,7 @@ def test_same_run_against_s3(local_run, moto_s3, tmp_path):
         assert ours == sorted(local.rel(i.path) for i in local.list_files(table)), table
         for rel in ours:
             assert lake.read_table(rel).equals(local.read_table(rel)), rel
-    assert len(lake.list_files("_state/processed", suffix=".json")) == HOURS
+    assert len(lake.list_files("_state/hours", suffix=".json")) == HOURS
     # incremental on S3 too: nothing new, nothing computed
     r = cost_cli(url, cfg, "--s3-endpoint", moto_s3.endpoint, "--quiet")
     assert "0 hour(s) computed" in r.stdout

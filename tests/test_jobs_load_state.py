@@ -15,6 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from jobs import catalog
+from jobs import commit as C
 from jobs import run as R
 from jobs import state as st
 from lake import schema as S
@@ -89,19 +91,24 @@ def run(lake, **kw):
 
 
 def cost_table(lake, hour):
-    return pq.read_table(lake.path(S.cost_file_path("costs/flows", hour)), filesystem=lake.fs)
+    """The hour's committed cost rows (what its record lists)."""
+    parts = catalog.current_files(lake, "costs/flows", hour, hour + dt.timedelta(hours=1))
+    assert parts, f"no committed parts for {hour}"
+    return pa.concat_tables([pq.read_table(p, filesystem=lake.fs) for p in parts])
 
 
 def all_costs(lake):
-    parts = [pq.read_table(i.path, filesystem=lake.fs) for i in lake.list_files("costs/flows")]
-    return pa.concat_tables(parts)
+    files = catalog.current_files(lake, "costs/flows")
+    # once a run is over, a plain glob of costs/flows/ sees exactly the committed parts
+    assert files == [i.path for i in lake.list_files("costs/flows")]
+    return pa.concat_tables([pq.read_table(p, filesystem=lake.fs) for p in files])
 
 
 def class_cost(t, cls):
     return pc.sum(t.filter(pc.equal(t["traffic_class"], cls))["cost_usd"]).as_py() or 0.0
 
 
-def test_first_run_costs_every_hour_and_writes_manifests(lake):
+def test_first_run_costs_every_hour_and_writes_records(lake):
     res = run(lake)
     assert res.hours_computed == [H0, H1, H2] and res.hours_retiered == []
     assert res.rows_in == 4
@@ -114,8 +121,8 @@ def test_first_run_costs_every_hour_and_writes_manifests(lake):
     assert class_cost(cost_table(lake, H0), "internet_egress") == 0.0
     assert class_cost(cost_table(lake, H1), "internet_egress") == pytest.approx(egress_cost(110 * GB))
     for h in (H0, H1, H2):
-        m = st.read_manifest(lake, h)
-        assert m is not None and m.rows_in >= 1 and all(p.startswith("raw/flows/") for p in m.files)
+        m = C.read_record(lake, h)
+        assert m is not None and m.rows_in >= 1 and all(p.startswith("raw/flows/") for p in m.inputs)
     ledger = st.EgressLedger.load(lake, "2026-03")
     assert sum(sum(v.values()) for v in ledger.hours.values()) == 140 * GB
 
@@ -146,7 +153,7 @@ def test_late_file_recomputes_exactly_its_hour_and_retiers_later_hours(lake):
         egress_cost(160 * GB) - egress_cost(130 * GB))
     h2_after = cost_table(lake, H2)
     assert h2_after.drop_columns(["cost_usd"]).equals(h2_before.drop_columns(["cost_usd"]))
-    assert st.read_manifest(lake, H0).files.keys() >= {S.raw_file_path("raw/flows", "n2", late)}
+    assert C.read_record(lake, H0).inputs.keys() >= {S.raw_file_path("raw/flows", "n2", late)}
 
 
 def test_late_file_in_last_hour_retiers_nothing(lake):
@@ -197,8 +204,8 @@ def test_duplicate_uploads_are_counted_once_newest_wins(lake):
     res = run(lake)
     assert res.duplicates == [rel]
     assert pc.sum(cost_table(lake, H1)["tx_bytes"]).as_py() == 40 * GB
-    # both versions are in the manifest, so neither triggers a recomputation later
-    assert set(st.read_manifest(lake, H1).files) == {rel, dup}
+    # both versions are in the record, so neither triggers a recomputation later
+    assert set(C.read_record(lake, H1).inputs) == {rel, dup}
     assert run(lake).hours_computed == []
 
 
@@ -220,9 +227,9 @@ def test_invalid_file_is_quarantined_and_the_run_carries_on(lake):
     assert pc.sum(cost_table(lake, H1)["tx_bytes"]).as_py() == 51 * GB
 
 
-def test_crash_before_manifest_redoes_the_hour(lake):
+def test_hour_without_record_is_redone(lake):
     run(lake)
-    lake.delete(st.manifest_path(H1))  # as if the run died after writing H1's partition
+    lake.delete(C.record_path(H1))  # as if H1 had never been committed
     res = run(lake)
     assert res.hours_computed == [H1] and res.hours_retiered == [H2]
     assert class_cost(all_costs(lake), "internet_egress") == pytest.approx(egress_cost(140 * GB))

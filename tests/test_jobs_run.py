@@ -12,7 +12,7 @@ import pytest
 
 from jobs import cli
 from jobs import run as R
-from jobs import state as st
+from jobs import commit as C
 from lake import schema as S
 from test_jobs_load_state import GB, H0, S3_IP, all_costs, class_cost, egress_cost, flows
 from test_jobs_load_state import lake  # noqa: F401 - fixture
@@ -106,7 +106,7 @@ def test_cli_on_local_ray_matches_inline_and_is_incremental(lake, tmp_path):  # 
     assert r.returncode == 0, r.stderr
     assert "1 hour(s) computed, 2 re-tiered" in r.stdout
     assert class_cost(all_costs(lake), "internet_egress") == pytest.approx(egress_cost(160 * GB))
-    assert st.read_manifest(lake, H0).rows_in == 3
+    assert C.read_record(lake, H0).rows_in == 3
 
     r = run_cli("cost", "--lake", lake.url, "--quiet")
     assert r.returncode == 0 and "0 hour(s) computed, 0 re-tiered" in r.stdout

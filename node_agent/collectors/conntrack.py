@@ -46,50 +46,15 @@ def _netlink():
             NFNLGRP_CONNTRACK_DESTROY, IPCTNL_MSG_CT_GET, nfct_msg)
 
 
-def _run_in_netns(netns: str | None, fn) -> None:
-    """Run fn() in network namespace `netns` (a forked child does setns; sysctls under
-    /proc/sys/net belong to the namespace of the process that opens them)."""
-    if netns is None:
-        fn()
-        return
-    from pyroute2.netns import setns
-
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into the caller's code
-        msg = b""
-        try:
-            setns(netns, flags=0, fork=False)
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            msg = f"{type(exc).__name__}: {exc}".encode()
-        finally:
-            os.write(w, msg)
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        msg = f.read().decode()
-    os.waitpid(pid, 0)
-    if msg:
-        raise OSError(f"in netns {netns}: {msg}")
-
-
-def enable_acct(netns: str | None = None) -> None:
-    """Turn on conntrack byte/packet accounting (per network namespace); CollectorError if not."""
-    def write() -> None:
-        try:
-            with open(ACCT_SYSCTL) as f:
-                if f.read().strip() == "1":
-                    return
-        except FileNotFoundError:
-            raise FileNotFoundError("nf_conntrack is not loaded (no " + ACCT_SYSCTL + ")") from None
-        with open(ACCT_SYSCTL, "w") as f:
-            f.write("1\n")
+def enable_acct(netns: str | None = None) -> dict[str, int]:
+    """Set and verify nf_conntrack_acct=1 and nf_conntrack_events>=1 (per network namespace,
+    node_agent/kernel.py); CollectorError with one line if not. Returns the values read back."""
+    from node_agent.kernel import ensure_conntrack_settings
 
     try:
-        _run_in_netns(netns, write)
-    except PermissionError:
-        raise CollectorError(f"cannot enable conntrack accounting: {ACCT_SYSCTL} is not writable (run as root)") from None
+        return ensure_conntrack_settings(netns)
+    except PermissionError as exc:
+        raise CollectorError(f"cannot enable conntrack accounting: {exc}") from None
     except OSError as exc:
         raise CollectorError(f"cannot enable conntrack accounting: {exc}") from None
 
@@ -98,6 +63,9 @@ class ConntrackCollector(Collector):
     """Live conntrack entries and DESTROY events of one network namespace."""
 
     name = "conntrack"
+    # every connection that ends sends its final counters (DESTROY), so the run loop only
+    # drains events between cuts and dumps the table once per window (and after lost events)
+    events_complete = True
 
     def __init__(self, netns: str | None = None, rcvbuf: int = 32 << 20, dump_timeout: float = 30.0):
         self.netns = netns              # None: the agent's own namespace (hostNetwork on a node)
@@ -106,6 +74,9 @@ class ConntrackCollector(Collector):
         self._dump_sock: socket.socket | None = None
         self._event_sock: socket.socket | None = None
         self._parser = CtParser()
+        # zone duplicates, counter-less entries, tunnel encapsulation (node_agent/ctfilter.py)
+        self._filter = _entry_filter(netns)
+        self._kernel: dict[str, int] = {}
         self._seq = int(time.time()) & 0xFFFF
         self._overrun = False
         self._stats = {
@@ -115,7 +86,7 @@ class ConntrackCollector(Collector):
 
     # ------------------------------------------------------------------ setup
     def open(self) -> None:
-        enable_acct(self.netns)
+        self._kernel = enable_acct(self.netns)
         (NETLINK_NETFILTER, self._F_DUMP, self._F_REQUEST, self._SUBSYS,
          destroy_group, self._MSG_GET, self._nfct_msg) = _netlink()
         from pyroute2.netns import create_socket
@@ -163,6 +134,8 @@ class ConntrackCollector(Collector):
         if sock is None:
             raise CollectorError("conntrack collector is not open")
         self._drain_stale(sock)
+        flt = self._filter
+        flt.begin_dump()
         t0 = time.monotonic()
         sock.send(self._request())
         parser = self._parser
@@ -175,6 +148,7 @@ class ConntrackCollector(Collector):
             if not select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 raise CollectorError(f"conntrack dump timed out after {self.dump_timeout:.0f} s")
             data = sock.recv(RECV_SIZE)
+            special = parser.special
             try:
                 done = parser.feed(data, batch)
             except ParseError:
@@ -182,9 +156,13 @@ class ConntrackCollector(Collector):
             except NetlinkError as exc:
                 hint = " (needs root: CAP_NET_ADMIN)" if exc.errno in (errno.EPERM, errno.EACCES) else ""
                 raise CollectorError(f"conntrack dump failed: {exc.strerror}{hint}") from None
+            batch = flt.batch(batch, parser.special != special)
             entries += len(batch)
             yield from batch
-            batch.clear()
+            batch = []
+        batch = flt.end_dump()
+        entries += len(batch)
+        yield from batch
         st = self._stats
         st["dumps"] += 1
         st["entries"] = entries
@@ -214,6 +192,7 @@ class ConntrackCollector(Collector):
         out: list[ConnSample] = []
         parser = self._parser
         before = parser.malformed
+        special = parser.special
         while True:
             try:
                 data = sock.recv(RECV_SIZE)
@@ -232,7 +211,7 @@ class ConntrackCollector(Collector):
         self._stats["events"] += len(out)
         self._stats["malformed"] += parser.malformed - before
         self._stats["events_lost"] = self._socket_drops()
-        return [s for s in out if s.ended]
+        return self._filter.ended([s for s in out if s.ended], parser.special != special)
 
     def _socket_drops(self) -> int:
         """Events the kernel dropped on our event socket (SO_MEMINFO drop counter)."""
@@ -248,4 +227,12 @@ class ConntrackCollector(Collector):
         return self._overrun
 
     def stats(self) -> dict[str, int]:
-        return dict(self._stats)
+        return {**self._stats, **self._filter.stats(), **self._kernel}
+
+
+def _entry_filter(netns: str | None):
+    from node_agent.ctfilter import EntryFilter
+    from node_agent.localaddrs import LocalAddrs
+    from node_agent.tunnels import TunnelWatch
+
+    return EntryFilter(TunnelWatch(netns), LocalAddrs(netns).packed)
