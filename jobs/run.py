@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from jobs import commit as C
-from jobs import faults, load
+from jobs import faults, identity, load
 from jobs import lock
 from jobs import state as st
 from jobs import summary as sm
@@ -117,7 +117,7 @@ def _run_leased(opts: JobOptions, lake, lease, cfg, ranges_dir, t0) -> RunResult
     for month in sorted({st.month_of(h) for h in recovered.hours}):
         st.EgressLedger.load(lake, month, C.read_records(lake, recovered.hours), recovered.hours)
     p = plan(lake, opts.start, opts.end, _parse_lookback(cfg), opts.lateness,
-             also_months={st.month_of(h) for h in recovered.hours})
+             also_months={st.month_of(h) for h in recovered.hours}, bounds=identity.Bounds.of(cfg))
     todo = sorted(set(p.compute) | set(p.retier))
     out = opts.progress
     if out is not None:
