@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from typing import Any, Callable
 
 from jobs.errors import JobError
+from lake.storage import one_line
 
 
 
@@ -61,6 +64,25 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise JobError(f"cannot start or reach Ray at {address}: {exc}") from None
 
 
+def _sigterm_handler():
+    """SIGTERM's Python handler, if one is set and this is the main thread (else None)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    h = signal.getsignal(signal.SIGTERM)
+    return h if callable(h) else None
+
+
+def task_error(exc) -> Exception:
+    """The exception a Ray task raised, as the task raised it (a StorageError, an OSError for a
+    full disk or a refused permission, a JobError), so the CLI prints it as one line instead of
+    Ray's remote traceback; if Ray could not carry it over, a JobError with its last line."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, Exception) and not isinstance(cause, type(exc)):
+        return cause
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return JobError(f"a task failed: {lines[-1].strip() if lines else type(exc).__name__}")
+
+
 #: tries to start the job's own local Ray before giving up
 LOCAL_START_ATTEMPTS = 3
 
@@ -74,6 +96,9 @@ class RayExecutor:
             # (single-node mode would refuse a second node; auth is the cluster's to decide).
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # The driver reports the first failed task as one line; the other tasks' errors would
+        # otherwise be printed as tracebacks when their results are dropped.
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
         import ray  # noqa: PLC0415
         self.ray = ray
         self.started = False
@@ -82,20 +107,28 @@ class RayExecutor:
                                       "log_to_driver": True}
             if address:
                 _check_reachable(address)
-            for attempt in range(1 if address else LOCAL_START_ATTEMPTS):
-                try:
-                    if address:
-                        ray.init(address=address, **kwargs)
-                    else:
-                        ray.init(num_cpus=num_cpus, **kwargs)
-                    break
-                except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
-                    # a local Ray on a busy machine can miss its own start-up deadline (its agents
-                    # start late); starting it again usually works
-                    if address or attempt + 1 == LOCAL_START_ATTEMPTS or "timed out" not in str(exc):
-                        raise JobError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
-                                       f"{' '.join(str(exc).split())[:300]}") from exc
-                    ray.shutdown()
+            before = _sigterm_handler()
+            try:
+                for attempt in range(1 if address else LOCAL_START_ATTEMPTS):
+                    try:
+                        if address:
+                            ray.init(address=address, **kwargs)
+                        else:
+                            ray.init(num_cpus=num_cpus, **kwargs)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
+                        # a local Ray on a busy machine can miss its own start-up deadline (its
+                        # agents start late); starting it again usually works
+                        if address or attempt + 1 == LOCAL_START_ATTEMPTS or "timed out" not in str(exc):
+                            raise JobError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
+                                           f"{' '.join(str(exc).split())[:300]}") from exc
+                        ray.shutdown()
+            finally:
+                # ray.init replaces SIGTERM's handler with one that exits at once (status 1);
+                # the CLI's own (an exception, so the driver unwinds, reports one line and
+                # shutdown() stops the local Ray) is put back.
+                if callable(before):
+                    signal.signal(signal.SIGTERM, before)
             self.started = True
         self._remote: dict[Callable, Any] = {}
         self._max_memory: int | None = None
@@ -129,10 +162,9 @@ class RayExecutor:
         try:
             return self.ray.get(fut)
         except self.ray.exceptions.RayTaskError as exc:
-            # A JobError raised in a task is the user's message: give it without Ray's wrapping.
-            if isinstance(getattr(exc, "cause", None), JobError):
-                raise JobError(str(exc.cause)) from None
-            raise
+            raise task_error(exc) from None
+        except self.ray.exceptions.RayError as exc:  # a worker or node died, the object store is full
+            raise JobError(f"Ray failed: {type(exc).__name__}: {one_line(exc)}") from None
 
     def put(self, value):
         return self.ray.put(value)  # shipped once, resolved in each task that takes it

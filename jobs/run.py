@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from jobs import cells as CL
 from jobs import commit as C
 from jobs import context as cx
-from jobs import faults, load, lock
+from jobs import faults, identity, load, lock
 from jobs import partials as pt
 from jobs import state as st
 from jobs import summary as sm
@@ -121,7 +121,7 @@ def _run_leased(opts: JobOptions, lake: Lake, lease, cfg, ranges_dir, t0) -> Run
         st.EgressLedger.load(lake, month, C.read_records(lake, recovered.hours), recovered.hours)
     lookback = _parse_lookback(cfg)
     p = plan(lake, opts.start, opts.end, lookback, opts.lateness,
-             also_months={st.month_of(h) for h in recovered.hours})
+             also_months={st.month_of(h) for h in recovered.hours}, bounds=identity.Bounds.of(cfg))
     out = opts.progress
     if out is not None:
         print(f"cost: {len(p.compute)} hour(s) to compute, {len(p.retier)} to check for re-tiering, "

@@ -205,8 +205,46 @@ def test_entries_from_before_accounting_are_counted_apart(node):
         st = coll.stats()
         assert st["kernel_ct_acct"] == 1 and st["kernel_ct_events"] in (1, 2)
         assert st["entries_without_counters"] == 1
+        from node_agent.rawmeta import WindowMeta
+        assert WindowMeta().cut(coll.name, st)["netmon.entries_without_counters"] == "1"   # the window file says so
         assert early.getsockname()[1] not in {s.sport for s in samples}   # not a 0-byte flow
         assert [s for s in samples if s.orig_bytes > 50_000]
         early.close()
     finally:
         coll.close()
+
+
+# ------------------------------------------------------------- window file metadata
+def test_window_file_carries_the_collector_figures(tmp_path):
+    """Counter-less entries, zone duplicates and tunnel bytes reach the raw/flows file's
+    Parquet key/value metadata through the exporter and the spool."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    from lake.schema import RAW_FLOWS
+    from lake.storage import open_lake
+    from node_agent.exporter import Exporter
+    from node_agent.rawmeta import WindowMeta
+    from node_agent.spool import Spool
+
+    meta = WindowMeta()
+    stats = {"entries_without_counters": 3, "ended_without_counters": 5, "zone_duplicates": 2,
+             "tunnel_excluded_bytes": 1000, "kernel_ct_events": 2}
+    first = meta.cut("auto", stats)
+    second = meta.cut("auto", {**stats, "ended_without_counters": 6, "tunnel_excluded_bytes": 1500,
+                               "datapath_collector_ebpf": 1})
+    assert first == {"netmon.collector": "conntrack", "netmon.entries_without_counters": "3",
+                     "netmon.ended_without_counters": "5", "netmon.zone_duplicates": "2",
+                     "netmon.tunnel_excluded_bytes": "1000", "netmon.conntrack_events": "2"}
+    assert second["netmon.ended_without_counters"] == "1" and second["netmon.tunnel_excluded_bytes"] == "500"
+    assert second["netmon.collector"] == "ebpf"
+
+    lake = open_lake(str(tmp_path / "lake"))
+    exp = Exporter(lake, Spool(str(tmp_path / "spool"), 1 << 30), backoff_initial=0.05).start()
+    ws = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+    rel = exp.submit_raw("raw/flows", "node-a", ws, RAW_FLOWS.empty_table(), metadata=first)
+    exp.close(timeout=10)
+    md = pq.read_schema(str(tmp_path / "lake" / rel)).metadata
+    assert md[b"netmon.entries_without_counters"] == b"3" and md[b"netmon.table"] == b"raw/flows"
+    assert md[b"netmon.collector"] == b"conntrack"
