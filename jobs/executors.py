@@ -23,7 +23,7 @@ class _Done:
 
 
 class InlineExecutor:
-    def submit(self, fn: Callable, *args, num_returns: int = 1):
+    def submit(self, fn: Callable, *args, num_returns: int = 1, memory: int | None = None):
         out = fn(*args)
         return tuple(_Done(v) for v in out) if num_returns > 1 else _Done(out)
 
@@ -38,6 +38,12 @@ class InlineExecutor:
 
     def ready(self, futs: list, timeout: float | None = 0) -> list:
         return list(futs)
+
+    def capacity(self) -> int:
+        return 1
+
+    def wait_any(self, futs: list, timeout: float) -> None:
+        pass
 
     def shutdown(self) -> None:
         pass
@@ -114,11 +120,32 @@ class RayExecutor:
                     signal.signal(signal.SIGTERM, before)
             self.started = True
         self._remote: dict[Callable, Any] = {}
+        self._max_memory: int | None = None
 
-    def submit(self, fn: Callable, *args, num_returns: int = 1):
+    def submit(self, fn: Callable, *args, num_returns: int = 1, memory: int | None = None):
+        """`memory`: bytes the task needs; Ray places it only where that much is free."""
         if fn not in self._remote:
             self._remote[fn] = self.ray.remote(fn)
-        return self._remote[fn].options(num_returns=num_returns).remote(*args)
+        opts: dict[str, Any] = {"num_returns": num_returns}
+        if memory:
+            opts["memory"] = min(int(memory), self._largest_node_memory())
+        return self._remote[fn].options(**opts).remote(*args)
+
+    def wait_any(self, futs: list, timeout: float) -> None:
+        """Return when at least one of `futs` is done (or after `timeout` seconds)."""
+        if futs:
+            self.ray.wait(futs, num_returns=1, timeout=timeout)
+
+    def _largest_node_memory(self) -> int:
+        """A task asking more than any node offers would never run: ask at most that."""
+        if self._max_memory is None:
+            mem = [n.get("Resources", {}).get("memory", 0) for n in self.ray.nodes() if n.get("Alive")]
+            self._max_memory = int(max(mem, default=0)) or (1 << 62)
+        return self._max_memory
+
+    def capacity(self) -> int:
+        """Tasks the whole cluster runs at once (its CPUs), not the driver's machine's."""
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
 
     def get(self, fut):
         try:

@@ -209,6 +209,29 @@ static PyObject *Table_pop(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     return v;
 }
 
+static PyObject *Table_touch(Table *t, PyObject *const *args, Py_ssize_t nargs) {
+    /* touch(key, value, parity_bit, parity): the dump's common case without allocating.
+       Absent: None. Stored value equal to `value` but for the two flag bits: the stored
+       parity bit is set to `parity`, returns True. Otherwise: the stored value (an int). */
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "touch(key, value, bit, parity)"); return NULL; }
+    uint64_t k;
+    if (key_of(args[0], &k) < 0) return NULL;
+    Py_ssize_t i = find(t, k);
+    if (i < 0) Py_RETURN_NONE;
+    Slot cur;
+    if (value_of(args[1], &cur) < 0) return NULL;
+    unsigned long long bit = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long parity = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    Slot *s = &t->slots[i];
+    if ((s->v[0] | 3) == (cur.v[0] | 3) && s->v[1] == cur.v[1] && s->v[2] == cur.v[2] && s->v[3] == cur.v[3]
+            && s->hi == cur.hi) {
+        s->v[0] = (s->v[0] & ~(uint64_t)bit) | (uint64_t)parity;
+        Py_RETURN_TRUE;
+    }
+    return value_obj(s);
+}
+
 static PyObject *Table_clear(Table *t, PyObject *unused) {
     Slot *ns = PyMem_Calloc(8, sizeof(Slot));
     if (!ns) return PyErr_NoMemory();
@@ -297,6 +320,7 @@ static PyObject *Table_items(Table *t, PyObject *u) { return make_iter(t, 2); }
 static PyMethodDef Table_methods[] = {
     {"get", (PyCFunction)(void (*)(void))Table_get, METH_FASTCALL, "get(key[, default])"},
     {"pop", (PyCFunction)(void (*)(void))Table_pop, METH_FASTCALL, "pop(key[, default])"},
+    {"touch", (PyCFunction)(void (*)(void))Table_touch, METH_FASTCALL, "touch(key, value, bit, parity)"},
     {"clear", (PyCFunction)Table_clear, METH_NOARGS, "remove every entry"},
     {"clear_bit", (PyCFunction)Table_clear_bit, METH_O, "value &= ~mask for every entry"},
     {"take_unseen", (PyCFunction)Table_take_unseen, METH_VARARGS, "remove and return entries with (value & bit) != parity"},
