@@ -64,6 +64,8 @@ class RunResult:
     quarantined: list[dict]
     seconds: float
     summary: sm.Summary
+    #: tasks per Ray node ("ip node-id" -> count); empty for the inline executor
+    task_nodes: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -103,10 +105,15 @@ def run_cost_job(opts: JobOptions) -> RunResult:
     infos: dict[dt.datetime, dict] = {}
     partials: list[dict] = []
     chunk_bad: list[dict] = []
+    task_nodes: dict[str, int] = {}
     if todo:
         ex = InlineExecutor() if opts.executor == "inline" else RayExecutor(opts.ray_address, opts.num_cpus)
         try:
             infos, partials, chunk_bad = _execute(ex, opts, p, cfg, ranges_dir, todo, Progress(out, len(todo)))
+            task_nodes = ex.placement()
+            if out is not None and task_nodes:
+                print("cost: tasks per Ray node: " + ", ".join(f"{k} {v}" for k, v in sorted(task_nodes.items())),
+                      file=out, flush=True)
         finally:
             ex.shutdown()
         for ledger in p.ledgers.values():
@@ -132,7 +139,7 @@ def run_cost_job(opts: JobOptions) -> RunResult:
         rows_out=sum(i["rows_out"] for i in infos.values()),
         files_read=sum(i["files_read"] for i in infos.values()),
         duplicates=p.duplicates, quarantined=quarantined,
-        seconds=time.monotonic() - t0, summary=sm.merge(partials),
+        seconds=time.monotonic() - t0, summary=sm.merge(partials), task_nodes=task_nodes,
     )
 
 
