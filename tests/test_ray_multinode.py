@@ -147,7 +147,7 @@ def _start_ray(ns, args: list[str], env: dict, log_path: str, keep: set[int]) ->
 
 @pytest.fixture
 def cluster():
-    a, b = make_pair("bench")
+    a, b = make_pair("bench-ray")
     tmp = tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     token = uuid.uuid4().hex + uuid.uuid4().hex
     env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
