@@ -19,24 +19,65 @@ from jobs.inventory import ids_in, to_us
 from lake import schema as S
 
 
+def _link_names(chains) -> pa.Array:
+    """Per answer: the first name of its CNAME chain that matches a private-link pattern
+    (lower-case), else null. Patterns run once per distinct chain name."""
+    from jobs.classify import PRIVATE_LINK_RE  # noqa: PLC0415 (classify imports resolve, not dns)
+    chains = chains.combine_chunks() if isinstance(chains, pa.ChunkedArray) else chains
+    n = len(chains)
+    out = np.full(n, -1, np.int64)
+    flat = pc.utf8_lower(pc.list_flatten(chains))
+    if len(flat) == 0:
+        return pa.nulls(n, pa.string())
+    parent = pc.list_parent_indices(chains).to_numpy()
+    enc = pc.dictionary_encode(flat)
+    names = enc.dictionary.to_pylist()
+    hit = np.array([bool(x) and PRIVATE_LINK_RE.match(x.rstrip(".")) is not None for x in names], bool)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    m = hit[codes]
+    if m.any():
+        first_parent, first = np.unique(parent[m], return_index=True)
+        out[first_parent] = codes[np.flatnonzero(m)[first]]
+    return pa.DictionaryArray.from_arrays(pa.array(out, mask=out < 0).cast(pa.int32()), enc.dictionary).cast(pa.string())
+
+
 class DnsIndex:
     def __init__(self, dns: pa.Table | None, lookback_s: float):
         dns = S.empty(S.RAW_DNS) if dns is None else S.conform(dns, S.RAW_DNS)
         seen = pc.coalesce(dns.column("seen_at"), dns.column("window_end"))
         keep = pc.and_(pc.is_valid(dns.column("ip")), pc.and_(pc.is_valid(dns.column("domain")), pc.is_valid(seen)))
         t = pa.table({"ip": dns.column("ip"), "client_ip": dns.column("client_ip"),
-                      "domain": pc.utf8_lower(dns.column("domain")), "seen": seen}).filter(keep)
+                      "domain": pc.utf8_lower(dns.column("domain")), "seen": seen,
+                      "cname": _link_names(dns.column("cname_chain"))}).filter(keep)
         t = t.sort_by("seen")
         self.table = t
         self.seen = to_us(t.column("seen"))
         self.lookback_us = int(lookback_s * 1_000_000)
 
-    def lookup(self, ipd: pa.Array, src_ids: np.ndarray, dst_ids: np.ndarray, we_us: np.ndarray) -> pa.Array:
+    def lookup(self, ipd: pa.Array, src_ids: np.ndarray, dst_ids: np.ndarray, we_us: np.ndarray,
+               with_cname: bool = False):
         """dst_domain per row (string array, null where no answer). `ipd` is the dictionary the
-        src/dst ids point into."""
+        src/dst ids point into. With `with_cname`, also the chosen answer's private-link CNAME
+        (dst_cname; null when its chain has none)."""
+        n = len(dst_ids)
+        if with_cname:
+            dom, row, answers = self._lookup(ipd, src_ids, dst_ids, we_us)
+            if row is None:
+                return dom, pa.nulls(n, pa.string())
+            cn = answers.column("cname")
+            enc = pc.dictionary_encode(cn)
+            enc = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
+            codes = enc.indices.fill_null(-1).to_numpy().astype(np.int64)
+            r = np.where(row >= 0, codes[np.maximum(row, 0)], -1)
+            return dom, pa.DictionaryArray.from_arrays(pa.array(r, mask=r < 0).cast(pa.int32()), enc.dictionary)
+        return self._lookup(ipd, src_ids, dst_ids, we_us)[0]
+
+    def _lookup(self, ipd, src_ids, dst_ids, we_us):
+        """(dst_domain, row per query into the answers searched or -1 (None when no answers),
+        the answers searched)."""
         n = len(dst_ids)
         if n == 0 or len(self.seen) == 0:
-            return pa.nulls(n, pa.string())
+            return pa.nulls(n, pa.string()), None, None
         base = int(we_us.min()) - self.lookback_us
         top = int(we_us.max())
         lo, hi = np.searchsorted(self.seen, [base, top], side="left")[0], np.searchsorted(self.seen, top, side="right")
@@ -45,7 +86,7 @@ class DnsIndex:
         ip = ids_in(t.column("ip"), ipd)
         ok = ip >= 0
         if not ok.any():
-            return pa.nulls(n, pa.string())
+            return pa.nulls(n, pa.string()), None, None
         t, seen, ip = t.filter(pa.array(ok)), seen[ok], ip[ok]
         client = ids_in(t.column("client_ip"), ipd)
         enc = pc.dictionary_encode(t.column("domain")).combine_chunks()
@@ -59,7 +100,7 @@ class DnsIndex:
         q = np.flatnonzero(has[np.maximum(dst_ids, 0)] & (dst_ids >= 0))
         out = np.full(n, -1, np.int64)
         if len(q) == 0:
-            return pa.nulls(n, pa.string())
+            return pa.nulls(n, pa.string()), None, None
         qt = we_us[q]
         # time unit coarse enough that group * span fits int64
         span, div = top - base + 1, 1
@@ -94,4 +135,6 @@ class DnsIndex:
         row = np.where(same >= 0, same, any_client)
         dcode = enc.indices.to_numpy()
         out[q] = np.where(row >= 0, dcode[np.maximum(row, 0)], -1)
-        return pa.DictionaryArray.from_arrays(pa.array(out, mask=out < 0).cast(pa.int32()), domains)
+        rows = np.full(n, -1, np.int64)
+        rows[q] = row
+        return pa.DictionaryArray.from_arrays(pa.array(out, mask=out < 0).cast(pa.int32()), domains), rows, t

@@ -143,3 +143,12 @@ def is_private(ips: ParsedIPs) -> np.ndarray:
 def is_imds(ips: ParsedIPs) -> np.ndarray:
     v6 = np.array([v == _IMDS_V6 for v in ips.v6], bool) if len(ips.v6) else np.zeros(0, bool)
     return ((ips.family == 4) & (ips.v4 == _IMDS_V4)) | ((ips.family == 6) & v6)
+
+
+#: Azure's platform address (DNS, DHCP, health probes, VM agent): the platform, not the internet
+_AZURE_PLATFORM_V4 = (168 << 24) | (63 << 16) | (129 << 8) | 16
+
+
+def is_platform(ips: ParsedIPs) -> np.ndarray:
+    """Metadata and platform addresses that are never billed: IMDS and 168.63.129.16."""
+    return is_imds(ips) | ((ips.family == 4) & (ips.v4 == _AZURE_PLATFORM_V4))

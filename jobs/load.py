@@ -1,17 +1,26 @@
 """Load raw lake files for the cost job: read, check against the contract, quarantine the bad.
 
-A file that cannot be read or breaks the contract is moved (copy, then delete) to
-`_quarantine/<original relative path>` with `<that path>.reason.json` beside it, and the run
-carries on without it. Because it is no longer under `raw/`, it is not retried unless an agent
-uploads it again (a re-upload is a new file and is picked up by the next run).
+Two kinds of failure, handled differently:
+- the *storage* failed (throttling, a reset or stalled connection, a timeout, an I/O error):
+  the read is retried with backoff (the lake's RetryPolicy) and, if it keeps failing, a
+  StorageError fails the hour that needed the file. Nothing is quarantined; the hour's record
+  is not written, so the next run computes it again.
+- the *contents* are wrong: the file is moved (copy, then delete) to
+  `_quarantine/<original relative path>` with `<that path>.reason.json` beside it, and the run
+  carries on without it. `netmon-jobs release` moves it back after a fix.
+A file is fetched whole before it is parsed, so the two cannot be confused: any error while
+fetching is the storage's, any error while parsing the fetched bytes is the file's.
 
 Checks (table -> table, raising InvalidFile with a machine-readable reason):
-- unreadable: not Parquet, truncated, or unreadable from storage;
+- unreadable: not Parquet, truncated;
 - schema: a required column missing, a column that does not cast to the contract type
   (lake.schema.conform), a null in a required column, an unknown `direction`;
 - negative_counter: a byte, packet or connection delta below zero;
 - bad_window: window_end <= window_start;
 - wrong_hour: rows whose window_start is not in the hour the file's name says;
+- identity checks (jobs/identity.py): rows of another node or window than the name says,
+  a name that disagrees with its partition directories, windows in the future or beyond the
+  horizon, and copies of another file under a second name;
 - bad_name: a name that does not follow `<kind>-<node>-<YYYYMMDDTHHMMSSZ>.parquet`, so the
   file's node and window (its identity, used to drop duplicate uploads) are unknown.
 """
@@ -28,8 +37,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from jobs import identity
 from lake import schema as S
-from lake.storage import Lake, one_line
+from lake.storage import Lake, StorageError, one_line
 
 HOUR = dt.timedelta(hours=1)
 
@@ -117,22 +127,33 @@ def read_checked(lake: Lake, rel: str) -> pa.Table:
     if table_name not in REQUIRED:
         raise InvalidFile("bad_name", f"{rel!r} is not under raw/flows or raw/dns")
     hour = file_hour(rel)
+    data = fetch(lake, rel)  # StorageError / FileNotFoundError propagate: not the file's fault
     try:
-        table = read_parquet(lake, rel)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any read failure means the file is unusable
-        if not lake.exists(rel):
-            raise FileNotFoundError(rel) from exc
+        table = parse_parquet(data)
+    except Exception as exc:  # noqa: BLE001 - the bytes arrived; they are not a Parquet file
         raise InvalidFile("unreadable", one_line(exc)) from exc
-    return check(table, table_name, hour)
+    out = check(table, table_name, hour)
+    identity.check_rows(out, rel, lake.exists)
+    return out
+
+
+def fetch(lake: Lake, rel: str) -> bytes:
+    """A whole raw file's bytes, retried on transient storage errors (raw files are small: one
+    request each is also the fastest way to read them from an object store)."""
+    data = lake.read_bytes(rel)
+    if data is None:
+        raise FileNotFoundError(rel)
+    return data
+
+
+def parse_parquet(data: bytes) -> pa.Table:
+    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
 
 
 def read_parquet(lake: Lake, rel: str) -> pa.Table:
-    """One small Parquet file, read directly (no dataset discovery: raw files are many and small,
-    so the per-file overhead is what counts)."""
-    with lake.fs.open_input_file(lake.path(rel)) as f:
-        return pq.ParquetFile(f).read(use_threads=False)
+    """One small Parquet file: fetched whole (storage errors retried, then StorageError), then
+    parsed (a ValueError/OSError from pyarrow means the contents are bad)."""
+    return parse_parquet(fetch(lake, rel))
 
 
 def _map(lake: Lake, fn, rels: list[str]) -> list:
@@ -149,10 +170,8 @@ def quarantine(lake: Lake, rel: str, reason: str, error: str, failed: list[dict]
     Safe when two workers quarantine the same file: the copy and the reason are rewritten with
     the same content and the delete ignores a file already gone."""
     dest = f"{S.QUARANTINE_DIR}/{rel}"
-    full_dest = lake.path(dest)
-    lake.fs.create_dir(posixpath.dirname(full_dest), recursive=True)
     try:
-        lake.fs.copy_file(lake.path(rel), full_dest)
+        lake.copy(rel, dest)
     except FileNotFoundError:
         if not lake.exists(dest):
             raise
@@ -192,7 +211,11 @@ def load_files(lake: Lake, rels: list[str], table_name: str, validate: bool = Tr
     all files at once; a file breaking a critical rule is quarantined with the failed
     expectations recorded in its reason file."""
     tables, names, bad = [], [], []
-    for rel, got in zip(rels, _map(lake, lambda r: _try_read(lake, r), rels)):
+    try:
+        results = _map(lake, lambda r: _try_read(lake, r), rels)
+    except StorageError as exc:
+        raise StorageError(f"{exc}; nothing of its hour was published, the next run retries it") from exc
+    for rel, got in zip(rels, results):
         if got is None:
             continue
         if isinstance(got, InvalidFile):
@@ -230,13 +253,18 @@ def _quality_gate(lake: Lake, table_name: str, tables: list[pa.Table], names: li
 
 
 def read_inventory(lake: Lake, rels: list[str], kind: str) -> tuple[pa.Table, list[dict]]:
-    """Read inventory snapshots, conformed to the contract. An unreadable snapshot is skipped and
-    reported (not quarantined: several hours share it, and the next snapshot supersedes it)."""
+    """Read inventory snapshots, conformed to the contract. A snapshot whose contents are bad is
+    skipped and reported (not quarantined: several hours share it, and the next snapshot
+    supersedes it); storage errors are retried, then raise StorageError (the hour fails)."""
     schema = S.TABLES[f"inventory/{kind}"].schema
 
     def one(rel):
         try:
-            return S.conform(read_parquet(lake, rel), schema)
+            data = fetch(lake, rel)
+        except FileNotFoundError:
+            return {"path": rel, "reason": SKIPPED_INVENTORY, "error": "vanished while the job ran"}
+        try:
+            return S.conform(parse_parquet(data), schema)
         except Exception as exc:  # noqa: BLE001 - reported, the run goes on with the rest
             return {"path": rel, "reason": SKIPPED_INVENTORY, "error": one_line(exc)}
 

@@ -9,7 +9,12 @@ Tables between the stages (string columns stay dictionary-encoded until the fina
   byte/packet counters (no traffic_class, cloud tags, cost or rate_card yet).
 - classify: + traffic_class, dst_cloud_provider/service/region, _rule (int32 index into
   config.rules, -1 for none; dropped by conform).
-- price: + cost_usd (all but tiered egress), rate_card.
+- resolve also adds dst_cname (private-link CNAME of the DNS answer) and _src_nat (the source
+  node's NAT gateway index, hidden).
+- classify: + _public, _internal (hidden), completes dst_zone/dst_region (rules, subnets,
+  cloud ranges).
+- price: + cost_usd (all but tiered egress), dst_cost_usd, processing_cost_usd, usage types,
+  nat_gateway, rate_card.
 
 `cost_flows` is pure and independent per batch (the Ray driver runs it per hour in
 parallel); `apply_egress_tiers` then adds the tiered internet-egress cost, hour by hour in
@@ -47,6 +52,7 @@ class Context:
     ranges: CloudRanges | None
     cards: RateCards
     rules: PrefixTable | None
+    subnets: PrefixTable | None = None
 
 
 def build_context(inventory_tables: dict[str, pa.Table], dns: pa.Table | None, config: JobConfig,
@@ -57,6 +63,8 @@ def build_context(inventory_tables: dict[str, pa.Table], dns: pa.Table | None, c
     unknown = set(inv) - set(S.INVENTORY_KINDS)
     if unknown:
         raise ValueError(f"unknown inventory kind(s): {', '.join(sorted(unknown))}")
+    cards = cards or _cards_for(config)
+    config.check_cards(cards)
     return Context(
         config=config,
         pods=Snapshots("pods", inv.get("pods")),
@@ -65,9 +73,21 @@ def build_context(inventory_tables: dict[str, pa.Table], dns: pa.Table | None, c
         endpoints=Snapshots("endpoints", inv.get("endpoints")),
         dns=DnsIndex(dns, config.dns_lookback_s),
         ranges=ranges,
-        cards=cards or _pricing.default_cards(),
+        cards=cards,
         rules=_classify.rules_table(config.rules),
+        subnets=_classify.subnets_table(config.subnets),
     )
+
+
+_CARDS: dict[tuple, RateCards] = {}
+
+
+def _cards_for(config: JobConfig) -> RateCards:
+    """The packaged rate cards with the config's fallback, network tier and rate limit."""
+    key = (tuple(sorted(config.price_fallback.items())), config.network_tier, config.max_per_gb)
+    if key not in _CARDS:
+        _CARDS[key] = RateCards.for_config(config)
+    return _CARDS[key]
 
 
 def cost_flows(raw_flows: pa.Table, ctx: Context, stats: dict | None = None) -> pa.Table:

@@ -135,11 +135,11 @@ def _check_costs(lake: Lake, date: str | None, report: Report) -> None:
 
 
 def _kept_raw_bytes(lake: Lake, date: str | None) -> int | None:
-    """tx + rx of the raw rows the cost job kept, from its manifests (None if one lacks it)."""
+    """tx + rx of the raw rows the cost job kept, from its hour records (None if one lacks it)."""
     total, found = 0, False
-    for info in lake.list_files(f"{S.STATE_DIR}/processed", suffix=".json"):
+    for info in lake.list_files(f"{S.STATE_DIR}/hours", suffix=".json"):
         rel = lake.rel(info.path)
-        if date is not None and f"/{date}/" not in rel:
+        if date is not None and f"/date={date}/" not in rel:
             continue
         data = json.loads(lake.read_bytes(rel) or b"{}")
         if "kept_bytes" not in data:

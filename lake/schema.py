@@ -116,6 +116,9 @@ INV_NODES = pa.schema(
         ("region", pa.string()),        # topology.kubernetes.io/region
         ("provider", pa.string()),      # aws, gcp, azure, ... from spec.providerID
         ("instance_type", pa.string()),
+        # the provider's node-group label (eks.amazonaws.com/nodegroup, cloud.google.com/gke-nodepool,
+        # kubernetes.azure.com/agentpool); NAT gateways can be configured per node group
+        ("node_group", pa.string()),
     ],
     metadata={"netmon.table": "inventory/nodes", "netmon.schema_version": SCHEMA_VERSION},
 )
@@ -143,6 +146,7 @@ TRAFFIC_CLASSES = (
     "cross_region",
     "internet_egress",
     "peering",
+    "transit_gateway",
     "private_link",
     "k8s_control_plane",
     "cloud_api",
@@ -179,6 +183,7 @@ COST_FLOWS = pa.schema(
         ("dst_zone", pa.string()),
         ("dst_region", pa.string()),
         ("dst_domain", pa.string()),
+        ("dst_cname", pa.string()),       # private-link name in the DNS answer's CNAME chain
         ("dst_cloud_provider", pa.string()),  # from published IP ranges, for external IPs
         ("dst_cloud_service", pa.string()),
         ("dst_cloud_region", pa.string()),
@@ -192,6 +197,18 @@ COST_FLOWS = pa.schema(
         ("rx_packets", pa.int64()),
         ("cost_usd", pa.float64()),
         ("rate_card", pa.string()),       # which rate card priced the row (provider/region)
+        # the bill's language and both sides: cost_usd = source side + dst_cost_usd; the
+        # source side includes processing_cost_usd (NAT gateway, private endpoint, transit gateway)
+        ("usage_type", pa.string()),      # provider meter of the source side's transfer
+        ("dst_cost_usd", pa.float64()),   # part of cost_usd metered on the destination's side
+        ("dst_usage_type", pa.string()),
+        ("processing_cost_usd", pa.float64()),
+        ("processing_usage_type", pa.string()),
+        # metered quantity of each charge, in bytes (the provider bills per GB of these)
+        ("usage_bytes", pa.int64()),
+        ("dst_usage_bytes", pa.int64()),
+        ("processing_bytes", pa.int64()),
+        ("nat_gateway", pa.string()),     # NAT gateway the row passed (config.nat_gateways name)
     ],
     metadata={"netmon.table": "costs/flows", "netmon.schema_version": SCHEMA_VERSION},
 )
@@ -204,7 +221,8 @@ COST_NAMESPACE_HOURLY = pa.schema(
         ("tx_bytes", pa.int64()),
         ("rx_bytes", pa.int64()),
         ("flows", pa.int64()),
-        ("cost_usd", pa.float64()),
+        ("cost_usd", pa.float64()),       # charged to the namespace: its source side + destination side
+        ("dst_side_cost_usd", pa.float64()),  # of which as the destination side
     ],
     metadata={"netmon.table": "costs/namespace_hourly", "netmon.schema_version": SCHEMA_VERSION},
 )
@@ -219,9 +237,71 @@ COST_WORKLOAD_DAILY = pa.schema(
         ("tx_bytes", pa.int64()),
         ("rx_bytes", pa.int64()),
         ("flows", pa.int64()),
-        ("cost_usd", pa.float64()),
+        ("cost_usd", pa.float64()),       # charged to the namespace: its source side + destination side
+        ("dst_side_cost_usd", pa.float64()),  # of which as the destination side
     ],
     metadata={"netmon.table": "costs/workload_daily", "netmon.schema_version": SCHEMA_VERSION},
+)
+
+#: FOCUS 1.x export of the network costs (FinOps Open Cost and Usage Specification): the
+#: columns a usage charge carries, plus x_ columns netmon adds (jobs/focus.py)
+_STR = pa.string()
+COST_FOCUS = pa.schema(
+    [
+        ("BilledCost", pa.float64()),
+        ("EffectiveCost", pa.float64()),
+        ("ListCost", pa.float64()),
+        ("ContractedCost", pa.float64()),
+        ("BillingCurrency", _STR),
+        ("BillingAccountId", _STR),       # not known to netmon: null
+        ("BillingAccountName", _STR),
+        ("BillingPeriodStart", TS),       # calendar month
+        ("BillingPeriodEnd", TS),
+        ("ChargePeriodStart", TS),        # hour
+        ("ChargePeriodEnd", TS),
+        ("ChargeCategory", _STR),         # Usage
+        ("ChargeClass", _STR),
+        ("ChargeDescription", _STR),
+        ("ChargeFrequency", _STR),        # Usage-Based
+        ("ConsumedQuantity", pa.float64()),
+        ("ConsumedUnit", _STR),           # the provider's billing unit: GB (AWS 2^30, Azure 10^9 bytes), GiB
+        ("PricingQuantity", pa.float64()),
+        ("PricingUnit", _STR),
+        ("PricingCategory", _STR),        # Standard (list prices)
+        ("ListUnitPrice", pa.float64()),
+        ("ContractedUnitPrice", pa.float64()),
+        ("ProviderName", _STR),
+        ("PublisherName", _STR),
+        ("InvoiceIssuerName", _STR),
+        ("ServiceCategory", _STR),        # Networking
+        ("ServiceName", _STR),
+        ("RegionId", _STR),
+        ("RegionName", _STR),
+        ("AvailabilityZone", _STR),
+        ("ResourceId", _STR),
+        ("ResourceName", _STR),
+        ("ResourceType", _STR),
+        ("SkuId", _STR),
+        ("SkuPriceId", _STR),
+        ("SubAccountId", _STR),
+        ("SubAccountName", _STR),
+        ("CommitmentDiscountCategory", _STR),
+        ("CommitmentDiscountId", _STR),
+        ("CommitmentDiscountName", _STR),
+        ("CommitmentDiscountStatus", _STR),
+        ("CommitmentDiscountType", _STR),
+        ("x_Namespace", _STR),            # the namespace charged (null: node traffic)
+        ("x_WorkloadKind", _STR),
+        ("x_Workload", _STR),
+        ("x_TrafficClass", _STR),
+        ("x_UsageType", _STR),            # the provider meter (AWS CUR usage type, GCP SKU, Azure meter)
+        ("x_Side", _STR),                 # source, destination or processing
+        ("x_RateCard", _STR),
+        ("x_Provider", _STR),             # aws, gcp, azure
+        ("x_UsageBytes", pa.int64()),     # metered bytes (ConsumedQuantity in bytes)
+        ("x_Flows", pa.int64()),          # cost rows whose source side this row sums
+    ],
+    metadata={"netmon.table": "costs/focus", "netmon.schema_version": SCHEMA_VERSION},
 )
 
 # ------------------------------------------------------------------------- the catalogue
@@ -262,6 +342,7 @@ TABLES = {
     "costs/flows": Table("costs/flows", COST_FLOWS, ("date", "hour")),
     "costs/namespace_hourly": Table("costs/namespace_hourly", COST_NAMESPACE_HOURLY, ("date",)),
     "costs/workload_daily": Table("costs/workload_daily", COST_WORKLOAD_DAILY, ("date",)),
+    "costs/focus": Table("costs/focus", COST_FOCUS, ("date",)),
 }
 
 INVENTORY_KINDS = ("pods", "services", "nodes", "endpoints")

@@ -5,13 +5,23 @@ endpoint override for MinIO or moto via `s3_endpoint=` or AWS_ENDPOINT_URL), and
 fsspec URL (`gs://`, `abfs://`, `memory://`) when fsspec and its backend are installed.
 pyarrow's own S3 filesystem is used for S3 so the agent does not pay for s3fs/boto.
 
-Writes are atomic: local files are written beside their target and renamed; object stores
-only show an object once its upload completes. A retried write to the same path replaces.
+Writes are atomic: local files are written beside their target (a hidden `.NAME.*.tmp`, removed
+on any failure) and renamed; object stores only show an object once its upload completes. A
+retried write to the same path replaces.
+
+Retries: a Lake opened with `attempts > 1` (the cost job: `job_lake`) retries each storage
+operation that fails transiently (throttling such as 503 SlowDown, connection resets, timeouts,
+I/O errors) with exponential backoff, then raises StorageError; errors that retrying cannot fix
+(not found, permission denied, no space left, no such bucket) are raised at once. The agent
+opens its lake with one attempt: it spools on the first failure instead of blocking its loop.
 """
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
+import random
+import time
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -27,11 +37,77 @@ class LakeError(Exception):
     """A problem with the lake URL or with reaching the storage behind it."""
 
 
+class StorageError(LakeError, OSError):
+    """A storage operation that kept failing after its retries (an OSError, so callers that
+    handle I/O errors handle it too)."""
+
+
+#: Storage errors that retrying cannot fix.
+_PERMANENT_ERRNO = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
+                    errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG}
+_PERMANENT_TEXT = ("ACCESS_DENIED", "AccessDenied", "NoSuchBucket", "NO_SUCH_BUCKET", "InvalidAccessKeyId",
+                   "SignatureDoesNotMatch", "Path does not exist", "NoSuchKey", "No space left", "Read-only file system")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed storage call may succeed if tried again (throttling, resets, timeouts, EIO)."""
+    if not isinstance(exc, OSError) or isinstance(exc, (FileNotFoundError, PermissionError, StorageError)):
+        return False
+    if exc.errno in _PERMANENT_ERRNO:
+        return False
+    text = str(exc)
+    return not any(t in text for t in _PERMANENT_TEXT)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a storage call is retried (`attempts` 1: never)."""
+    attempts: int = 1
+    backoff_s: float = 0.5      # first wait; doubled after each failure, with jitter
+    max_backoff_s: float = 10.0
+
+    @classmethod
+    def for_job(cls) -> "RetryPolicy":
+        """The cost job's policy: NETMON_STORAGE_ATTEMPTS (default 6) and NETMON_STORAGE_BACKOFF
+        seconds (default 0.5): about 15 s of retrying, on top of the S3 client's own 3 attempts."""
+        try:
+            attempts = int(os.environ.get("NETMON_STORAGE_ATTEMPTS") or 6)
+            backoff = float(os.environ.get("NETMON_STORAGE_BACKOFF") or 0.5)
+        except ValueError as exc:
+            raise LakeError(f"NETMON_STORAGE_ATTEMPTS/NETMON_STORAGE_BACKOFF: {exc}") from None
+        if attempts < 1 or backoff < 0:
+            raise LakeError("NETMON_STORAGE_ATTEMPTS must be >= 1 and NETMON_STORAGE_BACKOFF >= 0")
+        return cls(attempts, backoff)
+
+    def call(self, fn, what: str):
+        """fn(), retried on transient errors; after the last attempt raises StorageError naming
+        `what` (a path or an operation) and the cause, as one line."""
+        t0 = time.monotonic()
+        for i in range(self.attempts):
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if not is_transient(exc) or self.attempts == 1:
+                    raise
+                if i == self.attempts - 1:
+                    raise StorageError(f"{what}: {one_line(exc)} (failed {self.attempts} times in "
+                                       f"{time.monotonic() - t0:.0f}s)") from exc
+                wait = min(self.max_backoff_s, self.backoff_s * 2 ** i)
+                time.sleep(wait * (0.5 + random.random() / 2))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
 @dataclass
 class Lake:
     fs: pafs.FileSystem
     root: str         # path of the lake root inside `fs` (no trailing slash)
     url: str          # as the user gave it
+    retry: RetryPolicy = RetryPolicy()
+    s3_endpoint: str | None = None  # endpoint override of an s3:// lake (conditional writes use it)
+
+    def call(self, fn, what: str):
+        """fn() under this lake's retry policy (see RetryPolicy.call)."""
+        return self.retry.call(fn, what)
 
     # ----------------------------------------------------------------------- paths
     def path(self, rel: str) -> str:
@@ -43,59 +119,64 @@ class Lake:
     # ----------------------------------------------------------------------- writes
     def write_table(self, rel: str, table: pa.Table, compression: str = "zstd") -> str:
         """Write `table` to `rel` atomically; returns the full path written."""
-        full = self.path(rel)
-        parent = posixpath.dirname(full)
-        if parent:
-            self.fs.create_dir(parent, recursive=True)
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            tmp = posixpath.join(parent, f".{posixpath.basename(full)}.{uuid.uuid4().hex}.tmp")
-            try:
-                pq.write_table(table, tmp, filesystem=self.fs, compression=compression)
-                os.replace(tmp, full)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        else:
-            pq.write_table(table, full, filesystem=self.fs, compression=compression)
-        return full
+        def write(target):
+            pq.write_table(table, target, filesystem=self.fs, compression=compression)
+        return self.call(lambda: self._write(rel, write), f"writing {rel}")
 
     def write_bytes(self, rel: str, data: bytes) -> str:
+        def write(target):
+            with self.fs.open_output_stream(target) as f:
+                f.write(data)
+        return self.call(lambda: self._write(rel, write), f"writing {rel}")
+
+    def _write(self, rel: str, write) -> str:
+        """write(target) to a hidden temporary beside `rel` and rename it (local disk), or
+        straight to `rel` (object stores publish an object only when its upload completes).
+        The temporary never outlives a failure (a full disk, a permission error)."""
         full = self.path(rel)
         parent = posixpath.dirname(full)
         if parent:
             self.fs.create_dir(parent, recursive=True)
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            tmp = f"{full}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            write(full)
+            return full
+        tmp = posixpath.join(parent, f".{posixpath.basename(full)}.{uuid.uuid4().hex}.tmp")
+        try:
+            write(tmp)
             os.replace(tmp, full)
-        else:
-            with self.fs.open_output_stream(full) as f:
-                f.write(data)
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         return full
 
     # ----------------------------------------------------------------------- reads
     def read_bytes(self, rel: str) -> bytes | None:
+        """The whole object, or None if it does not exist."""
         full = self.path(rel)
-        try:
+
+        def read():
             with self.fs.open_input_stream(full) as f:
                 return f.read()
+        try:
+            return self.call(read, f"reading {rel}")
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if _is_not_found(exc):
+            if not isinstance(exc, StorageError) and _is_not_found(exc):
                 return None
             raise
 
     def read_table(self, rel_or_full: str, columns: list[str] | None = None) -> pa.Table:
         full = rel_or_full if rel_or_full.startswith(self.root) and self.root else self.path(rel_or_full)
-        return pq.read_table(full, filesystem=self.fs, columns=columns)
+        return self.call(lambda: pq.read_table(full, filesystem=self.fs, columns=columns), f"reading {self.rel(full)}")
 
     def list_files(self, rel_dir: str, suffix: str = ".parquet") -> list[pafs.FileInfo]:
         """Every file under `rel_dir` ending in `suffix` (hidden temp files excluded), sorted by path."""
         sel = pafs.FileSelector(self.path(rel_dir), recursive=True, allow_not_found=True)
         try:
-            infos = self.fs.get_file_info(sel)
+            infos = self.call(lambda: self.fs.get_file_info(sel), f"listing {rel_dir}/")
         except FileNotFoundError:
             return []
         out = [
@@ -107,14 +188,24 @@ class Lake:
         return sorted(out, key=lambda i: i.path)
 
     def exists(self, rel: str) -> bool:
-        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+        info = self.call(lambda: self.fs.get_file_info(self.path(rel)), f"looking up {rel}")
+        return info.type != pafs.FileType.NotFound
 
     def delete(self, rel_or_full: str) -> None:
         full = rel_or_full if self.root and rel_or_full.startswith(self.root + "/") else self.path(rel_or_full)
         try:
-            self.fs.delete_file(full)
+            self.call(lambda: self.fs.delete_file(full), f"deleting {self.rel(full)}")
         except FileNotFoundError:
             pass
+
+    def copy(self, src_rel: str, dest_rel: str) -> None:
+        """Copy one object (server-side on object stores); FileNotFoundError if `src_rel` is gone."""
+        dest = self.path(dest_rel)
+
+        def copy():
+            self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+            self.fs.copy_file(self.path(src_rel), dest)
+        self.call(copy, f"copying {src_rel} to {dest_rel}")
 
     def check_writable(self) -> None:
         """Create the root and round-trip a marker object, raising LakeError with the cause."""
@@ -137,8 +228,16 @@ def one_line(exc: BaseException, limit: int | None = 300) -> str:
     return (text[:limit] if limit else text) or type(exc).__name__
 
 
-def open_lake(url: str, s3_endpoint: str | None = None, create_bucket: bool = True) -> Lake:
-    """Resolve a lake URL to a filesystem. Raises LakeError for unknown schemes or bad URLs."""
+def job_lake(url: str, s3_endpoint: str | None = None, create_bucket: bool = False) -> Lake:
+    """The lake as the cost job opens it: storage calls retried (RetryPolicy.for_job)."""
+    return open_lake(url, s3_endpoint, create_bucket, retry=RetryPolicy.for_job())
+
+
+def open_lake(url: str, s3_endpoint: str | None = None, create_bucket: bool = True,
+              retry: RetryPolicy | None = None) -> Lake:
+    """Resolve a lake URL to a filesystem. Raises LakeError for unknown schemes or bad URLs.
+    `retry`: the policy for its storage calls (default: one attempt)."""
+    retry = retry or RetryPolicy()
     if not url:
         raise LakeError("no lake URL given")
     parsed = urlparse(url)
@@ -147,7 +246,7 @@ def open_lake(url: str, s3_endpoint: str | None = None, create_bucket: bool = Tr
         path = parsed.path if scheme == "file" else url
         root = os.path.abspath(os.path.expanduser(path)).rstrip("/")
         os.makedirs(root, exist_ok=True)
-        return Lake(pafs.LocalFileSystem(), root, url)
+        return Lake(pafs.LocalFileSystem(), root, url, retry)
     if scheme in ("s3", "s3a"):
         bucket = parsed.netloc
         if not 3 <= len(bucket) <= 63:
@@ -164,10 +263,10 @@ def open_lake(url: str, s3_endpoint: str | None = None, create_bucket: bool = Tr
         # Bounded retries so an outage surfaces as an error the caller can spool on.
         kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=3)
         kwargs["connect_timeout"] = 5
-        kwargs["request_timeout"] = 30
+        kwargs["request_timeout"] = _env_seconds("NETMON_S3_TIMEOUT", 30.0)
         fs = pafs.S3FileSystem(**kwargs)
         root = f"{bucket}/{parsed.path.strip('/')}".rstrip("/")
-        lake = Lake(fs, root, url)
+        lake = Lake(fs, root, url, retry, endpoint)
         if create_bucket:
             _ensure_bucket(fs, bucket)
         return lake
@@ -181,7 +280,22 @@ def open_lake(url: str, s3_endpoint: str | None = None, create_bucket: bool = Tr
         ffs, root = fsspec.core.url_to_fs(url)
     except (ValueError, ImportError) as exc:
         raise LakeError(f"unsupported lake URL scheme {scheme!r} in {url!r}: {one_line(exc)}") from exc
-    return Lake(PyFileSystem(FSSpecHandler(ffs)), root.rstrip("/"), url)
+    return Lake(PyFileSystem(FSSpecHandler(ffs)), root.rstrip("/"), url, retry)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment (NETMON_S3_TIMEOUT: how long an S3
+    request may go without an answer before it is abandoned and retried)."""
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise LakeError(f"{name}={text!r}: expected a positive number of seconds")
+    return value
 
 
 def _ensure_bucket(fs: pafs.S3FileSystem, bucket: str) -> None:

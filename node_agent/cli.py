@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 DEFAULT_SPOOL = "/var/lib/netmon/spool"
 DEFAULT_INVENTORY_SPOOL = "/var/lib/netmon/inventory-spool"
@@ -62,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="count this node's traffic into the lake")
     common(run, "0.0.0.0:9808", DEFAULT_SPOOL, "NETMON_SPOOL")
     run.add_argument("--node", default=_env("NODE_NAME"), help="this node's name [NODE_NAME]")
-    run.add_argument("--collector", default=_env("NETMON_COLLECTOR", "conntrack"), choices=["conntrack", "ebpf"],
-                     help="flow source (default conntrack) [NETMON_COLLECTOR]")
+    run.add_argument("--collector", default=_env("NETMON_COLLECTOR", "auto"), choices=["auto", "conntrack", "ebpf"],
+                     help="flow source: auto = conntrack if it sees pod traffic, else ebpf (default auto) [NETMON_COLLECTOR]")
     run.add_argument("--flush-interval", default=_env("NETMON_FLUSH_INTERVAL", "60s"),
                      help="window length, aligned to the wall clock (default 60s) [NETMON_FLUSH_INTERVAL]")
     run.add_argument("--poll-interval", default=_env("NETMON_POLL_INTERVAL", "5s"),
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="trace DNS answers into raw/dns (default: on in a cluster, off with --standalone) [NETMON_DNS]")
     run.add_argument("--cgroup-path", default=_env("NETMON_CGROUP_PATH"),
                      help="cgroup v2 root for the eBPF programs (default: found in /proc/mounts) [NETMON_CGROUP_PATH]")
+    run.add_argument("--shutdown-grace", default=_env("NETMON_SHUTDOWN_GRACE", "30s"),
+                     help="on SIGTERM, how long to keep trying to write the last windows (default 30s, the "
+                          "DaemonSet's terminationGracePeriodSeconds) [NETMON_SHUTDOWN_GRACE]")
     run.add_argument("--dns-ttl-cap", default=_env("NETMON_DNS_TTL_CAP", "120s"),
                      help="longest time an IP keeps its domain (default 120s) [NETMON_DNS_TTL_CAP]")
 
@@ -154,6 +158,24 @@ def _kube_api(kubeconfig: str | None):
     return api
 
 
+def _kube_http_api(kubeconfig: str | None):
+    """The node agent's API client: node_agent/kubehttp.py (standard library, ~30 MiB less
+    than the kubernetes package); the kubernetes client only for credential plugins."""
+    from node_agent.kube import KubeConfigError
+    from node_agent.kubehttp import check_reachable_http, load_http_api
+
+    try:
+        api = load_http_api(kubeconfig)
+        if api is None:
+            logging.getLogger("netmon.agent").info("kubeconfig needs a credential plugin: using the kubernetes client")
+            return _kube_api(kubeconfig)
+        version = check_reachable_http(api)
+    except KubeConfigError as exc:
+        raise UsageError(f"{exc} (use --standalone to run without Kubernetes)") from None
+    logging.getLogger("netmon.agent").info("Kubernetes API server %s (%s)", api.host, version or "?")
+    return api
+
+
 def _start_health(listen, stale_after: float, metrics):
     from node_agent.health import Health, HealthServer
 
@@ -167,11 +189,16 @@ def _start_health(listen, stale_after: float, metrics):
     return health, server
 
 
+_STOPPED_AT: list[float] = []   # monotonic time of the first SIGTERM/SIGINT
+
+
 def _stop_event() -> threading.Event:
     stop = threading.Event()
 
     def handler(signum, frame):
         logging.getLogger("netmon.agent").info("received %s", signal.Signals(signum).name)
+        if not _STOPPED_AT:
+            _STOPPED_AT.append(time.monotonic())
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
@@ -186,10 +213,16 @@ def make_collector(name: str, args):
     from node_agent.collectors.base import CollectorError
 
     try:
-        if name == "conntrack":
+        if name in ("auto", "conntrack"):   # both check that conntrack sees pod traffic (datapath.py)
             from node_agent.collectors.conntrack import ConntrackCollector
+            from node_agent.datapath import AutoCollector
 
-            return ConntrackCollector()
+            def ebpf():
+                from node_agent.collectors.ebpf import EbpfCollector
+
+                return EbpfCollector(cgroup_path=args.cgroup_path)
+
+            return AutoCollector(name, ConntrackCollector, ebpf if name == "auto" else None)
         if name == "ebpf":
             try:
                 from node_agent.collectors.ebpf import EbpfCollector
@@ -212,17 +245,21 @@ def cmd_run(args) -> int:
     except ValueError as exc:
         raise UsageError(f"--node: {exc}") from None
     flush = _duration("--flush-interval", args.flush_interval)
+    if flush < 1 or flush != int(flush):
+        # window files are named by their start second: two windows in one second would share a name
+        raise UsageError(f"--flush-interval: {args.flush_interval!r} must be a whole number of seconds, at least 1s")
     poll = _duration("--poll-interval", args.poll_interval)
     if poll > flush:
         raise UsageError(f"--poll-interval ({args.poll_interval}) must not be longer than --flush-interval ({args.flush_interval})")
     dns_ttl_cap = _duration("--dns-ttl-cap", args.dns_ttl_cap)
     listen = _listen(args.listen)
     retry_max = _duration("--upload-retry-max", args.upload_retry_max)
+    grace = _duration("--shutdown-grace", args.shutdown_grace)
     dns_mode = args.dns if args.dns is not None else (None if not args.standalone else False)
 
     metrics = Metrics()
     lake, spool = _open_storage(args, metrics)
-    api = None if args.standalone else _kube_api(args.kubeconfig)
+    api = None if args.standalone else _kube_http_api(args.kubeconfig)
 
     from node_agent.agent import Agent
     from node_agent.exporter import Exporter
@@ -246,17 +283,23 @@ def cmd_run(args) -> int:
         if api is not None:
             from node_agent.informer import PodIndex
 
-            pod_index = PodIndex(api, args.node)
+            # a deleted pod's IP stays attributable for a window plus TIME_WAIT (120 s) and slack
+            pod_index = PodIndex(api, args.node, retain_deleted=flush + 180)
             if not pod_index.wait_synced(30):
                 log.warning("pod informer not synced after 30s; pod columns stay empty until it is")
         dns = _start_dns(dns_mode, args, dns_ttl_cap)
         from node_agent.accounter import Accounter
+        from node_agent.agent import state_ident
+        from node_agent.enrich import Attribution
         from node_agent.localaddrs import LocalAddrs
 
+        local_addrs = LocalAddrs().addresses
+        attribution = Attribution(local_addrs, pod_index)
         agent = Agent(
-            collector=collector, accounter=Accounter(), exporter=exporter, node=args.node,
-            poll_interval=poll, flush_interval=flush, metrics=metrics, health=health,
-            local_addrs=LocalAddrs().addresses, pod_index=pod_index, dns=dns,
+            collector=collector, accounter=Accounter(resolve=attribution.resolve), exporter=exporter,
+            node=args.node, poll_interval=poll, flush_interval=flush, metrics=metrics, health=health,
+            local_addrs=local_addrs, pod_index=pod_index, dns=dns, attribution=attribution,
+            state_path=os.path.join(spool.dir, "accounter.state"), state_ident=state_ident(args.node, collector.name),
         )
         stop = _stop_event()
         agent.run(stop)
@@ -267,7 +310,9 @@ def cmd_run(args) -> int:
         if pod_index is not None:
             pod_index.stop()
         if exporter is not None:
-            exporter.close(timeout=10)
+            # keep trying to write what is only in memory until shortly before the kubelet's SIGKILL
+            left = grace - (time.monotonic() - _STOPPED_AT[0]) - 2 if _STOPPED_AT else grace - 2
+            exporter.close(timeout=min(10.0, max(1.0, left)), memory_timeout=max(1.0, left))
         if health_server is not None:
             health_server.close()
     log.info("stopped")

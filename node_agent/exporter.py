@@ -8,7 +8,10 @@ the spool; the retried upload goes to the same deterministic lake path and repla
 Under normal operation the spool holds at most a window or two for a few milliseconds.
 
 If the spool disk itself refuses a write (full, read-only), the window is kept in memory
-(bounded by the same byte limit) and retried; that is the only state not on disk.
+(bounded by the same byte limit) and retried; that is the only state not on disk, and
+`/metrics` shows it (`netmon_memory_windows`, `netmon_memory_bytes`). On stop, windows
+held in memory are retried until the shutdown grace runs out; what is then still
+unwritten is logged with its rows and bytes.
 """
 from __future__ import annotations
 
@@ -47,10 +50,15 @@ class Exporter:
         self._thread.start()
         return self
 
-    def submit_raw(self, table_name: str, node: str, window_start: dt.datetime, table: pa.Table) -> str:
-        """Hand over one node window of raw/flows or raw/dns. Same path as lake.writer.write_raw."""
+    def submit_raw(self, table_name: str, node: str, window_start: dt.datetime, table: pa.Table,
+                   metadata: dict[str, str] | None = None) -> str:
+        """Hand over one node window of raw/flows or raw/dns. Same path as lake.writer.write_raw.
+        `metadata`: extra Parquet key/value metadata for the file (node_agent/rawmeta.py)."""
         rel = S.raw_file_path(table_name, node, window_start)
-        self.submit(rel, S.conform(table, S.TABLES[table_name].schema))
+        table = S.conform(table, S.TABLES[table_name].schema)
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+        self.submit(rel, table)
         return rel
 
     def submit_inventory(self, kind: str, snapshot_time: dt.datetime, table: pa.Table) -> str:
@@ -84,6 +92,20 @@ class Exporter:
                 if self.metrics:
                     self.metrics.spool_dropped.inc()
                     self.metrics.spool_dropped_bytes.inc(old.nbytes)
+        self._report_memory()
+
+    def _report_memory(self) -> None:
+        if self.metrics is not None and hasattr(self.metrics, "memory_windows"):
+            with self._lock:
+                n, size = len(self._unsaved), sum(t.nbytes for _, t in self._unsaved)
+            self.metrics.memory_windows.set(n)
+            self.metrics.memory_bytes.set(size)
+
+    def in_memory(self) -> tuple[int, int, int]:
+        """Windows held in memory (neither spool nor lake took them): (windows, rows, bytes)."""
+        with self._lock:
+            return (len(self._unsaved), sum(t.num_rows for _, t in self._unsaved),
+                    sum(t.nbytes for _, t in self._unsaved))
 
     # ------------------------------------------------------------------ uploader thread
     def _run(self) -> None:
@@ -143,6 +165,7 @@ class Exporter:
             with self._lock:
                 if self._unsaved and self._unsaved[0][0] == rel:
                     self._unsaved.popleft()
+            self._report_memory()
 
     def _upload_unsaved(self) -> int:
         done = 0
@@ -155,6 +178,7 @@ class Exporter:
             with self._lock:
                 if self._unsaved and self._unsaved[0][0] == rel:
                     self._unsaved.popleft()
+            self._report_memory()
             done += 1
 
     def _write(self, lake, rel: str, table: pa.Table) -> None:
@@ -165,22 +189,38 @@ class Exporter:
             self.metrics.last_flush.set(time.time())
 
     # ------------------------------------------------------------------ shutdown
-    def close(self, timeout: float = 10.0) -> int:
-        """Stop the uploader, then try once more to empty the backlog within `timeout` seconds.
-        What is left stays in the spool for the next start. Returns the files left behind."""
+    def close(self, timeout: float = 10.0, memory_timeout: float | None = None) -> int:
+        """Stop the uploader, then try to empty the backlog: spooled files get `timeout`
+        seconds (what is left uploads at the next start); windows held only in memory are
+        retried (spool, then lake) for `memory_timeout` seconds (default `timeout`), then
+        given up with one line saying how much was lost. Returns the windows left behind."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        deadline = time.monotonic() + timeout
-        final = threading.Thread(target=self._attempt, args=(lambda: time.monotonic() > deadline,), daemon=True)
-        final.start()
-        final.join(max(0.0, deadline - time.monotonic()))
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        mem_deadline = t0 + (timeout if memory_timeout is None else max(timeout, memory_timeout))
+        attempts = 0
+        while True:
+            # spooled files are safe on disk: one attempt; windows only in memory: retried
+            attempts += 1
+            limit = mem_deadline if self._unsaved else deadline
+            final = threading.Thread(target=self._attempt, args=(lambda d=limit: time.monotonic() > d,), daemon=True)
+            final.start()
+            final.join(max(0.0, limit - time.monotonic()))
+            if final.is_alive():
+                break  # an upload hangs past the deadline: give up on it
+            with self._lock:
+                in_memory = len(self._unsaved)
+            if not in_memory or time.monotonic() >= mem_deadline:
+                break
+            time.sleep(min(1.0, max(0.0, mem_deadline - time.monotonic())))
         files, size = self.spool.depth()
-        with self._lock:
-            in_memory = len(self._unsaved)
+        windows, rows, nbytes = self.in_memory()
         if files:
             log.warning("%d file(s), %d bytes stay in the spool %s; they upload at the next start", files, size, self.spool.dir)
-        if in_memory:
-            log.error("%d window(s) could not be written to the spool or the lake and are lost at exit", in_memory)
-        return files + in_memory
+        if windows:
+            log.error("dropped %d window(s) (%d rows, %d bytes in memory): neither the spool nor the lake took them "
+                      "in %.0f s and %d attempt(s)", windows, rows, nbytes, time.monotonic() - t0, attempts)
+        return files + windows

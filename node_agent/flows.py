@@ -24,3 +24,6 @@ class ConnSample(NamedTuple):
     reply_bytes: int     # cumulative, peer -> originator
     reply_packets: int
     ended: bool          # True: the connection is gone and these are its final counters
+    # Additive fields (defaults keep older call sites valid):
+    zone: int = 0        # conntrack zone (CTA_ZONE; 0 = default zone, also when the kernel omits it)
+    counters: bool = True  # False: the entry carries no CTA_COUNTERS (accounting was off when it was created)

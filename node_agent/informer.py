@@ -155,8 +155,6 @@ class Informer:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         need_list, failures, expired_run = True, 0, 0
         while not self._stopping.is_set():
             self._watch_opened = self._watch_progress = False
@@ -175,7 +173,8 @@ class Informer:
                     failures = 0             # the connection was good until it broke
                 if self._watch_progress:
                     expired_run = 0
-                if isinstance(exc, _Expired) or (isinstance(exc, ApiException) and exc.status == 410):
+                # 410 as an HTTP status: kubernetes' ApiException or kubehttp's ApiError (both have .status)
+                if isinstance(exc, _Expired) or getattr(exc, "status", None) == 410:
                     with self._lock:
                         self._stats["expired"] += 1
                     need_list = True
@@ -263,8 +262,6 @@ class Informer:
         self._synced.set()
 
     def _watch(self) -> None:
-        from kubernetes.watch.watch import iter_resp_lines
-
         resp = self.list_func(
             watch=True,
             resource_version=self._resource_version,
@@ -281,7 +278,7 @@ class Informer:
         try:
             if self._stopping.is_set():
                 return
-            for line in iter_resp_lines(resp):
+            for line in _iter_lines(resp):
                 if not line:
                     continue
                 event = json.loads(line)
@@ -342,6 +339,26 @@ class Informer:
             log.exception("informer %s: handler %s failed", self.name, getattr(handler, "__name__", handler))
 
 
+def _iter_lines(resp):
+    """The lines of a streamed watch response as they arrive (urllib3's `.stream()` or
+    http.client's `.read1()`), without waiting for a buffer to fill."""
+    if hasattr(resp, "read1"):
+        chunks = iter(lambda: resp.read1(65536), b"")
+    else:
+        chunks = resp.stream(amt=None, decode_content=False)
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            line, buf = buf[:nl], buf[nl + 1:]
+            yield line.decode("utf-8")
+    if buf.strip():
+        yield buf.decode("utf-8")
+
+
 def _cut(resp) -> None:
     """Unblock a thread reading a watch response by shutting its socket down."""
     if resp is None:
@@ -373,8 +390,11 @@ def api_lister(api, path: str) -> Callable[..., Any]:
     It runs the client's own request pipeline (ApiClient.param_serialize/call_api: the
     configuration, token refresh, TLS and urllib3 transport of `api`) without importing the
     generated API classes: `CoreV1Api` alone costs ~21 MiB and ~1 s to import here, which
-    the node agent's 128 MiB budget cannot spare.
+    the node agent's 128 MiB budget cannot spare. For a `node_agent.kubehttp.HttpApi` it
+    sends the same request over the standard library (no kubernetes import at all).
     """
+    if hasattr(api, "get") and hasattr(api, "host"):
+        return _http_lister(api, path)
     from kubernetes.client.exceptions import ApiException
 
     def list_func(*, _preload_content: bool = False, _request_timeout=None, **kwargs):
@@ -393,6 +413,20 @@ def api_lister(api, path: str) -> Callable[..., Any]:
             resp.read()
             raise ApiException.from_response(http_resp=resp, body=None, data=None)
         return resp.response
+
+    list_func.__name__ = f"list {path}"
+    return list_func
+
+
+def _http_lister(api, path: str) -> Callable[..., Any]:
+    def list_func(*, _preload_content: bool = False, _request_timeout=None, **kwargs):
+        if _preload_content:
+            raise ValueError("api_lister functions return the raw response (_preload_content=False)")
+        unknown = set(kwargs) - {k for k, _ in _QUERY_NAMES}
+        if unknown:
+            raise TypeError(f"unexpected arguments {sorted(unknown)}")
+        query = [(wire, kwargs[k]) for k, wire in _QUERY_NAMES if kwargs.get(k) is not None]
+        return api.get(path, query, timeout=_request_timeout)
 
     list_func.__name__ = f"list {path}"
     return list_func
@@ -450,14 +484,28 @@ class PodIndex:
     IP, so a lookup that returns host_network=True means "the node": callers must attribute
     such traffic to the node, not to that pod. `local_ips()` is the set of pod-network IPs
     on this node (hostNetwork pods excluded).
+
+    A deleted pod keeps its IPs for `retain_deleted` seconds (at least a window plus
+    conntrack's TIME_WAIT, so its last connections' DESTROY still finds it), below any live
+    claimant of the same IP; a relist after 410 Gone deletes through the same path. The
+    node's `spec.podCIDRs` (read once from the Node object) make `in_pod_cidr(ip)` answer
+    before the informer has synced.
     """
 
-    def __init__(self, api, node_name: str, *, start: bool = True, **informer_kwargs):
+    def __init__(self, api, node_name: str, *, start: bool = True, retain_deleted: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic, **informer_kwargs):
         self.node_name = node_name
+        self.retain_deleted = retain_deleted
+        self.clock = clock
         self._lock = threading.Lock()
         self._pods: dict[str, tuple[tuple[str, ...], tuple]] = {}    # uid -> (ips, entry)
         self._claims: dict[str, dict[str, tuple]] = {}               # ip -> {uid: entry}
         self._best: dict[str, tuple[str, str, bool]] = {}            # ip -> answer
+        self._gone: dict[str, tuple[float, tuple[str, ...]]] = {}    # deleted uid -> (expiry, ips)
+        self._cidrs: list = []                                       # the node's pod CIDRs
+        self._cidr_thread: threading.Thread | None = None
+        self._api = api
+        self._stats_gone = 0
         informer_kwargs.setdefault("transform", _slim_pod)
         self.informer = Informer(
             api_lister(api, "/api/v1/pods"),
@@ -475,6 +523,9 @@ class PodIndex:
 
     def start(self) -> "PodIndex":
         self.informer.start()
+        if self._cidr_thread is None:
+            self._cidr_thread = threading.Thread(target=self._read_pod_cidrs, name="node-podcidrs", daemon=True)
+            self._cidr_thread.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -491,16 +542,67 @@ class PodIndex:
         out = self.informer.stats()
         with self._lock:
             out["ips"] = len(self._best)
+            out["deleted_retained"] = len(self._gone)
+            out["pod_cidrs"] = len(self._cidrs)
         return out
+
+    def _read_pod_cidrs(self) -> None:
+        """GET the Node object once (retrying with backoff until it answers) for spec.podCIDRs."""
+        get = api_lister(self._api, f"/api/v1/nodes/{self.node_name}")
+        delay = 1.0
+        while not self.informer._stopping.is_set():
+            try:
+                resp = get(_preload_content=False, _request_timeout=(10, 10))
+                try:
+                    node = json.loads(resp.data)
+                finally:
+                    resp.release_conn()
+                spec = node.get("spec") or {}
+                nets = []
+                for c in spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []):
+                    try:
+                        nets.append(ipaddress.ip_network(c, strict=False))
+                    except ValueError:
+                        log.warning("node %s: ignoring pod CIDR %r", self.node_name, c)
+                with self._lock:
+                    self._cidrs = nets
+                log.info("node %s: pod CIDRs %s", self.node_name, ", ".join(map(str, nets)) or "none")
+                return
+            except Exception as exc:  # noqa: BLE001 - RBAC, transport: retried, pods still come from the informer
+                status = getattr(exc, "status", None)
+                why = f"{status} {getattr(exc, 'reason', '')}".strip() if status else " ".join(str(exc).split())[:200]
+                if status == 404:
+                    log.warning("node %s: no such Node object; pod CIDRs unknown (pods are still named by the informer)",
+                                self.node_name)
+                    return
+                (log.warning if delay <= 1 else log.debug)(
+                    "node %s: cannot read spec.podCIDRs (%s); retrying", self.node_name, why)
+            if self.informer._stopping.wait(delay):
+                return
+            delay = min(delay * 2, 60.0)
 
     # ---------------------------------------------------------------- queries
 
     def lookup(self, ip: str) -> tuple[str, str, bool] | None:
         with self._lock:
+            if self._gone:
+                self._expire()
             return self._best.get(ip)
+
+    def in_pod_cidr(self, ip: str) -> bool:
+        cidrs = self._cidrs
+        if not cidrs:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in cidrs if n.version == addr.version)
 
     def local_ips(self) -> set[str]:
         with self._lock:
+            if self._gone:
+                self._expire()
             return {ip for ip, ans in self._best.items() if not ans[2]}
 
     # ---------------------------------------------------------------- maintenance
@@ -512,11 +614,12 @@ class PodIndex:
             return
         spec = pod.get("spec") or {}
         phase = (pod.get("status") or {}).get("phase")
-        # Sort key: higher is better (running, pod network, newer).
-        entry = (phase not in _DONE_PHASES, not spec.get("hostNetwork"), md.get("creationTimestamp") or "",
+        # Sort key: higher is better (live, running, pod network, newer).
+        entry = (True, phase not in _DONE_PHASES, not spec.get("hostNetwork"), md.get("creationTimestamp") or "",
                  md.get("name"), md.get("namespace"), bool(spec.get("hostNetwork")))
         ips = tuple(pod_ips(pod))
         with self._lock:
+            self._gone.pop(uid, None)
             old_ips = self._pods.get(uid, ((), None))[0]
             self._pods[uid] = (ips, entry)
             for ip in old_ips:
@@ -527,9 +630,29 @@ class PodIndex:
                 self._refresh(ip)
 
     def _remove(self, pod: Obj) -> None:
+        """A deleted pod's IPs stay claimed, below any live pod, for `retain_deleted` s."""
         uid = (pod.get("metadata") or {}).get("uid")
         with self._lock:
-            ips, _ = self._pods.pop(uid, ((), None))
+            ips, entry = self._pods.pop(uid, ((), None))
+            if entry is None:
+                return
+            if self.retain_deleted <= 0:
+                for ip in ips:
+                    self._unclaim(ip, uid)
+                return
+            ghost = (False,) + entry[1:]
+            for ip in ips:
+                claims = self._claims.get(ip)
+                if claims is not None and uid in claims:
+                    claims[uid] = ghost
+                    self._refresh(ip)
+            self._gone[uid] = (self.clock() + self.retain_deleted, ips)
+
+    def _expire(self) -> None:
+        """Forget deleted pods past their retention. Lock held."""
+        now = self.clock()
+        for uid in [u for u, (t, _) in self._gone.items() if t <= now]:
+            _, ips = self._gone.pop(uid)
             for ip in ips:
                 self._unclaim(ip, uid)
 
@@ -546,8 +669,8 @@ class PodIndex:
         if not claims:
             self._best.pop(ip, None)
             return
-        best = max(claims.values(), key=lambda e: e[:4])
-        self._best[ip] = (best[3], best[4], best[5])
+        best = max(claims.values(), key=lambda e: e[:5])
+        self._best[ip] = (best[4], best[5], best[6])
 
 
 def wait_all_synced(informers: Iterable[Informer], timeout: float | None) -> bool:

@@ -38,11 +38,24 @@ class LocalAddrs:
         self.extra = set(extra or ())
         self._addrs: set[str] = set()
         self._at = float("-inf")
+        self._packed: set[bytes] = set()
+        self._packed_at = None
 
     def _refresh(self) -> None:
         if time.monotonic() - self._at > self.ttl:
             self._addrs = host_addresses(self.netns)
             self._at = time.monotonic()
+
+    def packed(self) -> set[bytes]:
+        """The host addresses as packed bytes (ConnSample's form), same refresh."""
+        if time.monotonic() - self._at > self.ttl or self._packed_at != self._at:
+            import socket
+
+            self._refresh()
+            self._packed = {socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a)
+                            for a in self._addrs}
+            self._packed_at = self._at
+        return self._packed
 
     def addresses(self) -> set[str]:
         self._refresh()

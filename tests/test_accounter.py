@@ -13,6 +13,19 @@ from node_agent.accounter import Accounter
 from node_agent.collectors.base import Collector
 from node_agent.flows import ConnSample
 
+@pytest.fixture(autouse=True, params=["compact", "dict"])
+def state_backend(request, monkeypatch):
+    """Every rule holds with the compact state (node_agent/_cttable.c) and with the dict
+    the accounter falls back to when the extension is not built."""
+    import node_agent.accounter as acc
+
+    if request.param == "dict":
+        monkeypatch.setattr(acc, "CounterTable", None)
+    elif acc.CounterTable is None:
+        pytest.skip("node_agent._cttable is not built (pip install -e .)")
+    return request.param
+
+
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 T1 = T0 + dt.timedelta(seconds=60)
 NODE_IP, POD_IP, PEER, SVC, BACKEND = "10.0.0.5", "10.1.0.7", "10.2.0.9", "10.96.0.10", "10.1.3.4"
@@ -313,3 +326,114 @@ def test_loopback_flows_never_leave_the_node_and_are_not_reported():
     got = rows(a.cut(T0, T1, "n1", LOCAL | {"127.0.0.1", "::1"}))
     assert [(r["src_ip"], r["dst_ip"]) for r in got] == [(POD_IP, PEER)]
     assert a.stats()["loopback_flows"] == 3 and a.stats()["loopback_bytes"] == 3 * 120
+
+
+# ------------------------------------------------------------------ continuity across restarts
+
+IDENT = {"boot_id": "b-1", "netns": 4026531840, "node": "n1", "collector": "conntrack"}
+
+
+def test_a_restarted_accounter_continues_from_the_saved_state(tmp_path):
+    """The second process reports what the kernel counted while no agent ran (for
+    connections still open), counts connections born meanwhile in full, and never counts
+    what the first process already reported."""
+    path = str(tmp_path / "accounter.state")
+    a = Accounter()
+    c1 = conn(1, POD_IP, PEER, 40000, 443, 5000, 10, 9000, 10)
+    c2 = conn(2, POD_IP, PEER, 40001, 443, 100, 1, 100, 1)
+    gone = conn(3, POD_IP, PEER, 40002, 443, 70, 1, 70, 1)
+    a.observe_dump([c1, c2, gone])
+    a.observe_dump([c1._replace(orig_bytes=6000, orig_packets=12), c2, gone])
+    (r,) = rows(a.cut(T0, T1, "n1", LOCAL))
+    assert totals(r) == (1000, 2, 0, 0, 1)
+    assert a.save_state(path, IDENT, now=1000.0) == 3
+
+    b = Accounter()
+    assert b.load_state(path, IDENT, max_age=600, now=1030.0) == 3
+    born = conn(4, POD_IP, PEER, 40003, 443, 400, 4, 800, 4)        # opened while no agent ran
+    short = ended(conn(5, POD_IP, PEER, 40004, 443, 0, 0, 0, 0), 50, 1, 60, 1)
+    b.observe_ended([short])                                         # born and gone after the restart
+    b.observe_dump([c1._replace(orig_bytes=6500, orig_packets=13, reply_bytes=9100, reply_packets=11), c2, born])
+    b.observe_ended([ended(c2, 150, 2, 100, 1)])
+    b.observe_dump([c1._replace(orig_bytes=6500, orig_packets=13, reply_bytes=9100, reply_packets=11)])
+    (r,) = rows(b.cut(T1, T1 + dt.timedelta(seconds=60), "n1", LOCAL))
+    # c1: 500/1/100/1 since the save; c2: 50/1 at its end; born 400/4/800/4 in full; short in full
+    assert totals(r) == (500 + 50 + 400 + 50, 1 + 1 + 4 + 1, 100 + 800 + 60, 1 + 4 + 1, 4)
+    st = b.stats()
+    assert st["state_loaded"] == 3 and st["new"] == 1 and st["ended_unseen"] == 1 and st["forgotten"] == 1  # `gone`
+
+
+def test_saved_state_keys_do_not_depend_on_the_process_hash_seed(tmp_path):
+    """bytes hash differently in every process; the keys must not, or a restart would count
+    every connection again."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "accounter.state")
+    code = (
+        "import sys, socket, json, datetime as dt\n"
+        "from node_agent.accounter import Accounter\n"
+        "from node_agent.flows import ConnSample\n"
+        "ip = lambda s: socket.inet_pton(socket.AF_INET6 if ':' in s else socket.AF_INET, s)\n"
+        "def c(b): return [ConnSample(7, 4, 6, ip('10.1.0.7'), ip('10.2.0.9'), 4000, 443, ip('10.2.0.9'), 443, b, 5, b, 5, False),\n"
+        "                  ConnSample(8, 6, 17, ip('fd00::5'), ip('fd00::9'), 53, 53, ip('fd00::9'), 53, b, 5, b, 5, False)]\n"
+        "ident = {'boot_id': 'x'}\n"
+        "a = Accounter()\n"
+        "if sys.argv[1] == 'save':\n"
+        "    a.observe_dump(c(1000)); a.save_state(sys.argv[2], ident)\n"
+        "else:\n"
+        "    a.load_state(sys.argv[2], ident, 600); a.observe_dump(c(1300))\n"
+        "    t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)\n"
+        "    print(sorted(r['tx_bytes'] for r in a.cut(t, t, 'n1', {'10.1.0.7', 'fd00::5'}).to_pylist()))\n"
+    )
+    root = __file__.rsplit("/tests/", 1)[0]
+    env = dict(__import__("os").environ, PYTHONPATH=root)
+    subprocess.run([sys.executable, "-c", code, "save", path], check=True, cwd=root, env={**env, "PYTHONHASHSEED": "1"})
+    out = subprocess.run([sys.executable, "-c", code, "load", path], check=True, capture_output=True, text=True,
+                         cwd=root, env={**env, "PYTHONHASHSEED": "2"})
+    assert out.stdout.strip() == "[300, 300]"
+
+
+def test_a_state_for_another_boot_too_old_or_damaged_is_refused(tmp_path):
+    from node_agent.accounter import StateError
+
+    path = str(tmp_path / "accounter.state")
+    a = Accounter()
+    a.observe_dump([conn(1, POD_IP, PEER, 40000, 443, 5, 1, 5, 1)])
+    a.save_state(path, IDENT, now=1000.0)
+    with pytest.raises(StateError, match="boot_id 'b-1', this is 'b-2'"):
+        Accounter().load_state(path, {**IDENT, "boot_id": "b-2"}, max_age=600, now=1001.0)
+    with pytest.raises(StateError, match="saved 601 s ago"):
+        Accounter().load_state(path, IDENT, max_age=600, now=1601.0)
+    data = bytearray(open(path, "rb").read())
+    data[-20] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    fresh = Accounter()
+    with pytest.raises(StateError, match="checksum"):
+        fresh.load_state(path, IDENT, max_age=600, now=1001.0)
+    # nothing was loaded: the refused accounter takes a normal baseline
+    fresh.observe_dump([conn(1, POD_IP, PEER, 40000, 443, 50, 2, 5, 1)])
+    assert fresh.cut(T0, T1, "n1", LOCAL).num_rows == 0
+
+
+def test_an_address_is_attributed_when_first_seen_not_at_the_cut():
+    """A pod deleted mid-window keeps the bytes it moved: its locality and name were decided
+    when its address entered the window."""
+    pods = {POD_IP: ("web-0", "shop")}
+    resolved = []
+
+    def resolve(packed):
+        name = socket.inet_ntop(socket.AF_INET6 if len(packed) == 16 else socket.AF_INET, packed)
+        resolved.append(name)
+        hit = pods.get(name)
+        return (True, *hit) if hit else (name in LOCAL, None, None)
+
+    a = Accounter(resolve=resolve)
+    c = conn(1, POD_IP, PEER, 40000, 443, 0, 0, 0, 0)
+    a.observe_dump([])
+    a.observe_dump([c._replace(orig_bytes=100, orig_packets=1)])
+    pods.clear()                                    # the pod is deleted; its IP is no longer local
+    a.observe_ended([ended(c, 300, 3, 50, 1)])
+    (r,) = rows(a.cut(T0, T1, "n1", {NODE_IP}, lambda ip: None))
+    assert (r["direction"], r["src_pod"], r["src_namespace"], totals(r)) == ("outbound", "web-0", "shop", (300, 3, 50, 1, 1))
+    assert resolved.count(POD_IP) == 1              # once per address per window

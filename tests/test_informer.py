@@ -326,6 +326,16 @@ def test_wrong_credentials_never_sync_and_say_why(server, tmp_path, informers):
 # ------------------------------------------------------------------------------ pod index
 
 
+class Clock:
+    """A monotonic clock the test moves (deleted pods' retention)."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
 def index(api, node, informers, **kw):
     idx = PodIndex(api, node, **{**FAST, **kw})
     informers.append(idx)
@@ -356,7 +366,8 @@ def test_pod_index_is_node_filtered_dual_stack_and_knows_host_network(server, ap
 def test_pod_index_follows_ip_changes_binding_and_deletion(server, api, informers):
     server.create("pods", pod("web", "n1", ["10.1.0.5"]))
     server.create("pods", pod("unscheduled", None))
-    idx = index(api, "n1", informers)
+    clock = Clock()
+    idx = index(api, "n1", informers, clock=clock, retain_deleted=180)
     assert idx.local_ips() == {"10.1.0.5"}
 
     web = server.get("pods", "web")
@@ -374,28 +385,44 @@ def test_pod_index_follows_ip_changes_binding_and_deletion(server, api, informer
     wait_until(lambda: idx.lookup("10.1.0.20") == ("unscheduled", "default", False), what="bound pod")
 
     server.delete("pods", "web")
-    wait_until(lambda: idx.lookup("10.1.0.9") is None, what="deleted pod gone")
-    assert idx.lookup("fd00::9") is None
+    wait_until(lambda: idx.stats()["deleted_retained"] == 1, what="deletion seen")
+    # a deleted pod keeps its IPs for the retention (its last connections' bytes stay its own)
+    assert idx.lookup("10.1.0.9") == idx.lookup("fd00::9") == ("web", "default", False)
+    assert idx.local_ips() == {"10.1.0.20", "10.1.0.9", "fd00::9"}
+    clock.t += 179
+    assert idx.lookup("10.1.0.9") == ("web", "default", False)
+    clock.t += 2
+    assert idx.lookup("10.1.0.9") is None and idx.lookup("fd00::9") is None
     assert idx.local_ips() == {"10.1.0.20"}
 
 
 def test_pod_index_prefers_the_running_pod_when_an_ip_is_reused(server, api, informers):
     server.create("pods", pod("job-done", "n1", ["10.1.0.7"], phase="Succeeded"))
-    idx = index(api, "n1", informers)
+    clock = Clock()
+    idx = index(api, "n1", informers, clock=clock, retain_deleted=60)
     assert idx.lookup("10.1.0.7") == ("job-done", "default", False)
     server.create("pods", pod("new-owner", "n1", ["10.1.0.7"]))
     wait_until(lambda: idx.lookup("10.1.0.7") == ("new-owner", "default", False), what="running pod wins")
     server.delete("pods", "new-owner")
+    # a live claimant (even a finished one) wins over a deleted pod's retained claim
     wait_until(lambda: idx.lookup("10.1.0.7") == ("job-done", "default", False), what="fallback to finished pod")
     server.delete("pods", "job-done")
-    wait_until(lambda: idx.lookup("10.1.0.7") is None, what="ip released")
+    wait_until(lambda: idx.stats()["deleted_retained"] == 2, what="both deleted")
+    assert idx.lookup("10.1.0.7") == ("new-owner", "default", False)   # retained: the better of the two
+    server.create("pods", pod("third", "n1", ["10.1.0.7"]))
+    wait_until(lambda: idx.lookup("10.1.0.7") == ("third", "default", False), what="a live pod wins over retained ones")
+    server.delete("pods", "third")
+    wait_until(lambda: idx.stats()["deleted_retained"] == 3, what="third deleted")
+    clock.t += 61
+    assert idx.lookup("10.1.0.7") is None
     assert idx.local_ips() == set()
 
 
 def test_pod_index_converges_after_410(server, api, informers):
     server.create("pods", pod("a", "n1", ["10.1.0.1"]))
     server.create("pods", pod("b", "n1", ["10.1.0.2"]))
-    idx = index(api, "n1", informers)
+    clock = Clock()
+    idx = index(api, "n1", informers, clock=clock, retain_deleted=180)
     server.stop()
     server.delete("pods", "a")
     b = server.get("pods", "b")
@@ -404,9 +431,12 @@ def test_pod_index_converges_after_410(server, api, informers):
     server.create("pods", pod("c", "n1", ["10.1.0.4"]))
     server.compact()
     server.start()
-    wait_until(lambda: idx.local_ips() == {"10.1.0.3", "10.1.0.4"}, what="index == server after relist")
-    assert idx.lookup("10.1.0.1") is None and idx.lookup("10.1.0.2") is None
+    # a pod deleted while the watch was down is a deletion found by the relist: retained too
+    wait_until(lambda: idx.local_ips() == {"10.1.0.1", "10.1.0.3", "10.1.0.4"}, what="index == server after relist")
+    assert idx.lookup("10.1.0.1") == ("a", "default", False) and idx.lookup("10.1.0.2") is None
     assert idx.stats()["relists"] >= 1
+    clock.t += 181
+    assert idx.local_ips() == {"10.1.0.3", "10.1.0.4"} and idx.lookup("10.1.0.1") is None
 
 
 # ------------------------------------------------------------------------------ protocol details

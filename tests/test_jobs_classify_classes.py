@@ -6,7 +6,7 @@ import pytest
 from jobs.classify import domain_class
 from jobs.config import JobConfig
 from lake import schema as S
-from test_jobs_stages_world import GB, fixture_ranges, rows_by, three_zone_world
+from test_jobs_stages_world import GB, World, fixture_ranges, rows_by, three_zone_world
 
 
 def classes(world, config=None, ranges=None) -> dict:
@@ -27,12 +27,15 @@ def test_every_traffic_class():
     f("10.0.1.21", "10.200.0.7")                      # load_balancer by DNS name
     f("10.0.1.21", "10.200.0.8")                      # cloud_api by DNS name
     f("10.0.1.21", "10.30.0.1")                       # peering by user rule
-    f("10.0.1.21", "52.216.1.2")                      # internet_egress (S3 range)
+    f("10.0.1.21", "10.31.0.1")                       # transit_gateway by user rule
+    f("10.0.1.21", "52.216.1.2")                      # cloud_api: S3 in the source's region
+    f("10.0.1.21", "8.8.8.8")                         # internet_egress
     w.dns("10.0.1.21", "vpce-0abc-123.s3.us-east-1.vpce.amazonaws.com", "10.200.0.5", -1)
     w.dns("10.0.1.21", "ABC123.gr7.us-east-1.eks.amazonaws.com", "10.200.0.6", -1)
     w.dns("10.0.1.21", "internal-my-lb-123.us-east-1.elb.amazonaws.com", "10.200.0.7", -1)
-    w.dns("10.0.1.21", "sqs.us-east-1.amazonaws.com", "10.200.0.8", -1)
-    cfg = JobConfig.from_dict({"rules": [{"cidr": "10.30.0.0/16", "class": "peering", "name": "shared-vpc"}]})
+    w.dns("10.0.1.21", "storage.googleapis.com", "10.200.0.8", -1)
+    cfg = JobConfig.from_dict({"rules": [{"cidr": "10.30.0.0/16", "class": "peering", "name": "shared-vpc"},
+                                         {"cidr": "10.31.0.0/16", "class": "transit_gateway", "name": "tgw"}]})
     got = classes(w, cfg, fixture_ranges())
     assert got == {
         ("10.0.1.21", "10.0.1.22"): "same_zone",
@@ -46,13 +49,15 @@ def test_every_traffic_class():
         ("10.0.1.21", "10.200.0.7"): "load_balancer",
         ("10.0.1.21", "10.200.0.8"): "cloud_api",
         ("10.0.1.21", "10.30.0.1"): "peering",
-        ("10.0.1.21", "52.216.1.2"): "internet_egress",
+        ("10.0.1.21", "10.31.0.1"): "transit_gateway",
+        ("10.0.1.21", "52.216.1.2"): "cloud_api",
+        ("10.0.1.21", "8.8.8.8"): "internet_egress",
     }
     # unknown: a pod on a node the inventory has no zone for
     w2 = three_zone_world().node("n-z", "10.0.9.10", None).pod("lost-1", "x", "n-z", "10.0.9.21").snapshot(0)
     w2.flow("10.0.1.21", "10.0.9.21", node="n-a", tx=GB)
     assert classes(w2) == {("10.0.1.21", "10.0.9.21"): "unknown"}
-    assert set(got.values()) | {"unknown"} == set(S.TRAFFIC_CLASSES)  # all twelve covered
+    assert set(got.values()) | {"unknown"} == set(S.TRAFFIC_CLASSES)  # all thirteen covered
 
 
 def test_user_rules_longest_prefix_and_precedence_over_imds_and_dns():
@@ -92,13 +97,17 @@ def test_rules_never_apply_to_cluster_destinations():
     ("gke-1.gke.googleapis.com", "k8s_control_plane"),
     ("internal-a-1.eu-west-1.elb.amazonaws.com", "load_balancer"),
     ("svc.internal.cloudapp.azure.com", "load_balancer"),
-    ("a-1.eu-west-1.elb.amazonaws.com", "cloud_api"),       # not internal-*: matches *.amazonaws.com
+    ("a-1.eu-west-1.elb.amazonaws.com", "private_link"),    # any other AWS name at a private IP: an interface endpoint
+    ("sqs.us-east-1.amazonaws.com", "private_link"),        # interface endpoint with private DNS
+    ("db1.abc123.us-east-1.rds.amazonaws.com", "zonal"),    # managed database: priced by zones
+    ("c1.abc.0001.use1.cache.amazonaws.com", "zonal"),
     ("storage.googleapis.com", "cloud_api"),
     ("kv.vault.azure.net", "cloud_api"),
     ("acct.blob.core.windows.net", "cloud_api"),
     ("db.corp.example", "external_private"),
     (None, "external_private"),
-    ("S3.US-EAST-1.AMAZONAWS.COM.", "cloud_api"),            # case-insensitive, trailing dot
+    ("S3.US-EAST-1.AMAZONAWS.COM.", "private_link"),         # case-insensitive, trailing dot
+    ("STORAGE.GOOGLEAPIS.COM.", "cloud_api"),
 ])
 def test_domain_patterns(domain, cls):
     assert domain_class(domain) == cls
@@ -120,7 +129,53 @@ def test_cloud_range_tags_on_external_destinations():
     assert tag("20.38.1.1") == ("azure", "AzureCloud", "westeurope")
     assert tag("129.146.3.4") == ("oracle", "OCI", "us-phoenix-1")
     assert tag("8.8.8.8") == (None, None, None)
-    assert {r["traffic_class"] for r in rows.values()} == {"internet_egress"}
+    cls = {d: rows[("10.0.1.21", d)]["traffic_class"] for d in ("52.216.7.7", "3.81.2.3", "2600:1f18:1::5",
+                                                                  "34.81.0.1", "20.38.109.1", "8.8.8.8")}
+    # AWS services of the source's own region are cloud services; other providers are the internet
+    assert cls == {"52.216.7.7": "cloud_api", "3.81.2.3": "cloud_api", "2600:1f18:1::5": "cloud_api",
+                   "34.81.0.1": "internet_egress", "20.38.109.1": "internet_egress", "8.8.8.8": "internet_egress"}
+
+
+def test_cloud_services_in_other_regions_are_inter_region():
+    w = three_zone_world().snapshot(0)
+    w.flow("10.1.1.21", "52.216.7.7", node="n-w", tx=GB)   # us-west-2 pod -> S3 us-east-1
+    w.flow("10.0.1.21", "3.5.140.9", node="n-a", tx=GB)    # us-east-1 pod -> S3 ap-northeast-2
+    rows = rows_by(w.costs(ranges=fixture_ranges()))
+    a, b = rows[("10.1.1.21", "52.216.7.7")], rows[("10.0.1.21", "3.5.140.9")]
+    assert (a["traffic_class"], a["dst_region"], a["dst_cloud_service"]) == ("cross_region", "us-east-1", "S3")
+    assert (b["traffic_class"], b["dst_region"]) == ("cross_region", "ap-northeast-2")
+
+
+def test_private_link_by_cname_chain_and_azure_platform_address():
+    w = World().node("z-a", "10.2.0.10", "westeurope-1", region="westeurope", provider="azure")
+    w.pod("app-1", "web", "z-a", "10.2.0.21").snapshot(0)
+    for dst in ("10.2.9.5", "10.2.9.6", "168.63.129.16"):
+        w.flow("10.2.0.21", dst, node="z-a", tx=GB)
+    # the ordinary name, CNAME'd through privatelink: the chain decides
+    w.dns("10.2.0.21", "acct.blob.core.windows.net", "10.2.9.5", -1, node="z-a",
+          chain=["acct.privatelink.blob.core.windows.net"])
+    w.dns("10.2.0.21", "other.blob.core.windows.net", "10.2.9.6", -1, node="z-a", chain=["other.blob.core.windows.net.x"])
+    rows = rows_by(w.costs())
+    pl = rows[("10.2.0.21", "10.2.9.5")]
+    assert (pl["traffic_class"], pl["dst_domain"], pl["dst_cname"]) == (
+        "private_link", "acct.blob.core.windows.net", "acct.privatelink.blob.core.windows.net")
+    assert rows[("10.2.0.21", "10.2.9.6")]["traffic_class"] == "cloud_api"
+    assert rows[("10.2.0.21", "10.2.9.6")]["dst_cname"] is None
+    assert rows[("10.2.0.21", "168.63.129.16")]["traffic_class"] == "imds"
+
+
+def test_managed_databases_are_priced_by_zone_from_subnets():
+    w = three_zone_world().snapshot(0)
+    for dst in ("10.0.64.5", "10.0.80.5", "10.0.96.5"):
+        w.flow("10.0.1.21", dst, node="n-a", tx=GB)
+    w.dns("10.0.1.21", "db1.abc.us-east-1.rds.amazonaws.com", "10.0.64.5", -1)
+    w.dns("10.0.1.21", "db2.abc.us-east-1.rds.amazonaws.com", "10.0.80.5", -1)
+    w.dns("10.0.1.21", "c1.abc.0001.use1.cache.amazonaws.com", "10.0.96.5", -1)
+    cfg = JobConfig.from_dict({"subnets": [{"cidr": "10.0.64.0/20", "zone": "us-east-1a"},
+                                           {"cidr": "10.0.80.0/20", "zone": "us-east-1b"}]})
+    got = classes(w, cfg)
+    assert got == {("10.0.1.21", "10.0.64.5"): "same_zone", ("10.0.1.21", "10.0.80.5"): "cross_zone",
+                   ("10.0.1.21", "10.0.96.5"): "unknown"}   # no subnet says where the cache is
 
 
 def test_cluster_destinations_get_no_cloud_tags():

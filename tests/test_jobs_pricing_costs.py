@@ -11,110 +11,256 @@ import pytest
 
 from jobs.config import JobConfig
 from jobs.pipeline import apply_egress_tiers, cost_flows, egress_bytes
-from jobs.pricing import CARDS_DIR, RATE_KEYS, RateCardError, RateCards
-from test_jobs_stages_world import GB, World, rows_by, three_zone_world
+from jobs.pricing import CARDS_DIR, RateCardError, RateCards, UnknownRegionError, default_cards, tier_costs, tier_pools
+from test_jobs_stages_world import GB, T0, World, fixture_ranges, rows_by, three_zone_world
+import pyarrow as pa
+from lake import schema as S
 
 AWS = ("aws", "us-east-1")
 
 
-def test_every_rate_cites_a_source_and_a_unit():
+def _rates(block):
+    for key, rate in block.items():
+        if isinstance(rate, dict):
+            yield key, rate
+
+
+def test_every_rate_cites_a_source_and_a_unit_and_every_commercial_region_has_a_card():
     for path in sorted(CARDS_DIR.glob("*.json")):
         doc = json.loads(path.read_text())
-        blocks = [doc["default"], *doc["regions"].values()]
-        for block in blocks:
-            for key, rate in block.items():
+        for block in [doc["default"], *doc["regions"].values()]:
+            for key, rate in _rates(block):
                 assert rate["source"].startswith("https://"), (path.name, key)
                 assert rate["unit_bytes"] in (2**30, 10**9), (path.name, key)
-        assert set(RATE_KEYS) | {"internet_egress"} <= set(doc["default"])
-    assert {p.stem for p in CARDS_DIR.glob("*.json")} >= {"aws", "gcp", "azure"}
-
-
-def test_region_overrides_default_and_unknown_provider_is_none():
     cards = RateCards.load()
-    sg, use1 = cards.card("aws", "ap-southeast-1"), cards.card("aws", "us-east-1")
-    assert sg.name == "aws/ap-southeast-1" and sg.tiers[1] == (10240, 0.12)
-    assert use1.tiers[1] == (10240, 0.09)
-    assert cards.card("aws", "eu-north-1").rates["cross_zone"].per_gb == 0.01  # default block
-    none = cards.card("hetzner", "fsn1")
-    assert none.name == "none" and none.per_byte("cross_zone") == 0
+    assert len(cards.regions("aws")) == 29 and len(cards.regions("gcp")) == 42 and len(cards.regions("azure")) == 56
+    assert {"af-south-1", "ap-southeast-4", "il-central-1", "ca-west-1"} <= set(cards.regions("aws"))
+    assert not {"us-gov-west-1", "us-west-2-lax-1"} & set(cards.regions("aws"))
+    assert not [r for r in cards.regions("azure") if r.startswith(("usgov", "att", "china")) or r.endswith("euap")]
+
+
+def test_cards_are_generated_from_the_public_data(tmp_path):
+    from jobs.ratecards import build
+    data = {"aws": {"internet_egress": {"us-east-1": {"0": 0.09000000357627869, "10240": 0.085, "51200": 0.07,
+                                                      "153600": 0.05}},
+                    "inter_zone_data_transfer": {"us-east-1": {"egress_per_gb": 0.01, "ingress_per_gb": 0.01}}},
+            "gcp": {"internet_egress": {"us-central1": {"0": 0.085, "10240": 0.065, "153600": 0.045}},
+                    "inter_zone_data_transfer": {"us-central1": {"egress_per_gb": 0.01, "ingress_per_gb": 0}}},
+            "azure": {"internet_egress": {"eastus": {"0": 0.08}, "Global": {"0": 0.08}},
+                      "inter_zone_data_transfer": {"eastus": {"egress_per_gb": 0, "ingress_per_gb": 0}}}}
+    (tmp_path / "network.json").write_text(json.dumps(data))
+    assert build.main(["--data", str(tmp_path / "network.json"), "--out", str(tmp_path)]) == 0
+    aws = json.loads((tmp_path / "aws.json").read_text())
+    assert aws["regions"]["us-east-1"]["internet_egress"]["tiers"] == [
+        {"up_to_gb": 10240, "per_gb": 0.09}, {"up_to_gb": 51200, "per_gb": 0.085},
+        {"up_to_gb": 153600, "per_gb": 0.07}, {"up_to_gb": None, "per_gb": 0.05}]
+    assert set(json.loads((tmp_path / "azure.json").read_text())["regions"]) == {"eastus"}   # no "Global"
+    assert build.main(["--data", str(tmp_path / "network.json"), "--out", str(tmp_path), "--check"]) == 0
+    if build.DEFAULT_DATA.exists():  # the packaged cards are what the script makes of the shared data
+        assert build.main(["--check"]) == 0
+
+
+def test_region_cards_unknown_region_is_an_error_and_a_named_fallback_is_visible():
+    cards = RateCards.load()
+    sg, use1, af = cards.card("aws", "ap-southeast-1"), cards.card("aws", "us-east-1"), cards.card("aws", "af-south-1")
+    assert sg.name == "aws/ap-southeast-1" and sg.tiers[0] == (10240, 0.12)
+    assert use1.tiers[0] == (10240, 0.09) and af.tiers[0] == (10240, 0.154)
+    assert use1.free_gb == 100 and use1.code == "USE1"
+    assert cards.card("hetzner", "fsn1").name == "none"
+    with pytest.raises(UnknownRegionError, match=r"region 'xx-new-1'.*build\.py.*price_fallback"):
+        cards.card("aws", "xx-new-1")
+    fb = RateCards.load(fallback={"aws": "us-east-1"})
+    assert fb.card("aws", "xx-new-1").name == "fallback:aws/us-east-1"
+    w = World().node("n-x", "10.0.1.10", "xx-new-1a", region="xx-new-1").node("n-y", "10.0.2.10", "xx-new-1b", region="xx-new-1")
+    w.pod("a-1", "x", "n-x", "10.0.1.21").pod("b-1", "x", "n-y", "10.0.2.21").snapshot(0)
+    w.flow("10.0.1.21", "10.0.2.21", node="n-x", tx=GB)
+    with pytest.raises(UnknownRegionError):
+        w.costs()
+    rows = w.costs(JobConfig.from_dict({"price_fallback": {"aws": "us-east-1"}})).to_pylist()
+    assert [(r["rate_card"], r["cost_usd"]) for r in rows] == [("fallback:aws/us-east-1", pytest.approx(0.02))]
 
 
 def test_bad_card_is_a_clear_error(tmp_path):
-    (tmp_path / "aws.json").write_text(json.dumps({"provider": "aws", "default": {"same_zone": {"per_gb": 0}}}))
+    (tmp_path / "aws.json").write_text(json.dumps({"provider": "aws", "regions": {"r": {"same_zone": {"per_gb": 0}}}}))
     with pytest.raises(RateCardError, match="missing rate"):
+        RateCards.load(tmp_path)
+    doc = json.loads((CARDS_DIR / "aws.json").read_text())
+    doc["regions"]["us-east-1"]["nat_gateway"]["per_gb"] = 1e9
+    (tmp_path / "aws.json").write_text(json.dumps(doc))
+    with pytest.raises(RateCardError, match=r"aws/us-east-1: nat_gateway.per_gb 1e\+09 is outside the sane range"):
+        RateCards.load(tmp_path)
+    doc["regions"]["us-east-1"]["nat_gateway"]["per_gb"] = 0.045
+    doc["regions"]["us-east-1"]["nat_gatway"] = doc["regions"]["us-east-1"]["nat_gateway"]
+    (tmp_path / "aws.json").write_text(json.dumps(doc))
+    with pytest.raises(RateCardError, match="unknown key.*nat_gatway"):
         RateCards.load(tmp_path)
 
 
 def two_node_world(provider, region, zone_a, zone_b, region_b=None):
     w = World().node("n-a", "10.0.1.10", zone_a, region=region, provider=provider)
     w.node("n-b", "10.0.2.10", zone_b, region=region_b or region, provider=provider)
-    w.pod("a-1", "x", "n-a", "10.0.1.21").pod("b-1", "x", "n-b", "10.0.2.21").snapshot(0)
+    w.pod("a-1", "x", "n-a", "10.0.1.21").pod("b-1", "y", "n-b", "10.0.2.21").snapshot(0)
     w.flow("10.0.1.21", "10.0.2.21", node="n-a", tx=2 * GB, rx=3 * GB)
     return w
 
 
+def one(world, config=None, ranges=None):
+    rows = world.costs(config, ranges).to_pylist()
+    assert len(rows) == 1
+    return rows[0]
+
+
 def test_cross_zone_aws_both_sides_gcp_sender_only_azure_free():
-    aws = rows_by(two_node_world("aws", "us-east-1", "us-east-1a", "us-east-1b").costs())
-    gcp = rows_by(two_node_world("gcp", "us-central1", "us-central1-a", "us-central1-b").costs())
-    az = rows_by(two_node_world("azure", "westeurope", "westeurope-1", "westeurope-2").costs())
-    key = ("10.0.1.21", "10.0.2.21")
-    # (2 + 3) GB crossing AZs, $0.01/GB out of the sender and $0.01/GB into the receiver
-    assert aws[key]["cost_usd"] == pytest.approx(5 * 0.01 * 2)
-    assert aws[key]["rate_card"] == "aws/us-east-1"
-    # GCP: (2 + 3) GiB at $0.01/GiB, sender only
-    assert gcp[key]["cost_usd"] == pytest.approx(5 * 0.01)
-    assert gcp[key]["rate_card"] == "gcp/us-central1"
-    # Azure inter-AZ is free
-    assert az[key]["traffic_class"] == "cross_zone" and az[key]["cost_usd"] == 0
+    aws = one(two_node_world("aws", "us-east-1", "us-east-1a", "us-east-1b"))
+    gcp = one(two_node_world("gcp", "us-central1", "us-central1-a", "us-central1-b"))
+    az = one(two_node_world("azure", "westeurope", "westeurope-1", "westeurope-2"))
+    # AWS: $0.01/GB out of the sender's AZ and $0.01/GB into the receiver's, each side for its end:
+    # the client's node sends 2 GB and receives 3; the server's node sends 3 and receives 2
+    assert aws["cost_usd"] == pytest.approx(5 * 0.02) and aws["dst_cost_usd"] == pytest.approx(5 * 0.01)
+    assert (aws["usage_type"], aws["dst_usage_type"], aws["rate_card"]) == (
+        "USE1-DataTransfer-Regional-Bytes", "USE1-DataTransfer-Regional-Bytes", "aws/us-east-1")
+    # GCP: the sender pays $0.01/GiB: the client 2 GiB, the server 3 GiB
+    assert gcp["cost_usd"] == pytest.approx(5 * 0.01) and gcp["dst_cost_usd"] == pytest.approx(3 * 0.01)
+    assert gcp["usage_type"] == "Network Inter Zone Data Transfer Out"
+    assert az["traffic_class"] == "cross_zone" and az["cost_usd"] == 0 and az["usage_type"] is None
 
 
-def test_cross_region_per_card():
-    aws = rows_by(two_node_world("aws", "us-east-1", "us-east-1a", "us-west-2a", region_b="us-west-2").costs())
-    az = rows_by(two_node_world("azure", "eastus", "eastus-1", "westeurope-1", region_b="westeurope").costs())
-    key = ("10.0.1.21", "10.0.2.21")
-    assert aws[key]["traffic_class"] == "cross_region"
-    assert aws[key]["cost_usd"] == pytest.approx(5 * 0.02)                   # 5 GB at $0.02
-    assert az[key]["cost_usd"] == pytest.approx(5 * 2**30 / 1e9 * 0.02)      # Azure GB is 10^9 bytes
+def test_cross_region_by_region_pair_and_direction():
+    e1e2 = one(two_node_world("aws", "us-east-1", "us-east-1a", "us-east-2a", region_b="us-east-2"))
+    e1w2 = one(two_node_world("aws", "us-east-1", "us-east-1a", "us-west-2a", region_b="us-west-2"))
+    sg = one(two_node_world("aws", "ap-southeast-1", "ap-southeast-1a", "us-east-1a", region_b="us-east-1"))
+    az = one(two_node_world("azure", "eastus", "eastus-1", "westeurope-1", region_b="westeurope"))
+    # us-east-1 <-> us-east-2 is $0.01/GB each way: 2 GB out of us-east-1, 3 GB out of us-east-2
+    assert e1e2["cost_usd"] == pytest.approx(5 * 0.01) and e1e2["dst_cost_usd"] == pytest.approx(3 * 0.01)
+    assert (e1e2["usage_type"], e1e2["dst_usage_type"]) == ("USE1-USE2-AWS-Out-Bytes", "USE2-USE1-AWS-Out-Bytes")
+    assert e1w2["cost_usd"] == pytest.approx(5 * 0.02)
+    # Singapore -> N. Virginia: 2 GB at Singapore's $0.09; the 3 GB reply at us-east-1's $0.02
+    assert sg["cost_usd"] == pytest.approx(2 * 0.09 + 3 * 0.02) and sg["dst_cost_usd"] == pytest.approx(3 * 0.02)
+    assert sg["usage_type"] == "APS1-USE1-AWS-Out-Bytes"
+    # Azure: North America -> Europe $0.05/GB each way (decimal GB)
+    assert az["cost_usd"] == pytest.approx(5 * GB / 1e9 * 0.05)
 
 
-def test_zero_priced_classes_nat_private_link_peering_and_rules():
-    w = three_zone_world().snapshot(0)
-    w.flow("10.0.1.21", "10.0.1.22", node="n-a", tx=7 * GB, rx=GB)          # same_zone: free
-    w.flow("10.0.1.21", "169.254.169.254", node="n-a", tx=GB, rx=GB)         # imds: free
-    w.flow("10.0.1.21", "10.200.0.5", node="n-a", tx=4 * GB, rx=6 * GB)      # private_link
-    w.flow("10.0.1.21", "10.30.0.1", node="n-a", tx=GB, rx=GB)               # peering, card rate
-    w.flow("10.0.1.21", "10.40.0.1", node="n-a", tx=2 * GB, rx=2 * GB)       # peering, rule rate
-    w.flow("10.0.1.21", "8.8.8.8", node="n-a", tx=3 * GB, rx=GB)             # egress through NAT
-    w.dns("10.0.1.21", "vpce-1.s3.us-east-1.vpce.amazonaws.com", "10.200.0.5", -1)
-    cfg = JobConfig.from_dict({"nat_gateway": True, "rules": [
-        {"cidr": "10.30.0.0/16", "class": "peering"},
-        {"cidr": "10.40.0.0/16", "class": "peering", "name": "partner", "rate_per_gb": 0.015}]})
+def test_cloud_services_in_region_free_nat_processing_and_gateway_endpoints():
+    w = three_zone_world().node("n-pub", "10.0.4.10", "us-east-1a", external_ip="3.90.0.9")
+    w.pod("pub-1", "x", "n-pub", "10.0.4.21").snapshot(0)
+    w.flow("10.0.1.21", "52.216.7.7", node="n-a", tx=4 * GB, rx=6 * GB)   # S3 us-east-1 via NAT
+    w.flow("10.0.1.22", "3.81.2.3", node="n-a", tx=1 * GB, rx=1 * GB)     # EC2 public IP, same region
+    w.flow("10.1.1.21", "52.216.7.8", node="n-w", tx=2 * GB, rx=5 * GB)   # S3 us-east-1 from us-west-2
+    w.flow("10.0.4.21", "52.216.7.9", node="n-pub", tx=GB, rx=GB)         # public-IP node: no NAT
+    cfg = {"nat_gateway": True}
+    rows = rows_by(w.costs(JobConfig.from_dict(cfg), fixture_ranges()))
+    s3 = rows[("10.0.1.21", "52.216.7.7")]
+    assert (s3["traffic_class"], s3["usage_type"]) == ("cloud_api", None)
+    # S3 in the region is free; the NAT gateway still processes 10 GB at $0.045
+    assert s3["cost_usd"] == pytest.approx(10 * 0.045) and s3["processing_cost_usd"] == pytest.approx(10 * 0.045)
+    assert (s3["processing_usage_type"], s3["nat_gateway"]) == ("USE1-NatGateway-Bytes", "nat")
+    ec2 = rows[("10.0.1.22", "3.81.2.3")]
+    assert ec2["cost_usd"] == pytest.approx(2 * 0.01 + 2 * 0.045)      # regional $0.01 each way, plus NAT
+    assert ec2["usage_type"] == "USE1-DataTransfer-Regional-Bytes"
+    far = rows[("10.1.1.21", "52.216.7.8")]
+    # us-west-2 -> us-east-1 S3: 2 GB out at $0.02, the 5 GB reply out of us-east-1 at $0.02, NAT 7 GB
+    assert far["traffic_class"] == "cross_region"
+    assert far["cost_usd"] == pytest.approx(7 * 0.02 + 7 * 0.045) and far["dst_cost_usd"] == pytest.approx(5 * 0.02)
+    assert (far["usage_type"], far["dst_usage_type"]) == ("USW2-USE1-AWS-Out-Bytes", "USE1-USW2-AWS-Out-Bytes")
+    pub = rows[("10.0.4.21", "52.216.7.9")]
+    assert pub["cost_usd"] == 0 and pub["nat_gateway"] is None
+    # an S3 gateway endpoint: no NAT processing for S3 of the region (other regions still pass the NAT)
+    rows = rows_by(w.costs(JobConfig.from_dict({**cfg, "gateway_endpoints": ["s3"]}), fixture_ranges()))
+    assert rows[("10.0.1.21", "52.216.7.7")]["cost_usd"] == 0
+    assert rows[("10.0.1.21", "52.216.7.7")]["nat_gateway"] is None
+    assert rows[("10.1.1.21", "52.216.7.8")]["cost_usd"] == pytest.approx(7 * 0.02 + 7 * 0.045)
+
+
+def test_nat_gateways_by_node_group_cidr_and_never_inbound():
+    w = World().node("n-a", "10.0.1.10", "us-east-1a", node_group="workers")
+    w.node("n-b", "10.0.2.10", "us-east-1b", node_group="batch").node("n-c", "10.0.3.10", "us-east-1c")
+    w.pod("a-1", "x", "n-a", "10.0.1.21").pod("b-1", "x", "n-b", "10.0.2.21").pod("c-1", "x", "n-c", "10.0.3.21")
+    w.snapshot(0)
+    for src, node in (("10.0.1.21", "n-a"), ("10.0.2.21", "n-b"), ("10.0.3.21", "n-c")):
+        w.flow(src, "8.8.8.8", node=node, tx=GB, rx=GB)
+    # an internet client calling a pod: inbound, never through the NAT gateway
+    w.flow("81.2.3.4", "10.0.1.21", node="n-a", direction="inbound", port=8080, tx=GB, rx=3 * GB)
+    cfg = JobConfig.from_dict({"nat_gateways": [{"name": "nat-a", "node_groups": ["workers"]},
+                                                {"name": "nat-c", "node_cidrs": ["10.0.3.0/24"]}]})
     rows = rows_by(w.costs(cfg))
-    c = lambda dst: rows[("10.0.1.21", dst)]["cost_usd"]
-    assert c("10.0.1.22") == 0 and c("169.254.169.254") == 0
-    assert c("10.200.0.5") == pytest.approx((4 + 6) * 0.01)       # PrivateLink processing
-    assert c("10.30.0.1") == pytest.approx((1 + 1) * 0.01)        # card peering rate
-    assert c("10.40.0.1") == pytest.approx((2 + 2) * 0.015)       # the rule's own rate
-    assert rows[("10.0.1.21", "10.40.0.1")]["rate_card"] == "rule:partner"
-    # before tiers: only NAT processing, $0.045/GB on both directions
-    assert c("8.8.8.8") == pytest.approx((3 + 1) * 0.045)
-    tiered, off = apply_egress_tiers(w.costs(cfg), {AWS: 100 * GB})
-    t = rows_by(tiered)[("10.0.1.21", "8.8.8.8")]
-    # the free 100 GB are used up: 3 GB sent at $0.09, plus NAT
-    assert t["cost_usd"] == pytest.approx(3 * 0.09 + 4 * 0.045)
-    assert off == {AWS: 103 * GB}
+    nat = {k: (r["nat_gateway"], r["processing_cost_usd"]) for k, r in rows.items()}
+    assert nat == {("10.0.1.21", "8.8.8.8"): ("nat-a", pytest.approx(2 * 0.045)), ("10.0.2.21", "8.8.8.8"): (None, 0),
+                   ("10.0.3.21", "8.8.8.8"): ("nat-c", pytest.approx(2 * 0.045)), ("10.0.1.21", "81.2.3.4"): (None, 0)}
+    assert rows[("10.0.1.21", "81.2.3.4")]["usage_type"] == "USE1-DataTransfer-Out-Bytes"
 
 
-def test_unknown_provider_gets_the_none_card():
-    w = World().node("n-a", "10.0.1.10", "fsn1-dc14", region="fsn1", provider="hetzner")
-    w.node("n-b", "10.0.2.10", "nbg1-dc3", region="fsn1", provider="hetzner").snapshot(0)
-    w.flow("10.0.1.10", "10.0.2.10", node="n-a", tx=GB)
-    w.flow("10.0.1.10", "1.1.1.1", node="n-a", tx=500 * GB)
-    costs = w.costs()
+def test_peering_same_az_free_cross_az_per_side_inter_region_and_transit_gateway():
+    w = three_zone_world().snapshot(0)
+    for dst in ("10.30.0.1", "10.31.0.1", "10.32.0.1", "10.33.0.1", "10.34.0.1"):
+        w.flow("10.0.1.21", dst, node="n-a", tx=2 * GB, rx=3 * GB)
+    cfg = JobConfig.from_dict({"rules": [
+        {"cidr": "10.30.0.0/16", "class": "peering", "zone": "us-east-1a", "region": "us-east-1"},
+        {"cidr": "10.31.0.0/16", "class": "peering", "zone": "us-east-1b", "region": "us-east-1"},
+        {"cidr": "10.32.0.0/16", "class": "peering", "region": "us-east-2"},
+        {"cidr": "10.33.0.0/16", "class": "transit_gateway", "zone": "us-east-1a", "region": "us-east-1"},
+        {"cidr": "10.34.0.0/16", "class": "peering", "name": "partner", "rate_per_gb": 0.015}]})
+    c = {d: r for (_, d), r in rows_by(w.costs(cfg)).items()}
+    assert c["10.30.0.1"]["cost_usd"] == 0                                      # same AZ
+    assert c["10.31.0.1"]["cost_usd"] == pytest.approx(5 * 0.01)                # our side: 2 out + 3 in
+    assert c["10.31.0.1"]["usage_type"] == "USE1-DataTransfer-Regional-Bytes"
+    assert c["10.32.0.1"]["cost_usd"] == pytest.approx(2 * 0.01)                # inter-region out, by the pair
+    assert c["10.32.0.1"]["usage_type"] == "USE1-USE2-AWS-Out-Bytes"
+    assert c["10.33.0.1"]["cost_usd"] == pytest.approx(2 * 0.02)                # TGW processing of what we send
+    assert c["10.33.0.1"]["processing_usage_type"] == "USE1-TransitGateway-Bytes"
+    assert (c["10.34.0.1"]["cost_usd"], c["10.34.0.1"]["rate_card"]) == (pytest.approx(5 * 0.015), "rule:partner")
+    # Azure VNet peering charges both directions whatever the zone; GCP is VM-to-VM (sender only)
+    az = World().node("z-a", "10.2.0.10", "eastus-1", region="eastus", provider="azure")
+    az.pod("p", "x", "z-a", "10.2.0.21").snapshot(0).flow("10.2.0.21", "10.30.0.1", node="z-a", tx=2 * GB, rx=3 * GB)
+    g = World().node("g-a", "10.8.0.10", "us-central1-a", region="us-central1", provider="gcp")
+    g.pod("p", "x", "g-a", "10.8.0.21").snapshot(0).flow("10.8.0.21", "10.30.0.1", node="g-a", tx=2 * GB, rx=3 * GB)
+    rule = lambda zone, region: JobConfig.from_dict({"provider": "azure" if "east" in region else "gcp", "region": region, "rules": [  # noqa: E731
+        {"cidr": "10.30.0.0/16", "class": "peering", "zone": zone, "region": region}]})
+    assert one(az, rule("eastus-1", "eastus"))["cost_usd"] == pytest.approx(5 * GB / 1e9 * 0.01)
+    assert one(g, rule("us-central1-b", "us-central1"))["cost_usd"] == pytest.approx(2 * 0.01)
+    assert one(g, rule("us-central1-a", "us-central1"))["cost_usd"] == 0
+
+
+def test_private_link_processing_imds_free_and_unknown_provider_none():
+    w = three_zone_world().snapshot(0)
+    w.flow("10.0.1.21", "10.200.0.5", node="n-a", tx=4 * GB, rx=6 * GB)
+    w.flow("10.0.1.21", "169.254.169.254", node="n-a", tx=GB, rx=GB)
+    w.dns("10.0.1.21", "vpce-1.s3.us-east-1.vpce.amazonaws.com", "10.200.0.5", -1)
+    rows = rows_by(w.costs())
+    pl = rows[("10.0.1.21", "10.200.0.5")]
+    assert (pl["cost_usd"], pl["processing_cost_usd"], pl["processing_usage_type"]) == (
+        pytest.approx(10 * 0.01), pytest.approx(10 * 0.01), "USE1-VpcEndpoint-Bytes")
+    assert rows[("10.0.1.21", "169.254.169.254")]["cost_usd"] == 0
+    h = World().node("n-a", "10.0.1.10", "fsn1-dc14", region="fsn1", provider="hetzner")
+    h.node("n-b", "10.0.2.10", "nbg1-dc3", region="fsn1", provider="hetzner").snapshot(0)
+    h.flow("10.0.1.10", "10.0.2.10", node="n-a", tx=GB)
+    h.flow("10.0.1.10", "1.1.1.1", node="n-a", tx=500 * GB)
+    costs = h.costs()
     assert set(costs.column("rate_card").to_pylist()) == {"none"}
     tiered, off = apply_egress_tiers(costs, {})
     assert tiered.column("cost_usd").to_pylist() == [0.0, 0.0]
     assert off == {("hetzner", "fsn1"): 500 * GB}
+
+
+def test_free_allowance_is_one_per_account_across_regions():
+    w = three_zone_world().node("n-e", "10.9.0.10", "eu-west-1a", region="eu-west-1").pod("eu-1", "x", "n-e", "10.9.0.21")
+    w.node("z-a", "10.2.0.10", "eastus-1", region="eastus", provider="azure").pod("az-1", "x", "z-a", "10.2.0.21")
+    w.snapshot(0)
+    w.flow("10.0.1.21", "8.8.8.8", node="n-a", tx=60 * GB)
+    w.flow("10.9.0.21", "8.8.8.8", node="n-e", tx=60 * GB)
+    w.flow("10.2.0.21", "8.8.8.8", node="z-a", tx=150 * 10**9)
+    tiered, off = apply_egress_tiers(w.costs(), {})
+    c = {r["src_ip"]: r["cost_usd"] for r in tiered.to_pylist()}
+    # 120 GB across two AWS regions: one 100 GB allowance, taken in pool order (eu-west-1 first),
+    # so us-east-1 pays for 20 GB at $0.09; Azure has its own 100 GB: 50 GB at $0.087
+    assert c["10.9.0.21"] == 0 and c["10.0.1.21"] == pytest.approx(20 * 0.09)
+    assert c["10.2.0.21"] == pytest.approx(50 * 0.087)
+    assert off == {AWS: 60 * GB, ("aws", "eu-west-1"): 60 * GB, ("azure", "eastus"): 150 * 10**9}
+    # the next hour, carrying offsets: the allowance is used up for both AWS regions
+    w2 = three_zone_world().node("n-e", "10.9.0.10", "eu-west-1a", region="eu-west-1").pod("eu-1", "x", "n-e", "10.9.0.21")
+    w2.snapshot(0).flow("10.9.0.21", "8.8.8.8", node="n-e", minute=60, tx=10 * GB)
+    t2, _ = apply_egress_tiers(w2.costs(), off)
+    assert t2.column("cost_usd").to_pylist() == [pytest.approx(10 * 0.09)]
 
 
 def egress_world(rows: list[tuple[int, str, int]]) -> World:
@@ -129,19 +275,40 @@ def by_src_minute(costs):
     return {(r["src_ip"], r["window_start"].minute): r["cost_usd"] for r in costs.to_pylist()}
 
 
-def test_tiers_cross_100gb_and_10tb_within_one_table_in_deterministic_order():
-    # Input order is scrambled; tier order is window_start, then src_ip (string order).
+def test_tiers_cross_100gb_and_10tb_within_one_table_pro_rata_within_a_window():
+    # Input order is scrambled; windows are tiered in time order, rows of one window pro rata.
     w = egress_world([(1, "10.0.1.22", 10160), (0, "10.0.1.22", 60), (0, "10.0.1.21", 60)])
     costs = cost_flows(w.raw(), w.context())
     assert sum(costs.column("cost_usd").to_pylist()) == 0  # no NAT configured: nothing yet
     tiered, off = apply_egress_tiers(costs, {})
     got = by_src_minute(tiered)
-    assert got[("10.0.1.21", 0)] == pytest.approx(0.0)              # GB 0-60: free
-    assert got[("10.0.1.22", 0)] == pytest.approx(20 * 0.09)        # GB 60-120: 40 free, 20 at $0.09
+    # window 0: GB 0-120, 100 free and 20 at $0.09, shared 60/60 by its two rows
+    assert got[("10.0.1.21", 0)] == pytest.approx(20 * 0.09 / 2)
+    assert got[("10.0.1.22", 0)] == pytest.approx(20 * 0.09 / 2)
     # GB 120-10280: 10240 - 120 = 10120 GB at $0.09, then 40 GB at $0.085
     assert got[("10.0.1.22", 1)] == pytest.approx(10120 * 0.09 + 40 * 0.085)
     assert off == {AWS: 10280 * GB}
     assert egress_bytes(costs) == {AWS: 10280 * GB}
+
+
+def test_tier_pools_and_tier_costs_contract():
+    w = egress_world([(0, "10.0.1.22", 60), (0, "10.0.1.21", 60), (1, "10.0.1.21", 50)])
+    w.flow("10.0.1.21", "10.0.2.21", node="n-a", tx=GB)          # cross_zone: not tiered
+    costs = cost_flows(w.raw(), w.context())
+    pools, nbytes = tier_pools(costs, default_cards())
+    got = sorted(zip(pools.to_pylist(), nbytes.to_pylist()), key=lambda x: (x[0] or "", x[1]))
+    assert got == [(None, 0), ("aws/us-east-1/internet_egress", 50 * GB),
+                   ("aws/us-east-1/internet_egress", 60 * GB), ("aws/us-east-1/internet_egress", 60 * GB)]
+    vol = pa.table({"tier_pool": ["aws/us-east-1/internet_egress"] * 2,
+                    "window_start": pa.array([T0, T0 + dt.timedelta(minutes=1)], S.TS),
+                    "tier_bytes": pa.array([120 * GB, 50 * GB], pa.int64())})
+    usd, state = tier_costs(vol, {}, default_cards())
+    assert usd.tolist() == pytest.approx([20 * 0.09, 50 * 0.09])
+    # the state after the first window, fed back, gives the second window the same cost
+    usd1, st1 = tier_costs(vol.slice(0, 1), {}, default_cards())
+    usd2, st2 = tier_costs(vol.slice(1, 1), st1, default_cards())
+    assert usd2.tolist() == pytest.approx([50 * 0.09]) and st2 == state
+    assert json.loads(json.dumps(state)) == state
 
 
 def test_tiers_across_calls_with_offsets():
@@ -235,3 +402,24 @@ def test_tiered_cost_matches_the_price_list_and_splits_across_calls(tx, cut, sta
     split = a.column("cost_usd").to_pylist() + b.column("cost_usd").to_pylist()
     assert off2 == off
     assert sum(split) == pytest.approx(total, rel=1e-9, abs=1e-6)
+
+
+def test_load_balancer_second_hop_with_external_traffic_policy_cluster():
+    """An internet client reaches node A's NodePort; kube-proxy sends it on to the backend on
+    node B (another zone), SNAT'ed to A's address. A reports the client's connection, B the
+    hop from A: both are billed, the hop as cross-zone transfer between the nodes."""
+    w = three_zone_world().snapshot(0)
+    w.flow("81.2.3.4", "10.0.2.21", node="n-a", direction="inbound", orig="10.0.1.10", orig_port=30080, port=8080,
+           tx=GB, rx=3 * GB)
+    w.flow("10.0.1.10", "10.0.2.21", node="n-b", direction="inbound", port=8080, tx=GB, rx=3 * GB,
+           dst_pod="api-1", dst_ns="shop")
+    w.flow("10.0.1.10", "10.0.3.21", node="n-c", direction="inbound", port=8080, tx=GB, rx=GB)  # kubelet-like: dropped
+    costs = w.costs()
+    rows = rows_by(costs)
+    assert set(rows) == {("10.0.2.21", "81.2.3.4"), ("10.0.2.21", "10.0.1.10")}
+    eg, hop = rows[("10.0.2.21", "81.2.3.4")], rows[("10.0.2.21", "10.0.1.10")]
+    assert (eg["traffic_class"], eg["src_node"], eg["src_zone"], eg["tx_bytes"]) == ("internet_egress", "n-a", "us-east-1a", 3 * GB)
+    assert (hop["traffic_class"], hop["src_node"], hop["dst_kind"], hop["dst_name"]) == ("cross_zone", "n-b", "node", "n-a")
+    assert (hop["src_namespace"], hop["src_pod"], hop["tx_bytes"], hop["rx_bytes"]) == ("shop", "api-1", 3 * GB, GB)
+    # 4 GB between the zones: $0.01 out + $0.01 in on each side
+    assert hop["cost_usd"] == pytest.approx(4 * 0.02) and hop["dst_cost_usd"] == pytest.approx(4 * 0.01)

@@ -33,9 +33,9 @@ class World:
         self.flow_rows: list[dict] = []
 
     # ---- state
-    def node(self, name, ip, zone, region="us-east-1", provider="aws", external_ip=None):
+    def node(self, name, ip, zone, region="us-east-1", provider="aws", external_ip=None, node_group=None):
         self.nodes[name] = dict(name=name, internal_ip=ip, external_ip=external_ip, zone=zone,
-                                region=region, provider=provider, instance_type="m5.large")
+                                region=region, provider=provider, instance_type="m5.large", node_group=node_group)
         return self
 
     def pod(self, name, ns, node, ip, host_network=False, kind="Deployment", workload=None, phase="Running"):
@@ -66,10 +66,10 @@ class World:
         return self
 
     # ---- observations
-    def dns(self, client, domain, ip, seen_minutes, node="n-a"):
+    def dns(self, client, domain, ip, seen_minutes, node="n-a", chain=None):
         seen = at(seen_minutes)
         self.dns_rows.append(dict(window_start=seen, window_end=seen, node=node, client_ip=client, domain=domain,
-                                  ip=ip, ttl_s=60, seen_at=seen))
+                                  ip=ip, ttl_s=60, seen_at=seen, cname_chain=chain))
         return self
 
     def flow(self, src, dst, *, node, minute=0, direction="outbound", orig=None, port=443, orig_port=None,

@@ -1,7 +1,7 @@
 """Conntrack collector: the kernel's connection table over ctnetlink.
 
-pyroute2 does the plumbing (creating the netlink socket, also inside another network
-namespace; the protocol constants; encoding the dump request). Our own struct parser
+pyroute2 creates the netlink socket inside another network namespace (tests, tools); the
+agent's own sockets, the constants and the 20-byte dump request are encoded here. Our own struct parser
 (node_agent/netlink/ctparse.py) reads the replies, because per-attribute parsing in
 pyroute2 is ~25x too slow for a 50k-entry table.
 
@@ -36,60 +36,39 @@ SK_MEMINFO_DROPS = 8
 RECV_SIZE = 1 << 16   # the kernel sends dump datagrams of at most 32 KiB
 
 
-def _netlink():
-    """pyroute2's constants and request encoder (imported lazily: only the collector needs them)."""
-    from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST
-    from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK, NFNLGRP_CONNTRACK_DESTROY
-    from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET, nfct_msg
+# The netlink constants (linux/netlink.h, linux/netfilter/nfnetlink*.h) and the 20-byte dump
+# request are encoded here: pyroute2's nfctsocket module costs ~3 MiB of RSS for them.
+NETLINK_NETFILTER = 12
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET = 1, 1
+NFNLGRP_CONNTRACK_DESTROY = 3
+_REQ = struct.Struct("=IHHIIBBH")   # nlmsghdr + nfgenmsg (family, version, res_id)
 
-    return (NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST, NFNL_SUBSYS_CTNETLINK,
-            NFNLGRP_CONNTRACK_DESTROY, IPCTNL_MSG_CT_GET, nfct_msg)
+
+def dump_request(seq: int) -> bytes:
+    """IPCTNL_MSG_CT_GET | NLM_F_DUMP for AF_UNSPEC: both IPv4 and IPv6 in one dump."""
+    return _REQ.pack(_REQ.size, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP,
+                     seq, 0, socket.AF_UNSPEC, 0, 0)
 
 
-def _run_in_netns(netns: str | None, fn) -> None:
-    """Run fn() in network namespace `netns` (a forked child does setns; sysctls under
-    /proc/sys/net belong to the namespace of the process that opens them)."""
+def _socket(netns: str | None) -> socket.socket:
+    """A ctnetlink socket in our own namespace, or (tests, tools) in `netns` via pyroute2."""
     if netns is None:
-        fn()
-        return
-    from pyroute2.netns import setns
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_NETFILTER)
+    from pyroute2.netns import create_socket
 
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into the caller's code
-        msg = b""
-        try:
-            setns(netns, flags=0, fork=False)
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            msg = f"{type(exc).__name__}: {exc}".encode()
-        finally:
-            os.write(w, msg)
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        msg = f.read().decode()
-    os.waitpid(pid, 0)
-    if msg:
-        raise OSError(f"in netns {netns}: {msg}")
+    return create_socket(netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_NETFILTER)
 
 
-def enable_acct(netns: str | None = None) -> None:
-    """Turn on conntrack byte/packet accounting (per network namespace); CollectorError if not."""
-    def write() -> None:
-        try:
-            with open(ACCT_SYSCTL) as f:
-                if f.read().strip() == "1":
-                    return
-        except FileNotFoundError:
-            raise FileNotFoundError("nf_conntrack is not loaded (no " + ACCT_SYSCTL + ")") from None
-        with open(ACCT_SYSCTL, "w") as f:
-            f.write("1\n")
+def enable_acct(netns: str | None = None) -> dict[str, int]:
+    """Set and verify nf_conntrack_acct=1 and nf_conntrack_events>=1 (per network namespace,
+    node_agent/kernel.py); CollectorError with one line if not. Returns the values read back."""
+    from node_agent.kernel import ensure_conntrack_settings
 
     try:
-        _run_in_netns(netns, write)
-    except PermissionError:
-        raise CollectorError(f"cannot enable conntrack accounting: {ACCT_SYSCTL} is not writable (run as root)") from None
+        return ensure_conntrack_settings(netns)
+    except PermissionError as exc:
+        raise CollectorError(f"cannot enable conntrack accounting: {exc}") from None
     except OSError as exc:
         raise CollectorError(f"cannot enable conntrack accounting: {exc}") from None
 
@@ -98,6 +77,9 @@ class ConntrackCollector(Collector):
     """Live conntrack entries and DESTROY events of one network namespace."""
 
     name = "conntrack"
+    # every connection that ends sends its final counters (DESTROY), so the run loop only
+    # drains events between cuts and dumps the table once per window (and after lost events)
+    events_complete = True
 
     def __init__(self, netns: str | None = None, rcvbuf: int = 32 << 20, dump_timeout: float = 30.0):
         self.netns = netns              # None: the agent's own namespace (hostNetwork on a node)
@@ -106,6 +88,9 @@ class ConntrackCollector(Collector):
         self._dump_sock: socket.socket | None = None
         self._event_sock: socket.socket | None = None
         self._parser = CtParser()
+        # zone duplicates, counter-less entries, tunnel encapsulation (node_agent/ctfilter.py)
+        self._filter = _entry_filter(netns)
+        self._kernel: dict[str, int] = {}
         self._seq = int(time.time()) & 0xFFFF
         self._overrun = False
         self._stats = {
@@ -115,15 +100,13 @@ class ConntrackCollector(Collector):
 
     # ------------------------------------------------------------------ setup
     def open(self) -> None:
-        enable_acct(self.netns)
-        (NETLINK_NETFILTER, self._F_DUMP, self._F_REQUEST, self._SUBSYS,
-         destroy_group, self._MSG_GET, self._nfct_msg) = _netlink()
-        from pyroute2.netns import create_socket
+        self._kernel = enable_acct(self.netns)
+        destroy_group = NFNLGRP_CONNTRACK_DESTROY
 
         try:
-            self._dump_sock = create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_NETFILTER)
+            self._dump_sock = _socket(self.netns)
             self._dump_sock.bind((0, 0))
-            self._event_sock = create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_NETFILTER)
+            self._event_sock = _socket(self.netns)
             try:
                 self._event_sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
             except PermissionError:
@@ -150,19 +133,15 @@ class ConntrackCollector(Collector):
     # ------------------------------------------------------------------ dump
     def _request(self) -> bytes:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
-        msg = self._nfct_msg()
-        msg["header"]["type"] = (self._SUBSYS << 8) | self._MSG_GET
-        msg["header"]["flags"] = self._F_REQUEST | self._F_DUMP
-        msg["header"]["sequence_number"] = self._seq
-        msg["nfgen_family"] = socket.AF_UNSPEC  # both IPv4 and IPv6 in one dump
-        msg.encode()
-        return msg.data
+        return dump_request(self._seq)
 
     def iter_dump(self) -> Iterator[ConnSample]:
         sock = self._dump_sock
         if sock is None:
             raise CollectorError("conntrack collector is not open")
         self._drain_stale(sock)
+        flt = self._filter
+        flt.begin_dump()
         t0 = time.monotonic()
         sock.send(self._request())
         parser = self._parser
@@ -175,6 +154,7 @@ class ConntrackCollector(Collector):
             if not select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 raise CollectorError(f"conntrack dump timed out after {self.dump_timeout:.0f} s")
             data = sock.recv(RECV_SIZE)
+            special = parser.special
             try:
                 done = parser.feed(data, batch)
             except ParseError:
@@ -182,9 +162,13 @@ class ConntrackCollector(Collector):
             except NetlinkError as exc:
                 hint = " (needs root: CAP_NET_ADMIN)" if exc.errno in (errno.EPERM, errno.EACCES) else ""
                 raise CollectorError(f"conntrack dump failed: {exc.strerror}{hint}") from None
+            batch = flt.batch(batch, parser.special != special)
             entries += len(batch)
             yield from batch
-            batch.clear()
+            batch = []
+        batch = flt.end_dump()
+        entries += len(batch)
+        yield from batch
         st = self._stats
         st["dumps"] += 1
         st["entries"] = entries
@@ -214,6 +198,7 @@ class ConntrackCollector(Collector):
         out: list[ConnSample] = []
         parser = self._parser
         before = parser.malformed
+        special = parser.special
         while True:
             try:
                 data = sock.recv(RECV_SIZE)
@@ -232,7 +217,7 @@ class ConntrackCollector(Collector):
         self._stats["events"] += len(out)
         self._stats["malformed"] += parser.malformed - before
         self._stats["events_lost"] = self._socket_drops()
-        return [s for s in out if s.ended]
+        return self._filter.ended([s for s in out if s.ended], parser.special != special)
 
     def _socket_drops(self) -> int:
         """Events the kernel dropped on our event socket (SO_MEMINFO drop counter)."""
@@ -248,4 +233,12 @@ class ConntrackCollector(Collector):
         return self._overrun
 
     def stats(self) -> dict[str, int]:
-        return dict(self._stats)
+        return {**self._stats, **self._filter.stats(), **self._kernel}
+
+
+def _entry_filter(netns: str | None):
+    from node_agent.ctfilter import EntryFilter
+    from node_agent.localaddrs import LocalAddrs
+    from node_agent.tunnels import TunnelWatch
+
+    return EntryFilter(TunnelWatch(netns), LocalAddrs(netns).packed)

@@ -12,6 +12,9 @@ datagram bytes and builds one `ConnSample` per connection:
       CTA_COUNTERS_ORIG(9) / CTA_COUNTERS_REPLY(10): nested PACKETS(1) BYTES(2) be64
                               (or the 32-bit PACKETS(3) BYTES(4) of old kernels)
       CTA_ID(12): be32
+      CTA_ZONE(18): be16, only present for a non-default zone (OVN-Kubernetes, Antrea, OVS)
+    a message without either CTA_COUNTERS_* comes from an entry created while accounting was
+    off: its sample has counters=False (never a silent 0-byte flow);
     everything else is skipped by its length.
 
 The kernel emits tuples and counters in one fixed layout; a single precompiled struct
@@ -37,6 +40,7 @@ CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | 0      # dump entry, NEW/UPDATE event
 CT_DELETE = (NFNL_SUBSYS_CTNETLINK << 8) | 2   # DESTROY event
 
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ID = 1, 2, 9, 10, 12
+CTA_ZONE = 18
 _TYPE_MASK = 0x3FFF  # strip NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _ICMP_PROTOS = (1, 58)
 
@@ -163,8 +167,9 @@ def _attrs(buf, off: int, end: int):
 
 def parse_entry(buf, off: int, end: int, ended: bool) -> ConnSample:
     """One conntrack message's attributes [off, end) (after nfgenmsg) -> ConnSample."""
-    ct_id = op = ob = rp = rb = 0
+    ct_id = op = ob = rp = rb = zone = 0
     orig = reply = None
+    has_counters = False
     nla = _NLA.unpack_from
     while off + 4 <= end:
         alen, atype = nla(buf, off)
@@ -178,10 +183,14 @@ def parse_entry(buf, off: int, end: int, ended: bool) -> ConnSample:
             reply = _tuple(buf, off + 4, nxt)
         elif t == CTA_COUNTERS_ORIG:
             op, ob = _counters(buf, off + 4, nxt)
+            has_counters = True
         elif t == CTA_COUNTERS_REPLY:
             rp, rb = _counters(buf, off + 4, nxt)
+            has_counters = True
         elif t == CTA_ID and alen >= 8:
             ct_id = _BE32.unpack_from(buf, off + 4)[0]
+        elif t == CTA_ZONE and alen >= 6:
+            zone = _BE16.unpack_from(buf, off + 4)[0]
         off += (alen + 3) & ~3
     if orig is None or reply is None:
         raise ParseError("conntrack message without an original and a reply tuple")
@@ -189,8 +198,10 @@ def parse_entry(buf, off: int, end: int, ended: bool) -> ConnSample:
     if reply[0] != fam:
         raise ParseError("conntrack tuples of different address families")
     if proto in _ICMP_PROTOS:  # ICMP has an id, not ports
-        return ConnSample(ct_id, fam, proto, src, dst, sport, 0, reply[2], 0, ob, op, rb, rp, ended)
-    return ConnSample(ct_id, fam, proto, src, dst, sport, dport, reply[2], reply[4], ob, op, rb, rp, ended)
+        return ConnSample(ct_id, fam, proto, src, dst, sport, 0, reply[2], 0, ob, op, rb, rp, ended,
+                          zone, has_counters)
+    return ConnSample(ct_id, fam, proto, src, dst, sport, dport, reply[2], reply[4], ob, op, rb, rp, ended,
+                      zone, has_counters)
 
 
 def learn_layout(buf, off: int, end: int):
@@ -252,12 +263,19 @@ def learn_layout(buf, off: int, end: int):
             fmt.append("I")
             fields["id"] = idx
             idx += 1
+        elif t == CTA_ZONE and alen == 6:
+            fmt.append("H2x")
+            fields["zone"] = idx
+            idx += 1
         elif padded > 4:
             fmt.append(f"{padded - 4}x")
         pos += padded
     if pos != ((end + 3) & ~3) and pos != end:
         return None
     need = ("id", "onum", "osrc", "odst", "osport", "odport", "rsrc", "rsport", "oby", "opk", "rby", "rpk")
+    zoned = "zone" in fields
+    if zoned:  # rare (OVS zones): single-message reads only, the zone appended to the values
+        need = need + ("zone",)
     if fam is None or any(k not in fields for k in need):
         return None
     from operator import itemgetter
@@ -269,11 +287,11 @@ def learn_layout(buf, off: int, end: int):
     # words) + nfgenmsg (skipped) + body, for Struct.iter_unpack over consecutive messages
     rec = struct.Struct(">IHHII4x" + "".join(fmt[1:]))
     batch = None
-    if rec.size == end - off + 20 and rec.size % 4 == 0:
+    if rec.size == end - off + 20 and rec.size % 4 == 0 and not zoned:
         batch = (rec.iter_unpack, itemgetter(*(h + 5 for h in headers)),
                  itemgetter(*(fields[k] + 5 for k in need)))
     return (st.unpack_from, itemgetter(*headers), tuple(expected),
-            itemgetter(*(fields[k] for k in need)), fam, batch)
+            itemgetter(*(fields[k] for k in need)), fam, batch, zoned)
 
 
 def _be_word(v: int) -> int:
@@ -288,13 +306,14 @@ _DEL_W = struct.unpack(">H", struct.pack("=H", CT_DELETE))[0]
 class CtParser:
     """Parses datagrams of ctnetlink messages into ConnSamples, counting what it skips."""
 
-    __slots__ = ("malformed", "messages", "layouts")
+    __slots__ = ("malformed", "messages", "layouts", "special")
     MAX_LAYOUTS = 64
 
     def __init__(self) -> None:
         self.malformed = 0   # messages with sound framing but unparseable attributes (skipped)
         self.messages = 0
         self.layouts: dict[int, list] = {}  # message length -> learned one-struct readers
+        self.special = 0     # samples with a zone or without counters (callers filter only then)
 
     def feed(self, buf, out: list) -> bool:
         """Append the connections in one datagram to `out`; True once NLMSG_DONE is seen.
@@ -320,7 +339,7 @@ class CtParser:
                 lays = layouts.get(mlen)
                 if lays is not None and lays[0][5] is not None and n - off >= 2 * mlen:
                     # a run of same-length messages: read them all with one iter_unpack
-                    _u, _h, hexp, _v, fam, (it, rhget, rvget) = lays[0]
+                    _u, _h, hexp, _v, fam, (it, rhget, rvget), _z = lays[0]
                     k = (n - off) // mlen
                     j = 0
                     mlen_w = _be_word(mlen)
@@ -335,27 +354,35 @@ class CtParser:
                         else:
                             break
                         i, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp = rvget(v)
-                        append(new(cs, (i, fam, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp, e)))
+                        append(new(cs, (i, fam, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp, e, 0, True)))
                         j += 1
                     if j:
                         self.messages += j - 1
                         off += j * mlen
                         continue
-                for unpack, hget, hexp, vget, fam, _batch in layouts.get(mlen, ()):
+                for unpack, hget, hexp, vget, fam, _batch, zoned in layouts.get(mlen, ()):
                     v = unpack(buf, off + 20)
                     if hget(v) == hexp:
-                        i, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp = vget(v)
-                        append(new(cs, (i, fam, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp, ended)))
+                        if zoned:
+                            x = vget(v)
+                            append(new(cs, (x[0], fam, *x[1:12], ended, x[12], True)))
+                            self.special += 1
+                        else:
+                            i, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp = vget(v)
+                            append(new(cs, (i, fam, pr, s, d, sp, dp, rs, rsp, ob, op, rb, rp, ended, 0, True)))
                         break
                 else:
                     if mlen < 20:
                         self.malformed += 1
                     else:
                         try:
-                            append(parse_entry(buf, off + 20, end, ended))
+                            sample = parse_entry(buf, off + 20, end, ended)
                         except (ParseError, struct.error, IndexError):
                             self.malformed += 1
                         else:
+                            append(sample)
+                            if sample.zone or not sample.counters:
+                                self.special += 1
                             self._learn(buf, off, end, mlen)
             elif mtype == NLMSG_DONE:
                 return True
