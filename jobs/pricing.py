@@ -149,8 +149,8 @@ def _rate(where: str, key: str, spec, max_per_gb: float) -> Rate:
         raise RateCardError(f"{where}: rate {key!r}: unknown key(s) {', '.join(sorted(extra))}")
     if spec["unit_bytes"] not in _UNITS:
         raise RateCardError(f"{where}: rate {key!r}: unit_bytes must be 2^30 or 10^9, got {spec['unit_bytes']!r}")
-    if not str(spec["source"]).startswith("https://"):
-        raise RateCardError(f"{where}: rate {key!r}: source must be an https:// page")
+    if not str(spec["source"]).strip():
+        raise RateCardError(f"{where}: rate {key!r}: source must name the public price page")
     to = spec.get("to") or {}
     if not isinstance(to, dict):
         raise RateCardError(f"{where}: rate {key!r}: 'to' must map regions to rates")
@@ -194,9 +194,9 @@ class RateCards:
             extra = set(doc) - _DOC_KEYS
             if extra:
                 raise RateCardError(f"rate card {provider}: unknown key(s) {', '.join(sorted(extra))}")
-            if not isinstance(doc.get("regions"), dict) or not doc["regions"]:
-                raise RateCardError(f"rate card {provider}: no regions")
-            for region in doc["regions"]:
+            if not isinstance(doc.get("regions", {}), dict) or not (doc.get("regions") or "default" in doc):
+                raise RateCardError(f"rate card {provider}: no regions and no default block")
+            for region in doc.get("regions") or {"": None}:
                 self._build(provider, region)  # validate every block at load time
         for p, r in self.fallback.items():
             if not self.has_region(p, r):
@@ -226,10 +226,15 @@ class RateCards:
 
     # ---- queries
     def regions(self, provider: str) -> list[str]:
-        return sorted(self.docs.get(provider, {}).get("regions", {}))
+        return sorted(self.docs.get(provider, {}).get("regions") or {})
 
     def has_region(self, provider: str | None, region: str | None) -> bool:
-        return bool(region) and region in self.docs.get((provider or "").lower(), {}).get("regions", {})
+        """A card prices the region: listed in its regions, or the doc has no regions at all
+        (a default block for every region, as custom cards may have)."""
+        doc = self.docs.get((provider or "").lower())
+        if doc is None or not region:
+            return False
+        return not doc.get("regions") or region in doc["regions"]
 
     def gateway_endpoint_services(self, provider: str) -> list[str]:
         return [s.upper() for s in self.docs.get(provider, {}).get("gateway_endpoint_services", [])]
@@ -238,12 +243,12 @@ class RateCards:
         doc = self.docs.get(provider)
         if not doc:
             return 0
-        return self.card(provider, next(iter(doc["regions"]))).free_bytes()
+        return self.card(provider, next(iter(doc.get("regions") or {"any": None}))).free_bytes()
 
     def _build(self, provider: str, region: str) -> Card:
         doc = self.docs[provider]
         block = dict(doc.get("default", {}))
-        block.update(doc["regions"].get(region) or {})
+        block.update((doc.get("regions") or {}).get(region) or {})
         where = f"rate card {provider}/{region}"
         extra = set(block) - set(RATE_KEYS) - set(OPTIONAL_RATES) - set(TIER_KEYS) - _BLOCK_INFO
         if extra:
@@ -361,6 +366,7 @@ def price(t: pa.Table, ctx) -> pa.Table:
     rule = col("_rule").to_numpy().astype(np.int64) if col("_rule") is not None else np.full(n, -1)
 
     src_usd, dst_usd, proc_usd = np.zeros(n), np.zeros(n), np.zeros(n)
+    q_src, q_dst, q_proc = np.zeros(n), np.zeros(n), np.zeros(n)  # metered bytes of each charge
     # usage types: small per-row code arrays into a list of strings
     names: list[str] = []
     index: dict[str, int] = {}
@@ -393,11 +399,15 @@ def price(t: pa.Table, ctx) -> pa.Table:
             """Transfer out of the sender and into the receiver: the source side pays tx out
             and rx in; an in-cluster destination side pays rx out and tx in."""
             src_usd[m] += tx[m] * r.out + rx[m] * r.inn
-            u_src[m] = code(card.usage_type(key)) if key and (r.out or r.inn) else u_src[m]
+            if key and (r.out or r.inn):
+                u_src[m] = code(card.usage_type(key))
+                q_src[m] = tx[m] * (r.out > 0) + rx[m] * (r.inn > 0)
             if both:
                 d = m & internal
                 dst_usd[d] += rx[d] * r.out + tx[d] * r.inn
-                u_dst[d] = code(card.usage_type(key)) if key and (r.out or r.inn) else u_dst[d]
+                if key and (r.out or r.inn):
+                    u_dst[d] = code(card.usage_type(key))
+                    q_dst[d] = rx[d] * (r.out > 0) + tx[d] * (r.inn > 0)
 
         # zero-rated or zonal classes (rates from the card, normally 0 except cross_zone)
         for c in ("same_zone", "imds", "k8s_control_plane", "load_balancer", "external_private", "unknown"):
@@ -429,29 +439,34 @@ def price(t: pa.Table, ctx) -> pa.Table:
                     m_pay = m & ~(same_zone & p.same_zone_free)
                     src_usd[m_pay] += tx[m_pay] * p.out + rx[m_pay] * p.inn
                     u_src[m_pay] = code(card.usage_type("peering"))
+                    q_src[m_pay] = tx[m_pay] * (p.out > 0) + rx[m_pay] * (p.inn > 0)
                     continue
                 other = ctx.cards.card(card.provider, dreg)
                 if not inter and "global_peering" in R:  # Azure global VNet peering
                     g = R["global_peering"]
                     src_usd[m] += tx[m] * g.out + rx[m] * g.inn
                     u_src[m] = code(card.usage_type("global_peering"))
+                    q_src[m] = tx[m] * (g.out > 0) + rx[m] * (g.inn > 0)
                     continue
                 src_usd[m] += tx[m] * R["inter_region"].to_region(dreg)
                 u_src[m] = code(card.usage_type("inter_region", other.code))
+                q_src[m] = tx[m]
                 if inter:
                     dst_usd[m] += rx[m] * other.rates["inter_region"].to_region(card.region)
                     u_dst[m] = code(other.usage_type("inter_region", card.code))
+                    q_dst[m] = rx[m]
         # transit gateway processing on the data sent into it
         m = rows & is_("transit_gateway")
         proc_usd[m] += tx[m] * R["transit_gateway"].out
-        u_proc[m] = code(card.usage_type("transit_gateway")) if R["transit_gateway"].out else -1
+        if R["transit_gateway"].out:
+            u_proc[m], q_proc[m] = code(card.usage_type("transit_gateway")), tx[m]
         # private endpoints: processing in both directions
         m = rows & is_("private_link")
         proc_usd[m] += (tx[m] + rx[m]) * R["private_link"].out
-        u_proc[m] = code(card.usage_type("private_link"))
+        u_proc[m], q_proc[m] = code(card.usage_type("private_link")), tx[m] + rx[m]
         # internet egress: transfer out is tiered later; name the meter now
         m = rows & is_("internet_egress")
-        u_src[m] = code(card.usage_type("internet_egress"))
+        u_src[m], q_src[m] = code(card.usage_type("internet_egress")), tx[m]
         # NAT gateway: outbound connections to public addresses from nodes behind one, unless a
         # gateway endpoint of the source region serves the destination (S3, DynamoDB)
         via = rows & outbound & public & (nat_gw >= 0) & (is_("internet_egress") | is_("cloud_api") | is_("cross_region"))
@@ -461,7 +476,7 @@ def price(t: pa.Table, ctx) -> pa.Table:
             ep = np.array([(s or "").upper() in cfg.gateway_endpoints for s in svd] + [False], bool)[np.where(svc >= 0, svc, len(svd))]
             via &= ~(ep & in_reg)
         proc_usd[via] += (tx[via] + rx[via]) * R["nat_gateway"].out
-        u_proc[via] = code(card.usage_type("nat_gateway"))
+        u_proc[via], q_proc[via] = code(card.usage_type("nat_gateway")), tx[via] + rx[via]
         nat_gw = np.where(rows & ~via, -1, nat_gw)
 
     rc = card_of.astype(np.int64)
@@ -475,8 +490,9 @@ def price(t: pa.Table, ctx) -> pa.Table:
         if own.any():
             units = np.array([c.unit_bytes for c in used], np.float64)
             src_usd = np.where(own, (tx + rx) / units[card_of] * r_rate, src_usd)
-            for a in (dst_usd, proc_usd):
+            for a in (dst_usd, proc_usd, q_dst, q_proc):
                 a[own] = 0.0
+            q_src[own] = tx[own] + rx[own]
             u_src[own], u_dst[own], u_proc[own] = -1, -1, -1
             rc = np.where(own, len(card_names) + rule, rc)
             nat_gw = np.where(own, -1, nat_gw)
@@ -489,6 +505,8 @@ def price(t: pa.Table, ctx) -> pa.Table:
     out["usage_type"] = pick(ut, u_src)
     out["dst_usage_type"] = pick(ut, u_dst)
     out["processing_usage_type"] = pick(ut, u_proc)
+    for name, q in (("usage_bytes", q_src), ("dst_usage_bytes", q_dst), ("processing_bytes", q_proc)):
+        out[name] = pa.array(np.rint(q).astype(np.int64), pa.int64())
     out["nat_gateway"] = pick(pa.array([g.name for g in cfg.nat_gateways], pa.string()), nat_gw)
     out["rate_card"] = pick(pa.array(card_names, pa.string()), rc)
     return pa.table(out)

@@ -103,6 +103,9 @@ COST_FLOWS_RULES = [
     Rule("traffic_class", "in_set", tuple(S.TRAFFIC_CLASSES)),
     Rule("dst_kind", "in_set", tuple(S.DST_KINDS)),
     *[Rule(c, "non_negative") for c in (*_COUNTERS, "cost_usd")],
+    # the parts of cost_usd (destination side, processing) and the metered bytes of each charge
+    *[Rule(c, "non_negative") for c in ("dst_cost_usd", "processing_cost_usd", "usage_bytes", "dst_usage_bytes",
+                                        "processing_bytes")],
 ]
 
 RULES = {

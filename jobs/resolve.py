@@ -242,7 +242,9 @@ class Inventory:
 # ------------------------------------------------------------------ orient
 
 def orient(t: pa.Table, ctx) -> pa.Table:
-    """Keep outbound rows; drop inbound rows from cluster peers; turn the rest around."""
+    """Keep outbound rows; drop inbound rows from cluster peers, except the second hop of a
+    load-balancer or NodePort connection relayed by another node (externalTrafficPolicy:
+    Cluster); turn the kept inbound rows around."""
     direction = equals(t.column("direction"), "inbound")
     if not direction.any():
         return t
@@ -250,9 +252,12 @@ def orient(t: pa.Table, ctx) -> pa.Table:
     inb_idx = np.flatnonzero(direction)
     inv = Inventory(ctx, t.select(["window_end"]).take(pa.array(inb_idx)), ipd)
     src = ids["src_ip"][inb_idx]
+    owner = inv.node_by_ip(inv.nodes.snap, src)  # a node's own address (relays SNAT to it)
     cluster = (inv.pod_by_ip(inv.pods.snap, src) >= 0) | (inv.node_ip_owner(src) >= 0)
     keep_in = np.zeros(t.num_rows, bool)
     keep_in[inb_idx[~cluster]] = True
+    relay = _relays(t, inb_idx, ids, owner, cluster, inv)
+    keep_in[inb_idx[relay]] = True
     out = t.filter(pa.array(~direction))
     inb = t.filter(pa.array(keep_in))
     swap = {"src_ip": "dst_ip", "dst_ip": "src_ip", "orig_dst_ip": "src_ip", "dst_port": "orig_dst_port",
@@ -262,6 +267,35 @@ def orient(t: pa.Table, ctx) -> pa.Table:
     turned = pa.table({name: inb.column(swap.get(name, name)) for name in t.column_names}, schema=t.schema)
     res = pa.concat_tables([out, turned])
     return res
+
+
+def _relays(t: pa.Table, inb_idx: np.ndarray, ids: dict, owner: np.ndarray, cluster: np.ndarray,
+            inv: "Inventory") -> np.ndarray:
+    """Among the inbound rows: those whose originator is node A's own address while node A,
+    in the same window, reported an outside client's connection to the same backend address
+    and port. That is the node-to-node hop of a connection A relayed (NodePort or load
+    balancer with externalTrafficPolicy: Cluster, SNAT to A): A's row carries the client's
+    traffic, this one the hop between the nodes, which is billed on its own."""
+    relay = np.zeros(len(inb_idx), bool)
+    cand = cluster & (owner >= 0)
+    if not cand.any() or cluster.all():
+        return relay
+    node_d, node_codes = dict_parts(t.column("node"))
+    name_map = ids_in(node_d, inv.names)
+    reporter = np.where(node_codes >= 0, name_map[np.maximum(node_codes, 0)] if len(name_map) else -1, -1)[inb_idx]
+    ws = t.column("window_start").cast(pa.int64()).to_numpy()[inb_idx]
+    port = pc.fill_null(t.column("dst_port"), -1).to_numpy().astype(np.int64)[inb_idx]
+    dst = ids["dst_ip"][inb_idx]
+    ext = ~cluster
+    # (window, node, backend ip, backend port) of A's client rows vs (window, source's node, ...)
+    a = np.stack([ws[ext], reporter[ext], dst[ext], port[ext]], axis=1)
+    b = np.stack([ws[cand], owner[cand], dst[cand], port[cand]], axis=1)
+    keys, inv_codes = np.unique(np.concatenate([a, b]), axis=0, return_inverse=True)
+    inv_codes = inv_codes.reshape(-1)
+    seen = np.zeros(len(keys), bool)
+    seen[inv_codes[: len(a)]] = True
+    relay[np.flatnonzero(cand)] = seen[inv_codes[len(a):]]
+    return relay
 
 
 # ------------------------------------------------------------------ resolve

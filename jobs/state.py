@@ -1,20 +1,19 @@
-"""The cost job's bookkeeping, kept in the lake (`_state/`) so any runner sees the same state.
+"""The cost job's bookkeeping helpers and the month-to-date tier ledger (`_state/egress/`).
 
-- `_state/processed/raw/flows/<YYYY-MM-DD>/<HH>.json`: one manifest per hour listing the raw
-  files (path, size, mtime) that hour's cost partition was computed from. An hour is
-  recomputed when a file appears that is not in its manifest, or whose size or mtime changed
-  (a late file, an agent's retried upload). A file that disappears (retention, quarantine)
-  does not trigger a recomputation: costs are not destroyed by deleting raw data.
-  The manifest is written after the hour's partitions, so a crash re-does the hour.
-- `_state/egress/<YYYY-MM>.json`: per hour, the internet-egress bytes that count toward the
-  monthly tiers, per rate-card key. Month-to-date offsets for an hour are the sum over the
-  earlier hours of the month, so an hour can be tiered without reading earlier partitions.
+What is published is said by the hour commit records (jobs/commit.py, `_state/hours/`); the
+ledger `_state/egress/<YYYY-MM>.json` is a cache of the month's records' tier fields (per
+hour: token, tier volumes, tier state before and after), so planning an hour needs one small
+read instead of the month's records. It is never trusted blindly: a ledger that is missing,
+damaged, whose chain of states is broken (an hour's state before is not the previous hour's
+state after) or that disagrees with a record the run read is rebuilt from the month's
+records. Records whose own chain is broken (a run died between re-tiered hours) make
+discovery re-tier from the break.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lake import schema as S
 from lake.storage import Lake
@@ -54,123 +53,164 @@ def month_of(hour: dt.datetime) -> str:
     return f"{hour:%Y-%m}"
 
 
-# ----------------------------------------------------------------------------- manifests
-
-@dataclass
-class Manifest:
-    hour: dt.datetime
-    files: dict[str, FileSig] = field(default_factory=dict)  # rel path -> signature
-    rows_in: int = 0
-    rows_out: int = 0
-    kept_bytes: int = 0   # tx + rx of the raw rows kept after de-duplication (= the costs' bytes)
-    quarantined: list[str] = field(default_factory=list)
-    computed_at: str = ""
-
-    def to_json(self) -> dict:
-        return {
-            "hour": hour_id(self.hour),
-            "files": {p: s.to_json() for p, s in sorted(self.files.items())},
-            "rows_in": self.rows_in,
-            "rows_out": self.rows_out,
-            "kept_bytes": self.kept_bytes,
-            "quarantined": sorted(self.quarantined),
-            "computed_at": self.computed_at,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Manifest":
-        return cls(
-            hour=parse_hour_id(data["hour"]),
-            files={p: FileSig(int(s["size"]), int(s["mtime_ns"])) for p, s in data.get("files", {}).items()},
-            rows_in=int(data.get("rows_in", 0)),
-            rows_out=int(data.get("rows_out", 0)),
-            kept_bytes=int(data.get("kept_bytes", 0)),
-            quarantined=list(data.get("quarantined", [])),
-            computed_at=data.get("computed_at", ""),
-        )
-
-    def changed_files(self, current: dict[str, FileSig]) -> list[str]:
-        """Files of `current` that are new or differ from what this hour was computed from."""
-        return sorted(p for p, s in current.items() if self.files.get(p) != s)
-
-
-def manifest_path(hour: dt.datetime) -> str:
-    return f"{S.STATE_DIR}/processed/raw/flows/{hour:%Y-%m-%d}/{hour:%H}.json"
-
-
-def read_manifest(lake: Lake, hour: dt.datetime) -> Manifest | None:
-    data = lake.read_bytes(manifest_path(hour))
-    if data is None:
-        return None
-    try:
-        return Manifest.from_json(json.loads(data))
-    except (ValueError, KeyError, TypeError):
-        return None  # a damaged manifest only means the hour is recomputed
-
-
-def read_manifests(lake: Lake) -> dict[dt.datetime, Manifest]:
-    """Every hour's manifest (one listing plus one small read per hour)."""
-    out = {}
-    for info in lake.list_files(f"{S.STATE_DIR}/processed/raw/flows", suffix=".json"):
-        rel = lake.rel(info.path)
-        parts = rel.split("/")
-        try:
-            hour = dt.datetime.strptime(f"{parts[-2]}T{parts[-1][:2]}", "%Y-%m-%dT%H").replace(tzinfo=dt.timezone.utc)
-        except (ValueError, IndexError):
-            continue
-        m = read_manifest(lake, hour)
-        if m is not None:
-            out[hour] = m
-    return out
-
-
-def write_manifest(lake: Lake, manifest: Manifest) -> None:
-    if not manifest.computed_at:
-        manifest.computed_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    lake.write_bytes(manifest_path(manifest.hour), (json.dumps(manifest.to_json(), indent=1) + "\n").encode())
-
-
-# ------------------------------------------------------------------------ egress ledger
+# ------------------------------------------------------------------------ tier ledger
 
 def egress_path(month: str) -> str:
     return f"{S.STATE_DIR}/egress/{month}.json"
 
 
+def _fault(name: str) -> None:
+    try:
+        from jobs import faults  # noqa: PLC0415 - test-only failpoints, when present
+    except ImportError:
+        return
+    faults.point(name)
+
+
+def volumes_by_pool(tier_volumes: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for pool, _window, b in tier_volumes:
+        out[pool] = out.get(pool, 0) + int(b)
+    return out
+
+
+def advance_state(before: dict, tier_volumes: list) -> dict:
+    """Month-to-date state after an hour under the cumulative-bytes rule (state = bytes per
+    pool so far). The driver stores whatever state its tiering returns; this is the rule of
+    `offsets_before`."""
+    out = {k: int(v) for k, v in before.items()}
+    for pool, b in volumes_by_pool(tier_volumes).items():
+        if b:
+            out[pool] = out.get(pool, 0) + b
+    return dict(sorted(out.items()))
+
+
 class EgressLedger:
-    """Internet-egress bytes per hour and per tier key for one month.
+    """The month's tier fields per committed hour (a cache of the hours' records).
 
-    Keys are strings (`provider/region`, the rate card a row was priced with); values are the
-    bytes the tiers count (what `pipeline.egress_bytes` returns for the hour)."""
+    `entries[hour id]` = {"token", "tier_volumes", "tier_state_before", "tier_state_after"}.
+    `hours[hour id]` is the per-pool view of the volumes ({pool: bytes})."""
 
-    def __init__(self, month: str, hours: dict[str, dict[str, int]] | None = None):
+    def __init__(self, month: str, entries: dict[str, dict] | None = None):
         self.month = month
-        self.hours: dict[str, dict[str, int]] = hours or {}
+        self.entries: dict[str, dict] = dict(sorted((entries or {}).items()))
+        self.rebuilt: str | None = None   # why it was rebuilt from records (None: cache used)
 
+    # ---------------------------------------------------------------- persistence
     @classmethod
-    def load(cls, lake: Lake, month: str) -> "EgressLedger":
+    def read(cls, lake: Lake, month: str) -> "EgressLedger | None":
+        """The cached ledger as stored, or None when missing or damaged."""
         data = lake.read_bytes(egress_path(month))
         if data is None:
-            return cls(month)
-        raw = json.loads(data)
-        return cls(month, {h: {k: int(v) for k, v in d.items()} for h, d in raw.get("hours", {}).items()})
+            return None
+        try:
+            raw = json.loads(data)
+            if raw.get("month") != month:
+                return None
+            entries = {h: {"token": int(e["token"]), "tier_volumes": [list(v) for v in e["tier_volumes"]],
+                           "tier_state_before": dict(e["tier_state_before"]),
+                           "tier_state_after": dict(e["tier_state_after"])}
+                       for h, e in raw["hours"].items()}
+            for h in entries:
+                parse_hour_id(h)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return cls(month, entries)
+
+    @classmethod
+    def from_records(cls, month: str, records) -> "EgressLedger":
+        out = cls(month)
+        for rec in sorted(records, key=lambda r: r.hour):
+            if month_of(rec.hour) == month:
+                out.set_record(rec)
+        return out
+
+    @classmethod
+    def load(cls, lake: Lake, month: str, records: dict | None = None,
+             candidates=()) -> "EgressLedger":
+        """The month's ledger: the cache if it is sound and agrees with `records` (records
+        this run read) and `candidates` (hours whose record this run looked for), else rebuilt
+        from the month's records (and saved)."""
+        cached = cls.read(lake, month)
+        why = None
+        if cached is None:
+            why = "missing or damaged"
+        elif cached.chain_breaks():
+            why = "its chain of states is broken"
+        else:
+            seen = {hour_id(h): r for h, r in (records or {}).items() if month_of(h) == month}
+            for h in candidates:
+                hid = hour_id(h)
+                if month_of(h) != month:
+                    continue
+                e, r = cached.entries.get(hid), seen.get(hid)
+                if (e is None) != (r is None) or (e is not None and e["token"] != r.token):
+                    why = f"it disagrees with the record of {hid}"
+                    break
+        if why is None:
+            return cached
+        from jobs import commit  # noqa: PLC0415 - commit imports this module
+        out = cls.from_records(month, commit.records_of_month(lake, month).values())
+        out.rebuilt = why
+        out.save(lake)
+        return out
 
     def save(self, lake: Lake) -> None:
-        body = {"month": self.month, "hours": {h: dict(sorted(d.items())) for h, d in sorted(self.hours.items())}}
-        lake.write_bytes(egress_path(self.month), (json.dumps(body, indent=1) + "\n").encode())
+        body = {"month": self.month, "hours": dict(sorted(self.entries.items()))}
+        data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+        _fault("during-ledger")
+        lake.write_bytes(egress_path(self.month), data)
+
+    # ---------------------------------------------------------------- entries
+    def set_record(self, rec) -> None:
+        """Take an hour's tier fields from its (committed) record."""
+        self.entries[hour_id(rec.hour)] = {
+            "token": rec.token, "tier_volumes": [list(v) for v in rec.tier_volumes],
+            "tier_state_before": dict(rec.tier_state_before), "tier_state_after": dict(rec.tier_state_after)}
+        self.entries = dict(sorted(self.entries.items()))
 
     def set(self, hour: dt.datetime, volumes: dict[str, int]) -> None:
-        self.hours[hour_id(hour)] = {k: int(v) for k, v in volumes.items() if v}
+        """Set an hour's volumes ({pool: bytes}) before it is committed (today's driver)."""
+        hid = hour_id(hour)
+        e = self.entries.get(hid, {"token": 0, "tier_state_before": {}, "tier_state_after": {}})
+        e["tier_volumes"] = [[k, hid, int(v)] for k, v in sorted(volumes.items()) if v]
+        self.entries[hid] = e
+        self.entries = dict(sorted(self.entries.items()))
+
+    @property
+    def hours(self) -> dict[str, dict[str, int]]:
+        return {h: volumes_by_pool(e["tier_volumes"]) for h, e in self.entries.items()}
 
     def offsets_before(self, hour: dt.datetime) -> dict[str, int]:
-        """Month-to-date bytes per key over the hours before `hour` (hour ids sort by time)."""
+        """Month-to-date bytes per pool over the hours before `hour` (hour ids sort by time)."""
         hid = hour_id(hour)
         out: dict[str, int] = {}
-        for h, vols in self.hours.items():
+        for h, e in self.entries.items():
             if h < hid:
-                for k, v in vols.items():
+                for k, v in volumes_by_pool(e["tier_volumes"]).items():
                     out[k] = out.get(k, 0) + v
-        return out
+        return {k: v for k, v in sorted(out.items()) if v}
+
+    def state_before(self, hour: dt.datetime) -> dict:
+        """The tier state after the previous committed hour of the month ({} if none)."""
+        hid = hour_id(hour)
+        before = [h for h in self.entries if h < hid]
+        return dict(self.entries[before[-1]]["tier_state_after"]) if before else {}
 
     def hours_after(self, hour: dt.datetime) -> list[dt.datetime]:
         hid = hour_id(hour)
-        return sorted(parse_hour_id(h) for h in self.hours if h > hid)
+        return sorted(parse_hour_id(h) for h in self.entries if h > hid)
+
+    def chain_breaks(self) -> list[dt.datetime]:
+        """Hours whose state before is not the previous hour's state after (the first hour
+        of the month starts from {})."""
+        out, prev = [], {}
+        for h, e in self.entries.items():
+            if _norm(e["tier_state_before"]) != _norm(prev):
+                out.append(parse_hour_id(h))
+            prev = e["tier_state_after"]
+        return out
+
+
+def _norm(state: dict) -> dict:
+    return {k: v for k, v in state.items() if v not in (0, None)}

@@ -204,6 +204,10 @@ COST_FLOWS = pa.schema(
         ("dst_usage_type", pa.string()),
         ("processing_cost_usd", pa.float64()),
         ("processing_usage_type", pa.string()),
+        # metered quantity of each charge, in bytes (the provider bills per GB of these)
+        ("usage_bytes", pa.int64()),
+        ("dst_usage_bytes", pa.int64()),
+        ("processing_bytes", pa.int64()),
         ("nat_gateway", pa.string()),     # NAT gateway the row passed (config.nat_gateways name)
     ],
     metadata={"netmon.table": "costs/flows", "netmon.schema_version": SCHEMA_VERSION},
@@ -217,7 +221,8 @@ COST_NAMESPACE_HOURLY = pa.schema(
         ("tx_bytes", pa.int64()),
         ("rx_bytes", pa.int64()),
         ("flows", pa.int64()),
-        ("cost_usd", pa.float64()),
+        ("cost_usd", pa.float64()),       # charged to the namespace: its source side + destination side
+        ("dst_side_cost_usd", pa.float64()),  # of which as the destination side
     ],
     metadata={"netmon.table": "costs/namespace_hourly", "netmon.schema_version": SCHEMA_VERSION},
 )
@@ -232,9 +237,71 @@ COST_WORKLOAD_DAILY = pa.schema(
         ("tx_bytes", pa.int64()),
         ("rx_bytes", pa.int64()),
         ("flows", pa.int64()),
-        ("cost_usd", pa.float64()),
+        ("cost_usd", pa.float64()),       # charged to the namespace: its source side + destination side
+        ("dst_side_cost_usd", pa.float64()),  # of which as the destination side
     ],
     metadata={"netmon.table": "costs/workload_daily", "netmon.schema_version": SCHEMA_VERSION},
+)
+
+#: FOCUS 1.x export of the network costs (FinOps Open Cost and Usage Specification): the
+#: columns a usage charge carries, plus x_ columns netmon adds (jobs/focus.py)
+_STR = pa.string()
+COST_FOCUS = pa.schema(
+    [
+        ("BilledCost", pa.float64()),
+        ("EffectiveCost", pa.float64()),
+        ("ListCost", pa.float64()),
+        ("ContractedCost", pa.float64()),
+        ("BillingCurrency", _STR),
+        ("BillingAccountId", _STR),       # not known to netmon: null
+        ("BillingAccountName", _STR),
+        ("BillingPeriodStart", TS),       # calendar month
+        ("BillingPeriodEnd", TS),
+        ("ChargePeriodStart", TS),        # hour
+        ("ChargePeriodEnd", TS),
+        ("ChargeCategory", _STR),         # Usage
+        ("ChargeClass", _STR),
+        ("ChargeDescription", _STR),
+        ("ChargeFrequency", _STR),        # Usage-Based
+        ("ConsumedQuantity", pa.float64()),
+        ("ConsumedUnit", _STR),           # the provider's billing unit: GB (AWS 2^30, Azure 10^9 bytes), GiB
+        ("PricingQuantity", pa.float64()),
+        ("PricingUnit", _STR),
+        ("PricingCategory", _STR),        # Standard (list prices)
+        ("ListUnitPrice", pa.float64()),
+        ("ContractedUnitPrice", pa.float64()),
+        ("ProviderName", _STR),
+        ("PublisherName", _STR),
+        ("InvoiceIssuerName", _STR),
+        ("ServiceCategory", _STR),        # Networking
+        ("ServiceName", _STR),
+        ("RegionId", _STR),
+        ("RegionName", _STR),
+        ("AvailabilityZone", _STR),
+        ("ResourceId", _STR),
+        ("ResourceName", _STR),
+        ("ResourceType", _STR),
+        ("SkuId", _STR),
+        ("SkuPriceId", _STR),
+        ("SubAccountId", _STR),
+        ("SubAccountName", _STR),
+        ("CommitmentDiscountCategory", _STR),
+        ("CommitmentDiscountId", _STR),
+        ("CommitmentDiscountName", _STR),
+        ("CommitmentDiscountStatus", _STR),
+        ("CommitmentDiscountType", _STR),
+        ("x_Namespace", _STR),            # the namespace charged (null: node traffic)
+        ("x_WorkloadKind", _STR),
+        ("x_Workload", _STR),
+        ("x_TrafficClass", _STR),
+        ("x_UsageType", _STR),            # the provider meter (AWS CUR usage type, GCP SKU, Azure meter)
+        ("x_Side", _STR),                 # source, destination or processing
+        ("x_RateCard", _STR),
+        ("x_Provider", _STR),             # aws, gcp, azure
+        ("x_UsageBytes", pa.int64()),     # metered bytes (ConsumedQuantity in bytes)
+        ("x_Flows", pa.int64()),          # cost rows whose source side this row sums
+    ],
+    metadata={"netmon.table": "costs/focus", "netmon.schema_version": SCHEMA_VERSION},
 )
 
 # ------------------------------------------------------------------------- the catalogue
@@ -275,6 +342,7 @@ TABLES = {
     "costs/flows": Table("costs/flows", COST_FLOWS, ("date", "hour")),
     "costs/namespace_hourly": Table("costs/namespace_hourly", COST_NAMESPACE_HOURLY, ("date",)),
     "costs/workload_daily": Table("costs/workload_daily", COST_WORKLOAD_DAILY, ("date",)),
+    "costs/focus": Table("costs/focus", COST_FOCUS, ("date",)),
 }
 
 INVENTORY_KINDS = ("pods", "services", "nodes", "endpoints")

@@ -103,6 +103,7 @@ class Lake:
     root: str         # path of the lake root inside `fs` (no trailing slash)
     url: str          # as the user gave it
     retry: RetryPolicy = RetryPolicy()
+    s3_endpoint: str | None = None  # endpoint override of an s3:// lake (conditional writes use it)
 
     def call(self, fn, what: str):
         """fn() under this lake's retry policy (see RetryPolicy.call)."""
@@ -265,7 +266,7 @@ def open_lake(url: str, s3_endpoint: str | None = None, create_bucket: bool = Tr
         kwargs["request_timeout"] = _env_seconds("NETMON_S3_TIMEOUT", 30.0)
         fs = pafs.S3FileSystem(**kwargs)
         root = f"{bucket}/{parsed.path.strip('/')}".rstrip("/")
-        lake = Lake(fs, root, url, retry)
+        lake = Lake(fs, root, url, retry, endpoint)
         if create_bucket:
             _ensure_bucket(fs, bucket)
         return lake

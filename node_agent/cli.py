@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="count this node's traffic into the lake")
     common(run, "0.0.0.0:9808", DEFAULT_SPOOL, "NETMON_SPOOL")
     run.add_argument("--node", default=_env("NODE_NAME"), help="this node's name [NODE_NAME]")
-    run.add_argument("--collector", default=_env("NETMON_COLLECTOR", "conntrack"), choices=["conntrack", "ebpf"],
-                     help="flow source (default conntrack) [NETMON_COLLECTOR]")
+    run.add_argument("--collector", default=_env("NETMON_COLLECTOR", "auto"), choices=["auto", "conntrack", "ebpf"],
+                     help="flow source: auto = conntrack if it sees pod traffic, else ebpf (default auto) [NETMON_COLLECTOR]")
     run.add_argument("--flush-interval", default=_env("NETMON_FLUSH_INTERVAL", "60s"),
                      help="window length, aligned to the wall clock (default 60s) [NETMON_FLUSH_INTERVAL]")
     run.add_argument("--poll-interval", default=_env("NETMON_POLL_INTERVAL", "5s"),
@@ -213,10 +213,16 @@ def make_collector(name: str, args):
     from node_agent.collectors.base import CollectorError
 
     try:
-        if name == "conntrack":
+        if name in ("auto", "conntrack"):   # both check that conntrack sees pod traffic (datapath.py)
             from node_agent.collectors.conntrack import ConntrackCollector
+            from node_agent.datapath import AutoCollector
 
-            return ConntrackCollector()
+            def ebpf():
+                from node_agent.collectors.ebpf import EbpfCollector
+
+                return EbpfCollector(cgroup_path=args.cgroup_path)
+
+            return AutoCollector(name, ConntrackCollector, ebpf if name == "auto" else None)
         if name == "ebpf":
             try:
                 from node_agent.collectors.ebpf import EbpfCollector
@@ -293,7 +299,7 @@ def cmd_run(args) -> int:
             collector=collector, accounter=Accounter(resolve=attribution.resolve), exporter=exporter,
             node=args.node, poll_interval=poll, flush_interval=flush, metrics=metrics, health=health,
             local_addrs=local_addrs, pod_index=pod_index, dns=dns, attribution=attribution,
-            state_path=os.path.join(spool.dir, "accounter.state"), state_ident=state_ident(args.node, args.collector),
+            state_path=os.path.join(spool.dir, "accounter.state"), state_ident=state_ident(args.node, collector.name),
         )
         stop = _stop_event()
         agent.run(stop)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything netmon needs on a fresh Debian/Ubuntu machine, idempotently:
-#   system packages (conntrack, nftables, BCC, kernel headers), a virtualenv in .venv with
+#   system packages (conntrack, nftables, BCC, kernel headers; Chromium, which the tests use to
+#   render `netmon-jobs report` pages headless), a virtualenv in .venv with
 #   the pinned Python dependencies (constraints.txt), and BCC's Python module linked into it.
 # Usage: scripts/setup.sh [--no-system]   (--no-system skips apt, e.g. for non-root users)
 set -euo pipefail
@@ -11,7 +12,10 @@ SYSTEM=1
 
 if [ "$SYSTEM" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for p in conntrack nftables iproute2 iputils-ping bpfcc-tools python3-bpfcc procps; do
+  # bind9 + bind9-dnsutils: the DNS tracer is tested against a real server (named) and dig;
+  # chromium + fonts: the cost report page is checked in headless Chromium
+  for p in conntrack nftables iproute2 iputils-ping bpfcc-tools python3-bpfcc procps bind9 bind9-dnsutils \
+           chromium fonts-dejavu-core; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   # BCC compiles programs against kernel headers; the distribution's header package is the

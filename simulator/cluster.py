@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NEVER = 10**9  # end minute of pods that outlive the simulation
+NODE_PORT = 30080  # shop/storefront's NodePort
 
 # ------------------------------------------------------------------------ string codes
 
@@ -47,7 +48,7 @@ class Codes:
 # -------------------------------------------------------------------------- the model
 
 CLASS_NAMES = (
-    "same_zone", "cross_zone", "cross_region", "internet_egress", "peering", "private_link",
+    "same_zone", "cross_zone", "cross_region", "internet_egress", "peering", "transit_gateway", "private_link",
     "k8s_control_plane", "cloud_api", "load_balancer", "imds", "external_private", "unknown",
 )
 CLS = {c: i for i, c in enumerate(CLASS_NAMES)}
@@ -105,6 +106,9 @@ class OutsideGroup:
     dst_ns: int = -1
     ttl_s: int = 300
     reresolve: int = 5             # minutes between a pod's lookups of these names
+    cloud: tuple[str, str] | None = None   # (provider, region) of the published range holding the IPs
+    service: str | None = None     # the range's service (S3, EC2, ...)
+    relay: bool = False            # clients reach the pod through a NodePort on another node
 
 
 @dataclass
@@ -120,6 +124,7 @@ class Edge:
     family: int = 4
     inbound: bool = False          # the members dial the pod (outside clients)
     sigma: float = 1.6             # lognormal spread of the byte counts (heavy tail)
+    relay: bool = False            # ... through a NodePort (externalTrafficPolicy: Cluster)
 
 
 @dataclass
@@ -139,6 +144,7 @@ class Cluster:
     zones: list[str] = field(default_factory=list)
     regions: list[str] = field(default_factory=list)
     node_instance: list[str] = field(default_factory=list)
+    node_group: list[str] = field(default_factory=list)   # "edge" (public IP) or "workers" (behind NAT)
     # workloads, pods
     workloads: list[Workload] = field(default_factory=list)
     pod_name: list[int] = field(default_factory=list)     # codes
@@ -149,6 +155,7 @@ class Cluster:
     edges: list[Edge] = field(default_factory=list)
     cp_endpoints: list[int] = field(default_factory=list)
     job_rules: list[dict] = field(default_factory=list)   # JobConfig rules the expectations assume
+    job_config: dict = field(default_factory=dict)        # the rest of the JobConfig they assume (NAT)
 
     def workload_index(self, ns: str, name: str) -> int:
         for i, w in enumerate(self.workloads):
@@ -214,11 +221,13 @@ def _build_nodes(c: Cluster, n: int, regions: int, rng: np.random.Generator) -> 
             ips.append(c.codes.ip(ip))
             zone.append(r * 3 + j % 3)
             region.append(r)
-            if j % 3 == 1:  # some nodes in public subnets
+            if j % 3 == 1:  # some nodes in public subnets: no NAT gateway
                 pub = f"3.94.{j // 250}.{10 + j % 250}" if r == 0 else f"34.216.{j // 250}.{10 + j % 250}"
                 ext.append(c.codes.ip(pub))
+                c.node_group.append("edge")
             else:
                 ext.append(-1)
+                c.node_group.append("workers")
             c.node_instance.append(("m6i.xlarge", "m6i.2xlarge", "c6i.2xlarge")[int(rng.integers(0, 3))])
     c.node_ip = np.array(ips, dtype=np.int64)
     c.node_ext_ip = ext
@@ -340,6 +349,8 @@ def _build_services(c: Cluster, rng: np.random.Generator) -> None:
           port=53, target_port=53, proto=17),
         S("shop", "frontend", [cluster_ip()], type="LoadBalancer", workload=wl("shop", "frontend"),
           port=80, target_port=8080),
+        S("shop", "storefront", [cluster_ip()], type="NodePort", workload=wl("shop", "frontend"),
+          port=80, target_port=8080),   # NodePort 30080, externalTrafficPolicy: Cluster
         S("shop", "cart", [cluster_ip(), ip(f"fd00:10:96::{int(rng.integers(0x100, 0xffff)):x}")],
           workload=wl("shop", "cart"), port=8080, target_port=8080),
         S("shop", "checkout", [cluster_ip()], workload=wl("shop", "checkout"), port=8080, target_port=8080),
@@ -370,11 +381,19 @@ def _build_outside(c: Cluster, k: int, rng: np.random.Generator) -> None:
 
     # Public, inside published ranges (S3 and EC2 in us-east-1, Google Cloud).
     s3 = _ipv4_block("52.216.0.0", max(4, k // 20), rng, 1 << 17)
-    group("s3", s3, ["mybucket.s3.amazonaws.com"] * len(s3), "internet_egress", ttl_s=5, reresolve=2)
+    # A cloud service of the source's own provider is cloud_api in its region and cross_region
+    # from another (window_tables decides per source node); of another provider, the internet.
+    group("s3", s3, ["mybucket.s3.amazonaws.com"] * len(s3), "internet_egress", ttl_s=5, reresolve=2,
+          cloud=("aws", "us-east-1"), service="S3")
+    s3w = _ipv4_block("52.218.128.0", 4, rng, 1 << 15)
+    group("s3west", s3w, ["mybucket-dr.s3.us-west-2.amazonaws.com"] * len(s3w), "internet_egress", ttl_s=5,
+          reresolve=3, cloud=("aws", "us-west-2"), service="S3")
     ec2 = _ipv4_block("3.84.0.0", 2, rng, 1 << 16)
-    group("ec2api", ec2, ["ec2.us-east-1.amazonaws.com"] * 2, "internet_egress", ttl_s=60)
+    group("ec2api", ec2, ["ec2.us-east-1.amazonaws.com"] * 2, "internet_egress", ttl_s=60,
+          cloud=("aws", "us-east-1"), service="EC2")
     gcp = _ipv4_block("35.190.0.0", 2, rng, 1 << 14)
-    group("gcs", gcp, ["bigquery.googleapis.com"] * 2, "internet_egress", ttl_s=300)
+    group("gcs", gcp, ["bigquery.googleapis.com"] * 2, "internet_egress", ttl_s=300,
+          cloud=("gcp", "us-central1"), service="Google Cloud")
     # Public, outside any published range (a CDN-fronted API, IPv4 and IPv6).
     stripe = _ipv4_block("151.101.0.0", 4, rng, 1 << 12)
     group("stripe", stripe, ["api.stripe.com"] * 4, "internet_egress", ttl_s=60, reresolve=3)
@@ -389,21 +408,32 @@ def _build_outside(c: Cluster, k: int, rng: np.random.Generator) -> None:
     # Outside clients reaching the LoadBalancer-backed frontend pods (client IP preserved).
     clients = _ipv4_block("81.2.0.0", max(64, k // 2), rng, 1 << 16)
     group("clients", clients, [None] * len(clients), "internet_egress")
+    # ... and through the NodePort of shop/storefront (externalTrafficPolicy: Cluster)
+    np_clients = _ipv4_block("81.3.0.0", max(32, k // 4), rng, 1 << 16)
+    group("npclients", np_clients, [None] * len(np_clients), "internet_egress", relay=True)
     # Private destinations, told apart by DNS name.
     group("vpce", ["10.0.128.21", "10.0.128.37"],
           ["vpce-0abc-xyz.vpce-svc-123.us-east-1.vpce.amazonaws.com"] * 2, "private_link", ttl_s=60)
-    group("sts", ["10.0.128.52"], ["sts.us-east-1.amazonaws.com"], "cloud_api", ttl_s=60)
+    # an interface endpoint with private DNS: the service's ordinary name at a private address
+    group("sts", ["10.0.128.52"], ["sts.us-east-1.amazonaws.com"], "private_link", ttl_s=60)
+    group("pubsub", ["10.0.128.60"], ["pubsub.googleapis.com"], "cloud_api", ttl_s=60)
     group("ilb", ["10.0.200.14", "10.0.200.77"], ["internal-foo-123.us-east-1.elb.amazonaws.com"] * 2,
           "load_balancer", ttl_s=60)
     group("onprem", ["10.50.3.14", "10.50.7.2"], [None, None], "external_private")
     group("peered", ["10.60.1.20"], [None], "peering")
+    group("tgw", ["10.70.1.30"], [None], "transit_gateway")
     group("imds", ["169.254.169.254"], [None], "imds")
     # The managed control plane, reached by its DNS name: an endpoint of default/kubernetes.
     group("eks", ["10.0.250.10", "10.0.250.11"], ["abc123def456.gr7.us-east-1.eks.amazonaws.com"] * 2,
           "k8s_control_plane", kind=KIND["endpoint"], dst_name=add("kubernetes"), dst_ns=add("default"),
           ttl_s=60)
     c.outside = {g.key: g for g in groups}
-    c.job_rules = [{"cidr": "10.60.0.0/16", "class": "peering", "name": "analytics-vpc"}]
+    c.job_rules = [{"cidr": "10.60.0.0/16", "class": "peering", "name": "analytics-vpc"},
+                   {"cidr": "10.70.0.0/16", "class": "transit_gateway", "name": "shared-services-tgw"}]
+    c.job_config = {"nat_gateways": [{"name": "nat-workers", "node_groups": ["workers"]}],
+                    "gateway_endpoints": ["S3"] if c.provider == "aws" else []}
+    for name in [g.service for g in groups if g.service] + ["nat-workers", "S3"]:
+        add(name)  # strings the ground truth writes
 
 
 def _build_edges(c: Cluster) -> None:
@@ -437,6 +467,7 @@ def _build_edges(c: Cluster) -> None:
         E(ca, "out:imds", 80, 6, 0.5, 250, 1200, sigma=0.5),
         # the shop
         E(fe, "out:clients", 8080, 6, 0.6, 2e3, 60e3, inbound=True, sigma=2.0),
+        E(fe, "out:npclients", 8080, 6, 0.5, 2e3, 80e3, inbound=True, sigma=1.5, relay=True),
         E(fe, f"svc:{svc['cart']}:4", 8080, 6, 2.0, 15e3, 120e3),
         E(fe, f"svc:{svc['cart']}:6", 8080, 6, 1.5, 15e3, 120e3),
         E(fe, f"svc:{svc['checkout']}:4", 8080, 6, 1.5, 20e3, 30e3),
@@ -448,12 +479,15 @@ def _build_edges(c: Cluster) -> None:
         E(co, f"svc:{svc['cart']}:4", 8080, 6, 1.0, 5e3, 20e3),
         E(co, "out:ilb", 443, 6, 0.8, 6e3, 12e3),
         E(pay, "out:stripe", 443, 6, 1.5, 6e3, 9e3),
+        E(pay, "out:tgw", 8443, 6, 0.5, 20e3, 10e3),
+        E(pay, "out:pubsub", 443, 6, 0.3, 5e3, 2e3),
         E(pay, "out:sts", 443, 6, 0.3, 2e3, 4e3),
         E(redis, f"pods:{redis}", 6379, 6, 1.0, 200e3, 5e3),           # replication
         E(kafka, f"pods:{kafka}", 9093, 6, 1.5, 2e6, 30e3, sigma=1.2),  # broker to broker
         # data pipelines
         E(etl, f"svc:{svc['kafka']}:4", 9092, 6, 2.0, 30e3, 1.5e6, sigma=1.2),
         E(etl, "out:s3", 443, 6, 2.0, 8e6, 40e3, sigma=2.0),
+        E(etl, "out:s3west", 443, 6, 0.8, 2e6, 30e3, sigma=1.5),
         E(etl, "out:vpce", 443, 6, 1.0, 300e3, 20e3),
         E(etl, "out:onprem", 5432, 6, 1.0, 20e3, 2e6),
         E(etl, "out:peered", 5439, 6, 1.0, 3e6, 50e3),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from simulator.cluster import CLASS_NAMES, CLS, KIND, KINDS, ZONAL, Cluster
+from simulator.cluster import CLASS_NAMES, CLS, KIND, KINDS, NODE_PORT, ZONAL, Cluster
 from lake import schema as S
 
 #: Ground-truth table: the raw flow key plus what the cost job must conclude.
@@ -47,6 +47,8 @@ EXPECTED_FLOWS = pa.schema(
         ("src_namespace", pa.string()),
         ("dst_name", pa.string()),
         ("dst_namespace", pa.string()),
+        ("nat_gateway", pa.string()),        # the NAT gateway the connection passes (job config)
+        ("dst_cloud_service", pa.string()),  # service of the published range holding dst (S3, EC2, ...)
     ],
     metadata={"netmon.table": "_expected/flows", "netmon.schema_version": S.SCHEMA_VERSION},
 )
@@ -93,6 +95,18 @@ class _Static:
         self.e_fam6 = np.array([e.family == 6 for e in c.edges])
         self.e_inbound = np.array([e.inbound for e in c.edges])
         self.e_split = np.array([e.target.startswith("svc:") or e.target == "out:s3" for e in c.edges])
+        self.e_relay = np.array([e.relay for e in c.edges])
+        private = ("10.", "169.254.", "172.16.", "192.168.")
+        self.private_outside = np.array([ip for g in c.outside.values() for ip in g.ips
+                                         if c.codes.strings[ip].startswith(private)], dtype=np.int64)
+        # cloud regions: the cluster's first, then every range's; nodes by region for relays
+        self.regions = list(c.regions) + sorted({g.cloud[1] for g in c.outside.values() if g.cloud} - set(c.regions))
+        self.region_id = {r: i for i, r in enumerate(self.regions)}
+        self.region_nodes = [np.flatnonzero(c.node_region == r) for r in range(len(c.regions))]
+        self.nat_code = c.codes.index[c.job_config["nat_gateways"][0]["name"]] if c.job_config.get("nat_gateways") else -1
+        self.nat_node = np.array([g in c.job_config.get("nat_gateways", [{}])[0].get("node_groups", [])
+                                  and ext < 0 for g, ext in zip(c.node_group, c.node_ext_ip)], bool)
+        self.gw_endpoints = {c.codes.index[s] for s in c.job_config.get("gateway_endpoints", [])}
         # target names -> group ids; "local" expands to one group per node at the end
         self.targets = sorted({e.target for e in c.edges if e.target != "local"})
         self.target_id = {t: i for i, t in enumerate(self.targets)}
@@ -121,7 +135,7 @@ def _static(c: Cluster) -> _Static:
 
 # ---------------------------------------------------------------------------- targets
 
-_MEMBER_COLS = ("dst", "orig", "node", "pod", "kind", "name", "ns", "cls", "dup", "tport", "dname")
+_MEMBER_COLS = ("dst", "orig", "node", "pod", "kind", "name", "ns", "cls", "dup", "tport", "dname", "creg", "csvc")
 
 
 def _members(**cols) -> dict[str, np.ndarray]:
@@ -180,8 +194,11 @@ def _targets(c: Cluster, st: _Static, active_pods: np.ndarray):
         elif kind == "out":
             g = c.outside[arg]
             ips = np.array(g.ips, dtype=np.int64)
+            # a range of the cluster's own provider: its region decides the class per source node
+            creg = st.region_id.get(g.cloud[1], -1) if g.cloud and g.cloud[0] == c.provider else -1
             m = _members(dst=ips, orig=ips, kind=g.kind, name=g.dst_name, ns=g.dst_ns, cls=g.cls, dup=False,
-                         dname=np.array([-1 if n is None else n for n in g.names], dtype=np.int64))
+                         dname=np.array([-1 if n is None else n for n in g.names], dtype=np.int64),
+                         creg=creg, csvc=c.codes.index[g.service] if g.service else -1)
         else:  # pragma: no cover - edges are built in simulator.cluster
             raise ValueError(f"unknown target {t!r}")
         chunks.append(m)
@@ -278,22 +295,38 @@ def window_tables(c: Cluster, m: int) -> WindowTables:
     zcls = np.where(c.node_region[c_node] != c.node_region[dn], CLS["cross_region"],
                     np.where(c.node_zone[c_node] != c.node_zone[dn], CLS["cross_zone"], CLS["same_zone"]))
     cls = np.where(zonal, zcls, cls)
+    # cloud services of the cluster's provider: free-of-egress in the node's region, else inter-region
+    creg, csvc = members["creg"][c_mem], members["csvc"][c_mem]
+    in_region = creg == c.node_region[c_node]
+    cls = np.where(creg >= 0, np.where(in_region, CLS["cloud_api"], CLS["cross_region"]), cls)
+    # NAT gateway: outbound to public cloud or internet addresses from nodes behind one, except
+    # services the region's gateway endpoints serve
+    public_dst = np.isin(cls, [CLS["internet_egress"], CLS["cloud_api"], CLS["cross_region"]]) & (members["kind"][c_mem] == KIND["external"]) \
+        & ~np.isin(members["dst"][c_mem], st.private_outside)
+    gw_ep = np.isin(csvc, list(st.gw_endpoints)) & in_region & (creg >= 0)
+    nat = np.where(st.nat_node[c_node] & public_dst & ~inbound & ~gw_ep, st.nat_code, -1)
+    # NodePort clients: the load balancer picks a node of the pod's region (by the client's address)
+    relay = st.e_relay[c_edge] & inbound
+    via = c_node.copy()
+    for r, nodes in enumerate(st.region_nodes):
+        m = relay & (c.node_region[c_node] == r)
+        via[m] = nodes[mdst[m] % len(nodes)]
 
     out = {
-        "node": c_node,
+        "node": via,
         "dir": inbound.astype(np.int64),
         # outside clients dial the pod: the pod is the peer, the client the originator
         "src": np.where(inbound, mdst, src_ip),
         "dst": np.where(inbound, src_ip, mdst),
-        "orig": np.where(inbound, src_ip, morig),
-        "oport": port,
+        "orig": np.where(relay, c.node_ip[via], np.where(inbound, src_ip, morig)),
+        "oport": np.where(relay, NODE_PORT, port),
         "dport": np.where(inbound, port, tport),
         "proto": st.e_proto[c_edge],
         "tx": tx, "txp": tx_pk, "rx": rx, "rxp": rx_pk, "conn": conns,
         "r_src_pod": np.where(inbound, -1, src_pod),
         "r_src_ns": np.where(inbound, -1, src_ns),
-        "r_dst_pod": np.where(inbound, src_pod, np.where(local_dst, mpod_name, -1)),
-        "r_dst_ns": np.where(inbound, src_ns, np.where(local_dst, mpod_ns, -1)),
+        "r_dst_pod": np.where(inbound, np.where(via == c_node, src_pod, -1), np.where(local_dst, mpod_name, -1)),
+        "r_dst_ns": np.where(inbound, np.where(via == c_node, src_ns, -1), np.where(local_dst, mpod_ns, -1)),
         "keep": np.ones(n, dtype=bool),
         "cls": np.where(inbound, CLS["internet_egress"], cls),
         "kind": np.where(inbound, KIND["external"], members["kind"][c_mem]),
@@ -301,6 +334,8 @@ def window_tables(c: Cluster, m: int) -> WindowTables:
         "x_src_ns": src_ns,
         "dst_name": np.where(inbound, -1, members["name"][c_mem]),
         "dst_ns": np.where(inbound, -1, members["ns"][c_mem]),
+        "nat": nat,
+        "csvc": np.where(inbound, -1, csvc),
     }
     # The server's node sees the same connection arrive: an inbound duplicate to drop.
     d = members["dup"][c_mem] & (mnode != c_node) & ~inbound
@@ -313,8 +348,23 @@ def window_tables(c: Cluster, m: int) -> WindowTables:
         "keep": np.zeros(d.sum(), dtype=bool),
         "cls": np.full(d.sum(), -1), "kind": np.full(d.sum(), -1), "x_src_pod": np.full(d.sum(), -1),
         "x_src_ns": np.full(d.sum(), -1), "dst_name": np.full(d.sum(), -1), "dst_ns": np.full(d.sum(), -1),
+        "nat": np.full(d.sum(), -1), "csvc": np.full(d.sum(), -1),
     }
-    rows = {k: np.concatenate([out[k], dup[k]]) for k in out}
+    # The relayed hop: the pod's node sees the connection arrive from the relay node's address
+    # (SNAT); the job keeps it, as transfer between the two nodes charged to the pod.
+    h = relay & (via != c_node)
+    nh = int(h.sum())
+    hop_cls = np.where(c.node_zone[c_node[h]] != c.node_zone[via[h]], CLS["cross_zone"], CLS["same_zone"])
+    hop = {
+        "node": c_node[h], "dir": np.ones(nh, dtype=np.int64),
+        "src": c.node_ip[via[h]], "dst": src_ip[h], "orig": src_ip[h], "oport": port[h], "dport": port[h],
+        "proto": out["proto"][h], "tx": tx[h], "txp": tx_pk[h], "rx": rx[h], "rxp": rx_pk[h], "conn": conns[h],
+        "r_src_pod": np.full(nh, -1), "r_src_ns": np.full(nh, -1), "r_dst_pod": src_pod[h], "r_dst_ns": src_ns[h],
+        "keep": np.ones(nh, dtype=bool), "cls": hop_cls, "kind": np.full(nh, KIND["node"]),
+        "x_src_pod": src_pod[h], "x_src_ns": src_ns[h], "dst_name": st.node_name_code[via[h]],
+        "dst_ns": np.full(nh, -1), "nat": np.full(nh, -1), "csvc": np.full(nh, -1),
+    }
+    rows = {k: np.concatenate([out[k], dup[k], hop[k]]) for k in out}
     rows = _aggregate(rows)
     flows, expected = _flow_tables(c, st, rows, ws_us)
     nodes_sorted = rows["node"]
@@ -382,7 +432,8 @@ def _flow_tables(c: Cluster, st: _Static, r: dict, ws_us: int) -> tuple[pa.Table
         [ws, node, direction, src, dst, orig, oport, dport, proto, pa.array(r["keep"]),
          cls_names.take(pa.array(r["cls"], mask=r["cls"] < 0)),
          kind_names.take(pa.array(r["kind"], mask=r["kind"] < 0)),
-         _str(st, r["x_src_pod"]), _str(st, r["x_src_ns"]), _str(st, r["dst_name"]), _str(st, r["dst_ns"])],
+         _str(st, r["x_src_pod"]), _str(st, r["x_src_ns"]), _str(st, r["dst_name"]), _str(st, r["dst_ns"]),
+         _str(st, r["nat"]), _str(st, r["csvc"])],
         schema=EXPECTED_FLOWS,
     )
     return flows, expected

@@ -156,6 +156,7 @@ class _Inventory:
             "region": [c.regions[r] for r in c.node_region],
             "provider": [c.provider] * len(c.node_names),
             "instance_type": c.node_instance,
+            "node_group": c.node_group,
         })
 
     def at(self, s: int, when: dt.datetime) -> dict[str, pa.Table]:
@@ -242,7 +243,7 @@ def simulate(lake: Lake, nodes: int, hours: int, seed: int, regions: int = 1,
             if len(pending) > 256:
                 _drain(pending)
         _drain(pending)
-    config = {"provider": provider, "region": c.regions[0], "rules": c.job_rules}
+    config = {"provider": provider, "region": c.regions[0], "rules": c.job_rules, **c.job_config}
     lake.write_bytes(EXPECTED_CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     summary.classes = dict(sorted(classes.items()))
     summary.seconds = time.monotonic() - t0

@@ -6,7 +6,7 @@ import struct
 from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, A, DNSRecord
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from node_agent.dns.parser import ParseStats, parse_response, read_name, DnsParseError
+from node_agent.dns.parser import ParseStats, parse_answers, parse_response, read_name, DnsParseError
 
 import pytest
 
@@ -42,6 +42,31 @@ def test_cname_chain_maps_back_to_asked_name():
         ("www.shop.example", "198.51.100.7", 10),
         ("www.shop.example", "198.51.100.8", 11),
     ]
+
+
+def test_cname_chain_keeps_the_names_in_order():
+    pkt = response(
+        "www.shop.example", "A",
+        RR("www.shop.example", QTYPE.CNAME, rdata=CNAME("shop.cdn.example"), ttl=30),
+        RR("shop.cdn.example", QTYPE.CNAME, rdata=CNAME("edge7.cdn.example"), ttl=20),
+        RR("edge7.cdn.example", QTYPE.A, rdata=A("198.51.100.7"), ttl=10),
+        RR("edge7.cdn.example", QTYPE.AAAA, rdata=AAAA("2001:db8::7"), ttl=10),
+    )
+    chain = ("shop.cdn.example", "edge7.cdn.example")
+    assert parse_answers(pkt) == [("www.shop.example", "198.51.100.7", 10, chain),
+                                  ("www.shop.example", "2001:db8::7", 10, chain)]
+    direct = response("a.example", "A", RR("a.example", QTYPE.A, rdata=A("192.0.2.1"), ttl=5))
+    assert parse_answers(direct) == [("a.example", "192.0.2.1", 5, ())]
+
+
+def test_cname_chain_in_any_record_order():
+    pkt = response(
+        "a.example", "A",
+        RR("c.example", QTYPE.A, rdata=A("192.0.2.9"), ttl=3),
+        RR("b.example", QTYPE.CNAME, rdata=CNAME("c.example"), ttl=3),
+        RR("a.example", QTYPE.CNAME, rdata=CNAME("b.example"), ttl=3),
+    )
+    assert parse_answers(pkt) == [("a.example", "192.0.2.9", 3, ("b.example", "c.example"))]
 
 
 def test_several_answers_mixed_families():
@@ -109,10 +134,11 @@ SEEDS = [
 
 def _check(data: bytes) -> None:
     stats = ParseStats()
-    out = parse_response(data, stats)
+    out = parse_answers(data, stats)
     assert isinstance(out, list)
-    for domain, ip, ttl in out:
+    for domain, ip, ttl, chain in out:
         assert isinstance(domain, str) and isinstance(ip, str) and 0 <= ttl < 2**31
+        assert isinstance(chain, tuple) and len(chain) <= 16 and all(isinstance(n, str) for n in chain)
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -402,3 +402,24 @@ def test_tiered_cost_matches_the_price_list_and_splits_across_calls(tx, cut, sta
     split = a.column("cost_usd").to_pylist() + b.column("cost_usd").to_pylist()
     assert off2 == off
     assert sum(split) == pytest.approx(total, rel=1e-9, abs=1e-6)
+
+
+def test_load_balancer_second_hop_with_external_traffic_policy_cluster():
+    """An internet client reaches node A's NodePort; kube-proxy sends it on to the backend on
+    node B (another zone), SNAT'ed to A's address. A reports the client's connection, B the
+    hop from A: both are billed, the hop as cross-zone transfer between the nodes."""
+    w = three_zone_world().snapshot(0)
+    w.flow("81.2.3.4", "10.0.2.21", node="n-a", direction="inbound", orig="10.0.1.10", orig_port=30080, port=8080,
+           tx=GB, rx=3 * GB)
+    w.flow("10.0.1.10", "10.0.2.21", node="n-b", direction="inbound", port=8080, tx=GB, rx=3 * GB,
+           dst_pod="api-1", dst_ns="shop")
+    w.flow("10.0.1.10", "10.0.3.21", node="n-c", direction="inbound", port=8080, tx=GB, rx=GB)  # kubelet-like: dropped
+    costs = w.costs()
+    rows = rows_by(costs)
+    assert set(rows) == {("10.0.2.21", "81.2.3.4"), ("10.0.2.21", "10.0.1.10")}
+    eg, hop = rows[("10.0.2.21", "81.2.3.4")], rows[("10.0.2.21", "10.0.1.10")]
+    assert (eg["traffic_class"], eg["src_node"], eg["src_zone"], eg["tx_bytes"]) == ("internet_egress", "n-a", "us-east-1a", 3 * GB)
+    assert (hop["traffic_class"], hop["src_node"], hop["dst_kind"], hop["dst_name"]) == ("cross_zone", "n-b", "node", "n-a")
+    assert (hop["src_namespace"], hop["src_pod"], hop["tx_bytes"], hop["rx_bytes"]) == ("shop", "api-1", 3 * GB, GB)
+    # 4 GB between the zones: $0.01 out + $0.01 in on each side
+    assert hop["cost_usd"] == pytest.approx(4 * 0.02) and hop["dst_cost_usd"] == pytest.approx(4 * 0.01)

@@ -28,7 +28,7 @@ def _opts(root):
 
 
 def _kept_bytes(root) -> int:
-    return sum(json.loads(p.read_text())["kept_bytes"] for p in (root / "_state" / "processed").rglob("*.json"))
+    return sum(json.loads(p.read_text())["kept_bytes"] for p in (root / "_state" / "hours").rglob("*.json"))
 
 
 def _cost_bytes(root) -> int:
@@ -70,7 +70,7 @@ def test_a_cost_partition_that_fails_is_not_published(small_lake, monkeypatch):
                                        r"published: equal_raw on bytes"):
         run_cost_job(_opts(small_lake))
     assert not list((small_lake / "costs").rglob("*.parquet"))
-    assert not (small_lake / "_state" / "processed").exists()
+    assert not (small_lake / "_state" / "hours").exists()
     # with the stage fixed, the same run publishes everything
     monkeypatch.setattr(pipeline, "cost_flows", real)
     run_cost_job(_opts(small_lake))

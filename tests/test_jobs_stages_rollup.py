@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -32,11 +33,17 @@ def test_namespace_hourly_reconciles_and_keeps_node_traffic_under_null():
     rows = {(r["hour_start"].hour, r["namespace"], r["traffic_class"]): r for r in ns.to_pylist()}
     web = rows[(10, "shop", "cross_zone")]
     assert (web["tx_bytes"], web["rx_bytes"], web["flows"]) == (3 * GB, 2 * GB, 2)
-    assert web["cost_usd"] == pytest.approx((3 + 2) * 0.01 * 2)     # 5 GB across AZs, both sides
+    # both sides, $0.01/GB each: web's own side of its 5 GB to shop/api, api's side of the same
+    # 5 GB, and web's side of the 1 GB data/db sent it
+    assert web["cost_usd"] == pytest.approx(5 * 0.01 + 5 * 0.01 + 1 * 0.01)
+    assert web["dst_side_cost_usd"] == pytest.approx(6 * 0.01)
+    db = rows[(10, "data", "cross_zone")]
+    # db's side of its 1 GB, and its side of the 2 GB the node n-a exchanged with it
+    assert (db["flows"], db["cost_usd"], db["dst_side_cost_usd"]) == (1, pytest.approx(0.01 + 0.02), pytest.approx(0.02))
     egress = rows[(11, "shop", "internet_egress")]
     assert egress["cost_usd"] == pytest.approx(50 * 0.09)           # 150 GB sent, 100 free
     node = rows[(10, None, "cross_zone")]
-    assert node["flows"] == 1 and node["cost_usd"] == pytest.approx(2 * 0.01 * 2)
+    assert node["flows"] == 1 and node["cost_usd"] == pytest.approx(2 * 0.01)
     for col in ("tx_bytes", "rx_bytes", "cost_usd"):
         assert pc.sum(ns.column(col)).as_py() == pytest.approx(pc.sum(costs.column(col)).as_py())
     assert pc.sum(ns.column("flows")).as_py() == costs.num_rows
@@ -55,6 +62,48 @@ def test_workload_daily_reconciles():
     for col in ("tx_bytes", "rx_bytes", "cost_usd"):
         assert pc.sum(wd.column(col)).as_py() == pytest.approx(pc.sum(costs.column(col)).as_py())
     assert pc.sum(wd.column("flows")).as_py() == costs.num_rows
+    assert rows[("shop", "api", "cross_zone")]["cost_usd"] == pytest.approx(5 * 0.01)   # api's side, no flows of its own
+    assert rows[("shop", "api", "cross_zone")]["flows"] == 0
+
+
+def test_rollups_of_parts_combine_to_the_rollup_of_the_whole():
+    from jobs.rollup import combine
+    costs = costed()
+    whole = rollup_namespace_hourly(costs)
+    parts = [rollup_namespace_hourly(costs.slice(0, 2)), rollup_namespace_hourly(costs.slice(2))]
+    again = combine(pa.concat_tables(parts), ["hour_start", "namespace", "traffic_class"], S.COST_NAMESPACE_HOURLY)
+    assert again.select(["hour_start", "namespace", "traffic_class", "tx_bytes", "rx_bytes", "flows"]).equals(
+        whole.select(["hour_start", "namespace", "traffic_class", "tx_bytes", "rx_bytes", "flows"]))
+    assert again.column("cost_usd").to_pylist() == pytest.approx(whole.column("cost_usd").to_pylist())
+
+
+def test_focus_rows_carry_the_meters_and_reconcile_through_duckdb():
+    import duckdb
+    from jobs.focus import combine as focus_combine, focus_rows
+    costs = costed()
+    f = focus_rows(costs)
+    assert f.schema.equals(S.COST_FOCUS)
+    assert set(f.column("ChargeCategory").to_pylist()) == {"Usage"}
+    assert set(f.column("ServiceCategory").to_pylist()) == {"Networking"}
+    con = duckdb.connect()
+    con.register("focus", f)
+    con.register("flows", costs)
+    by_meter = dict(con.execute("""SELECT x_UsageType, sum(BilledCost) FROM focus GROUP BY 1""").fetchall())
+    # hand-computed: 8 GB crossing AZs (3 + 2 GB of web's two pods, 1 GB from db, 2 GB from the
+    # node; each metered on both sides: 2 x 8 GB x $0.01), 150 GB to the internet, 50 past the free 100
+    assert by_meter == {"USE1-DataTransfer-Regional-Bytes": pytest.approx(2 * 8 * 0.01),
+                        "USE1-DataTransfer-Out-Bytes": pytest.approx(50 * 0.09)}
+    qty = dict(con.execute("SELECT x_UsageType, sum(ConsumedQuantity) FROM focus GROUP BY 1").fetchall())
+    assert qty == {"USE1-DataTransfer-Regional-Bytes": pytest.approx(16), "USE1-DataTransfer-Out-Bytes": pytest.approx(150)}
+    total_f, total_c = con.execute("SELECT (SELECT sum(BilledCost) FROM focus), (SELECT sum(cost_usd) FROM flows)").fetchone()
+    assert total_f == pytest.approx(total_c)
+    ns = dict(con.execute("SELECT x_Namespace, sum(BilledCost) FROM focus WHERE x_TrafficClass = 'cross_zone' GROUP BY 1").fetchall())
+    assert ns == {"shop": pytest.approx(0.11), "data": pytest.approx(0.03), None: pytest.approx(0.02)}
+    # partial exports (cells, hours) combine to the same table
+    again = focus_combine([focus_rows(costs.slice(0, 3)), focus_rows(costs.slice(3))])
+    assert again.drop(["BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "ListUnitPrice",
+                       "ContractedUnitPrice"]).equals(f.drop(["BilledCost", "EffectiveCost", "ListCost", "ContractedCost",
+                                                              "ListUnitPrice", "ContractedUnitPrice"]))
 
 
 def test_config_files_and_errors(tmp_path):

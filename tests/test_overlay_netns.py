@@ -32,6 +32,9 @@ def overlay(port: int | None):
         link(n1, "eth0", f"{UNDER1}/24", n2, "eth0", f"{UNDER2}/24")
         link(p1, "eth0", f"{POD1}/24", n1, "vpod", "10.244.1.1/24")
         link(p2, "eth0", f"{POD2}/24", n2, "vpod", "10.244.2.1/24")
+        for pod, n in ((p1, n1), (p2, n2)):   # pods get the overlay's MTU, as CNIs set it (no PMTU drops)
+            pod.run("ip", "link", "set", "eth0", "mtu", "1450")
+            n.run("ip", "link", "set", "vpod", "mtu", "1450")
         p1.run("ip", "route", "add", "default", "via", "10.244.1.1")
         p2.run("ip", "route", "add", "default", "via", "10.244.2.1")
         for n, local, remote, ov, peer_ov, peer_cidr in (
@@ -111,5 +114,40 @@ def test_pod_traffic_inside_the_overlay_is_counted_once(port):
     finally:
         coll.close()
         sink.close()
+        for ns in nss:
+            ns.delete()
+
+
+def test_ebpf_mode_never_sees_the_encapsulation():
+    """cgroup_skb programs see sockets' packets: the pod's flow (and a node process's flow
+    over the overlay), never the outer VXLAN datagrams the kernel builds."""
+    import socket
+    import subprocess
+    import sys
+
+    from node_agent.collectors.ebpf import EbpfCollector
+    from tests.netns import TestCgroup
+
+    p1, n1, n2, p2 = nss = overlay(4789)
+    sink = Sink(p2, POD2, 9000)
+    cg = TestCgroup()
+    eb = EbpfCollector(cgroup_path=cg.path, conntrack_netns=n1.name, nat_source=lambda: [])
+    code = (f"import socket; s = socket.create_connection(('{POD2}', 9000)); s.sendall(b'x' * 200000); "
+            "s.shutdown(1)\nwhile s.recv(65536): pass")
+    try:
+        eb.open()
+        _p, tx0 = nft_counter(n1, "dpo", "inner_tx")
+        for ns in (p1, n1):       # from a pod, and from the node itself (over the overlay)
+            subprocess.run(ns.cmd(sys.executable, "-c", code), preexec_fn=cg.enter, check=True, timeout=30)
+        time.sleep(0.3)
+        _p, tx1 = nft_counter(n1, "dpo", "inner_tx")
+        flows = {(socket.inet_ntop(socket.AF_INET, s.src), socket.inet_ntop(socket.AF_INET, s.dst), s.proto, s.dport): s
+                 for s in eb.dump()}
+        assert {k[:3] + (k[3],) for k in flows} == {(POD1, POD2, 6, 9000), ("10.244.0.1", POD2, 6, 9000)}
+        assert flows[(POD1, POD2, 6, 9000)].orig_bytes == tx1 - tx0    # the pod's bytes, as forwarded
+    finally:
+        eb.close()
+        sink.close()
+        cg.remove()
         for ns in nss:
             ns.delete()

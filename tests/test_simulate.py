@@ -207,9 +207,36 @@ def test_every_traffic_class_and_destination_kind_is_expected(sim):
         "SELECT traffic_class, count(*) FROM expected WHERE keep GROUP BY ALL ORDER BY 1").fetchall())
     # the peering class rests on a user rule, written beside the ground truth
     config = json.loads((root / EXPECTED_CONFIG).read_text())
-    assert config["rules"] == [{"cidr": "10.60.0.0/16", "class": "peering", "name": "analytics-vpc"}]
+    assert config["rules"] == [{"cidr": "10.60.0.0/16", "class": "peering", "name": "analytics-vpc"},
+                               {"cidr": "10.70.0.0/16", "class": "transit_gateway", "name": "shared-services-tgw"}]
+    assert config["nat_gateways"] == [{"name": "nat-workers", "node_groups": ["workers"]}]
     peered = con.execute("SELECT DISTINCT dst_ip FROM expected WHERE traffic_class = 'peering'").fetchall()
     assert all(ipaddress.ip_address(ip) in ipaddress.ip_network("10.60.0.0/16") for (ip,) in peered)
+
+
+def test_cost_cases_nat_cloud_services_and_relayed_hops(sim):
+    """The cases pricing distinguishes are all generated: NAT and non-NAT nodes, S3 in and out
+    of the source's region (gateway endpoint in region), and the NodePort second hop."""
+    root, _ = sim
+    con = _sql(root)
+    nodes = dict(con.execute("SELECT DISTINCT name, external_ip IS NOT NULL FROM read_parquet("
+                             f"'{root}/inventory/nodes/*/*.parquet')").fetchall())
+    nat = con.execute("SELECT node, nat_gateway, traffic_class, dst_cloud_service, direction, count(*) FROM expected "
+                      "WHERE keep GROUP BY ALL").fetchall()
+    # NAT only on nodes without a public IP, never inbound, never to S3 of the region (gateway endpoint)
+    assert {r[1] for r in nat} == {None, "nat-workers"}
+    for node, gw, cls, svc, direction, _ in nat:
+        if gw:
+            assert not nodes[node] and direction == "outbound" and cls in ("internet_egress", "cloud_api", "cross_region")
+            assert not (svc == "S3" and cls == "cloud_api")
+    got = {(cls, svc) for _, _, cls, svc, _, _ in nat if svc}
+    assert {("cloud_api", "S3"), ("cross_region", "S3"), ("cloud_api", "EC2")} <= got
+    # relayed NodePort connections: the client's row on the relay node, the hop on the pod's node
+    hops = con.execute("""SELECT count(*), count(DISTINCT traffic_class) FROM expected
+                          WHERE keep AND direction = 'inbound' AND dst_kind = 'node'""").fetchone()
+    assert hops[0] > 0
+    relayed = con.execute("SELECT count(*) FROM expected WHERE keep AND orig_dst_port = 30080").fetchone()[0]
+    assert relayed >= hops[0]
 
 
 def test_dropped_rows_are_exactly_the_inbound_duplicates_of_cluster_traffic(sim):
@@ -224,10 +251,13 @@ def test_dropped_rows_are_exactly_the_inbound_duplicates_of_cluster_traffic(sim)
         SELECT 1 FROM flows o WHERE o.direction = 'outbound' AND o.window_start = i.window_start AND o.node <> i.node
         AND o.src_ip = i.src_ip AND o.dst_ip = i.dst_ip AND o.proto = i.proto AND o.dst_port = i.dst_port)""").fetchone()[0]
     assert unmatched == 0
-    # inbound rows that are kept come from the internet, to the LoadBalancer-backed frontend
+    # inbound rows that are kept come from the internet, to the LoadBalancer-backed frontend, or
+    # are the relayed hop of a NodePort connection (from the relay node's address)
     kept = con.execute("""SELECT DISTINCT traffic_class, dst_kind, src_namespace, regexp_extract(src_pod, '^[a-z]+')
-        FROM expected WHERE keep AND direction = 'inbound'""").fetchall()
-    assert kept == [("internet_egress", "external", "shop", "frontend")]
+        FROM expected WHERE keep AND direction = 'inbound' ORDER BY ALL""").fetchall()
+    assert kept == [("cross_zone", "node", "shop", "frontend"), ("internet_egress", "external", "shop", "frontend"),
+                    ("same_zone", "node", "shop", "frontend")] or kept == [
+        ("cross_zone", "node", "shop", "frontend"), ("internet_egress", "external", "shop", "frontend")]
     assert con.execute("SELECT count(*) FROM expected WHERE NOT keep").fetchone()[0] == sim[1].dropped_rows > 0
 
 
@@ -239,9 +269,11 @@ def test_services_are_dnated_to_backends_and_node_traffic_has_no_pod(sim):
     assert rows and all(o != d for o, d, _ in rows)
     assert {c for _, _, c in rows} >= {"same_zone", "cross_zone", "cross_region"}
     assert any(":" in o for o, _, _ in rows)        # the dual-stack service over IPv6
-    # traffic from node IPs (kubelet, hostNetwork DaemonSets) is attributed to no pod
+    # traffic from node IPs (kubelet, hostNetwork DaemonSets) is attributed to no pod (inbound
+    # rows from a node's address are relayed hops: their cluster side is the pod they reach)
     assert con.execute("""SELECT count(*) FROM expected x JOIN nodes n ON n.internal_ip = x.src_ip
-        AND n.snapshot_time = x.window_start WHERE x.keep AND x.src_pod IS NOT NULL""").fetchone()[0] == 0
+        AND n.snapshot_time = x.window_start WHERE x.keep AND x.direction = 'outbound'
+        AND x.src_pod IS NOT NULL""").fetchone()[0] == 0
     assert con.execute("""SELECT count(*) FROM expected x JOIN nodes n ON n.internal_ip = x.src_ip
         AND n.snapshot_time = x.window_start WHERE x.keep""").fetchone()[0] > 0
     # the raw rows name only the reporting node's own pods (the agent's node-filtered index)

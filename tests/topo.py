@@ -47,8 +47,8 @@ def nft_counter(ns: Netns, table: str, name: str) -> tuple[int, int]:
 
 
 class Sink:
-    """A TCP server in `ns` that reads everything and answers each read with `reply` bytes per
-    1000 received (so both directions carry data)."""
+    """A TCP server in `ns` that reads everything and answers one byte per 10 received (so both
+    directions carry data)."""
 
     def __init__(self, ns: Netns, addr: str, port: int):
         from pyroute2.netns import create_socket
@@ -69,6 +69,7 @@ class Sink:
 
     @staticmethod
     def _serve(c):
+        got = sent = 0
         with c:
             while True:
                 try:
@@ -77,7 +78,11 @@ class Sink:
                     return
                 if not data:
                     return
-                c.sendall(b"r" * (len(data) // 10 or 1))
+                got += len(data)
+                n = got // 10 - sent     # one reply byte per 10 received, whatever the segmentation
+                if n:
+                    c.sendall(b"r" * n)
+                    sent += n
 
     def close(self):
         self.sock.close()
@@ -94,7 +99,7 @@ def tcp_transfer(ns: Netns, addr: str, port: int, nbytes: int, chunk: int = 1000
     while sent < nbytes:
         n = min(chunk, nbytes - sent)
         s.sendall(b"x" * n)
-        want = n // 10 or 1
+        want = (sent + n) // 10 - sent // 10
         got = 0
         while got < want:
             d = s.recv(want - got)

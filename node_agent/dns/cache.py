@@ -38,15 +38,17 @@ class DnsCache:
         self.evicted = 0
         self._lock = threading.Lock()
 
-    def observe(self, client_ip: str, answers: Iterable[tuple[str, str, int]], seen_at: float) -> None:
-        """Record one response's answers [(domain asked, ip, ttl)] seen by `client_ip`."""
+    def observe(self, client_ip: str, answers: Iterable[tuple], seen_at: float) -> None:
+        """Record one response's answers [(domain asked, ip, ttl[, CNAME chain])] seen by `client_ip`."""
         with self._lock:
             self._observe(client_ip, answers, seen_at)
 
-    def _observe(self, client_ip: str, answers: Iterable[tuple[str, str, int]], seen_at: float) -> None:
-        for domain, ip, ttl in answers:
+    def _observe(self, client_ip: str, answers: Iterable[tuple], seen_at: float) -> None:
+        for a in answers:
+            domain, ip, ttl = a[0], a[1], a[2]
+            chain = tuple(a[3]) if len(a) > 3 else ()
             self._entries[ip] = (domain, seen_at + min(float(ttl), self.ttl_cap))
-            self._window[(client_ip, domain, ip)] = Lookup(client_ip, domain, ip, int(ttl), seen_at)
+            self._window[(client_ip, domain, ip)] = Lookup(client_ip, domain, ip, int(ttl), seen_at, chain)
         if len(self._entries) > self.max_entries:
             self._evict(len(self._entries) - self.max_entries)
 

@@ -1,10 +1,12 @@
 """DNS response wire format (RFC 1035) -> the addresses a client learned, per asked name.
 
-`parse_response(payload)` returns `[(domain asked, ip, ttl), ...]`: every A and AAAA answer,
-with CNAME chains followed back to the name in the question (e.g. asked `www.example.com`,
-answered `www.example.com CNAME edge.cdn.net`, `edge.cdn.net A 192.0.2.7` gives
-`("www.example.com", "192.0.2.7", ttl)`). The payload comes from the wire via eBPF, so it may
-be truncated (we copy at most 512 bytes), malformed or hostile: the parser never raises on
+`parse_answers(payload)` returns `[(domain asked, ip, ttl, chain), ...]`: every A and AAAA
+answer, with CNAME chains followed back to the name in the question (e.g. asked
+`www.example.com`, answered `www.example.com CNAME edge.cdn.net`, `edge.cdn.net A 192.0.2.7`
+gives `("www.example.com", "192.0.2.7", ttl, ("edge.cdn.net",))`): `chain` holds the CNAME
+targets from the asked name to the record's owner, in order (empty for a direct answer).
+`parse_response` is the same without the chain. The payload comes from the wire via eBPF, so
+it may be truncated (we copy at most 4096 bytes per packet), malformed or hostile: the parser never raises on
 input; it returns what it could read before the damage, and `ParseStats` counts the errors.
 Compression pointers must point backwards (strictly before the name being read) and a name
 is at most 255 bytes, which makes pointer loops impossible.
@@ -91,7 +93,13 @@ def _records(buf: bytes, off: int, count: int, out: list) -> int:
 
 
 def parse_response(payload: bytes, stats: ParseStats | None = None) -> list[tuple[str, str, int]]:
-    """A DNS response's (domain asked, ip, ttl) triples; [] for queries, errors, no answers.
+    """A DNS response's (domain asked, ip, ttl) triples; [] for queries, errors, no answers."""
+    return [a[:3] for a in parse_answers(payload, stats)]
+
+
+def parse_answers(payload: bytes, stats: ParseStats | None = None) -> list[tuple[str, str, int, tuple[str, ...]]]:
+    """A DNS response's (domain asked, ip, ttl, CNAME chain) tuples; [] for queries, errors,
+    no answers.
 
     Never raises on any input. Answers read before a damaged part are kept (a response cut
     at 512 bytes still yields its first records); the damage is counted in `stats`."""
@@ -130,7 +138,7 @@ def parse_response(payload: bytes, stats: ParseStats | None = None) -> list[tupl
     return _answers(buf, asked, records, stats)
 
 
-def _answers(buf: bytes, asked: list[str], records: list, stats: ParseStats) -> list[tuple[str, str, int]]:
+def _answers(buf: bytes, asked: list[str], records: list, stats: ParseStats) -> list[tuple[str, str, int, tuple[str, ...]]]:
     # CNAME: alias -> canonical target; the answers' owner names are mapped back to the alias
     # the client asked for. Without a question (or an unrelated owner) the owner name is kept.
     parent: dict[str, str] = {}
@@ -151,12 +159,18 @@ def _answers(buf: bytes, asked: list[str], records: list, stats: ParseStats) -> 
             stats.errors += 1
     asked_set = set(asked)
     out = []
+    chains: dict[str, tuple[str, tuple[str, ...]]] = {}
     for owner, ip, ttl in addrs:
-        name = owner
-        for _ in range(MAX_CHAIN):
-            if name in asked_set or name not in parent:
-                break
-            name = parent[name]
-        out.append((name, ip, ttl if ttl < 0x80000000 else 0))   # RFC 2181 s8: top bit set means 0
+        hit = chains.get(owner)
+        if hit is None:
+            name = owner
+            targets: list[str] = []
+            for _ in range(MAX_CHAIN):
+                if name in asked_set or name not in parent:
+                    break
+                targets.append(name)
+                name = parent[name]
+            hit = chains[owner] = (name, tuple(reversed(targets)))
+        out.append((hit[0], ip, ttl if ttl < 0x80000000 else 0, hit[1]))   # RFC 2181 s8: top bit set means 0
     stats.answers += len(out)
     return out

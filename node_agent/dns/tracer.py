@@ -1,7 +1,8 @@
-"""DNS tracer: bpf/dns.c on cgroup ingress copies every UDP DNS response a local socket
-receives (source port 53, IPv4 and IPv6, first 512 bytes) into a ring buffer; a thread here
-parses them (dns/parser.py) into the IP -> domain cache (dns/cache.py) and the window's
-lookups. Works with either flow collector.
+"""DNS tracer: bpf/dns.c on cgroup ingress copies every DNS answer with records a local socket
+receives (UDP or TCP source port 53, IPv4 and IPv6, up to 4096 bytes per packet) into a ring
+buffer; a thread here parses them (dns/parser.py; TCP segments through dns/tcpstream.py)
+into the IP -> domain cache (dns/cache.py) and the window's lookups. Works with either flow
+collector.
 
 Usage: `t = DnsTracer(cgroup_path, ttl_cap=120); t.open()` (or `start()`), then every
 window `t.take_window()` (or `t.cache.take_window()`) -> lookups for dns/exporter.py,
@@ -19,9 +20,11 @@ import time
 
 from node_agent import bpfload
 from node_agent.dns.cache import DEFAULT_TTL_CAP, DnsCache, Lookup
-from node_agent.dns.parser import ParseStats, parse_response
+from node_agent.dns.parser import ParseStats, parse_answers
+from node_agent.dns.tcpstream import TcpReassembler
 
-EVENT_HDR = struct.Struct("=BxHH2x16s16s")   # struct dns_event before data[]
+EVENT_HDR = struct.Struct("=BBHHHI16s16s")   # struct dns_event before data[]
+S_LOST, S_COPY, S_FILTERED, S_TRUNCATED = range(4)   # netmon_dstats slots
 PROG_NAMES = (b"netmon_dns_in",)
 log = logging.getLogger("netmon.dns")
 
@@ -40,6 +43,7 @@ class DnsTracer:
         self._stop = threading.Event()
         self._events = 0
         self._stale = 0
+        self._tcp = TcpReassembler()
 
     def open(self) -> None:
         try:
@@ -69,14 +73,19 @@ class DnsTracer:
     def _on_event(self, raw: bytes) -> None:
         if len(raw) < EVENT_HDR.size:
             return
-        family, n, _orig, client, _server = EVENT_HDR.unpack_from(raw)
+        family, proto, n, orig, cport, seq, client, server = EVENT_HDR.unpack_from(raw)
         payload = raw[EVENT_HDR.size: EVENT_HDR.size + n]
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         client_ip = socket.inet_ntop(af, client[: 4 if family == 4 else 16])
         self._events += 1      # only this thread writes these counters
-        answers = parse_response(payload, self.parse_stats)
-        if answers:
-            self.cache.observe(client_ip, answers, time.time())
+        if proto == 6:         # DNS over TCP: whole messages out of the stream
+            messages = self._tcp.feed((family, client, server, cport), seq, payload, orig)
+        else:
+            messages = (payload,)
+        for msg in messages:
+            answers = parse_answers(msg, self.parse_stats)
+            if answers:
+                self.cache.observe(client_ip, answers, time.time())
 
     def start(self) -> "DnsTracer":
         self.open()
@@ -92,11 +101,13 @@ class DnsTracer:
     def stats(self) -> dict[str, int]:
         out = {"dns_events": self._events, "dns_cache_entries": len(self.cache),
                "dns_cache_evicted": self.cache.evicted, "dns_stale_detached": self._stale,
-               **self.parse_stats.as_dict()}
+               **self.parse_stats.as_dict(), **self._tcp.stats}
         if self._loaded is not None:
             st = self._loaded.maps["netmon_dstats"]
-            out["dns_events_lost"] = bpfload.percpu_u64_sum(st, 0)
-            out["dns_copy_failed"] = bpfload.percpu_u64_sum(st, 1)
+            out["dns_events_lost"] = bpfload.percpu_u64_sum(st, S_LOST)          # ring buffer full
+            out["dns_copy_failed"] = bpfload.percpu_u64_sum(st, S_COPY)
+            out["dns_filtered"] = bpfload.percpu_u64_sum(st, S_FILTERED)         # no records: not sent
+            out["dns_payload_truncated"] = bpfload.percpu_u64_sum(st, S_TRUNCATED)  # > 4096 bytes
         return out
 
     def close(self) -> None:
