@@ -13,6 +13,8 @@ price_fallback: {aws: us-east-1}    # price regions no card knows as this one (r
 network_tier: premium    # or standard: GCP Standard tier, Azure routing preference Internet
 rate_limits: {max_per_gb: 1.0}      # rates above this are rejected as typos
 dns_lookback: 24h        # how old a DNS answer may be and still name a destination
+clock_skew: 10m          # raw windows starting later than now + this are quarantined (future_window)
+horizon: 1096d           # raw windows starting before now - this are quarantined (beyond_horizon)
 ip_ranges_dir: /path     # cloud IP-range files (AWS, GCP, Azure, Oracle)
 rules:                   # user CIDR rules, longest prefix first; like Kubecost's network-costs
   - {cidr: 10.20.0.0/16, class: peering, name: shared-vpc, region: us-east-1, rate_per_gb: 0.01}
@@ -101,6 +103,8 @@ class JobConfig:
     price_fallback: dict[str, str] = field(default_factory=dict)
     network_tier: str = "premium"
     max_per_gb: float = DEFAULT_MAX_PER_GB
+    clock_skew_s: float = 600.0
+    horizon_s: float = 1096 * 86400.0
 
     def __post_init__(self):
         if self.nat_gateway and not self.nat_gateways:  # legacy flag: every node without a public IP
@@ -110,7 +114,8 @@ class JobConfig:
     def from_dict(cls, data: dict | None) -> "JobConfig":
         data = dict(data or {})
         known = {"provider", "region", "nat_gateway", "nat_gateways", "gateway_endpoints", "subnets",
-                 "price_fallback", "network_tier", "rate_limits", "dns_lookback", "rules", "ip_ranges_dir"}
+                 "price_fallback", "network_tier", "rate_limits", "dns_lookback", "rules", "ip_ranges_dir",
+                 "clock_skew", "horizon"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
@@ -158,6 +163,8 @@ class JobConfig:
             price_fallback={k.lower(): v for k, v in fb.items()},
             network_tier=tier,
             max_per_gb=max_per_gb,
+            clock_skew_s=_positive_duration("clock_skew", data.get("clock_skew", "10m")),
+            horizon_s=_positive_duration("horizon", data.get("horizon", "1096d")),
         )
 
     def check_cards(self, cards) -> None:
@@ -218,6 +225,16 @@ def _keys(key: str, r, allowed: set, required: set = frozenset()):
     missing = required - set(r)
     if missing:
         raise ConfigError(f"{key}: missing {', '.join(sorted(missing))}")
+
+
+def _positive_duration(key: str, value) -> float:
+    try:
+        s = parse_duration(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if s <= 0:
+        raise ConfigError(f"{key}: must be longer than 0, got {value!r}")
+    return s
 
 
 def _rule(i: int, r, max_per_gb: float = DEFAULT_MAX_PER_GB) -> Rule:

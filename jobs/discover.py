@@ -22,12 +22,12 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
 from jobs import commit as C
-from jobs import load
+from jobs import identity, load
 from jobs import state as st
 from lake import schema as S
 from lake.storage import Lake
@@ -60,6 +60,8 @@ class Plan:
     quarantined: list[dict]                          # files quarantined during discovery
     ledgers: dict[str, st.EgressLedger]
     records: dict[dt.datetime, "C.HourRecord"]      # current records of the computed and re-tiered hours
+    #: hour -> the DNS files (winners) and their signatures: what a carried DNS state depends on
+    dns_sigs: dict[dt.datetime, dict[str, st.FileSig]] = field(default_factory=dict)
 
 
 def _date_dirs(lake: Lake, rel: str) -> list[dt.date]:
@@ -80,24 +82,24 @@ def _list_dates(lake: Lake, table: str, days) -> list:
     return [i for d in sorted(set(days)) for i in lake.list_files(f"{table}/date={d:%Y-%m-%d}")]
 
 
-def _identity_winners(infos, lake: Lake, quarantined: list[dict] | None, keep=lambda hour: True):
-    """Of listed raw files: quarantine badly named ones; keep the newest upload per (node,
+def _identity_winners(infos, lake: Lake, quarantined: list[dict] | None, keep=lambda hour: True,
+                      now: dt.datetime | None = None, bounds: identity.Bounds = identity.Bounds()):
+    """Of listed raw files: quarantine those whose name is bad, disagrees with its partition or
+    is dated beyond the clock's bounds (jobs/identity.py); keep the newest upload per (node,
     window_start). Returns ({hour: {path: sig}} of all files, {hour: [winners]}, losers),
     limited to hours `keep` accepts. `quarantined` None: look only, quarantine nothing."""
+    now = now or dt.datetime.now(UTC)
     by_id: dict[tuple[str, dt.datetime], list[tuple[int, str, st.FileSig]]] = {}
     for info in infos:
         rel = lake.rel(info.path)
-        parsed = S.parse_raw_file_name(rel)
-        if parsed is None:
-            if quarantined is None:
-                continue
-            try:
-                load.file_hour(rel)
-            except load.InvalidFile as exc:
+        try:
+            identity.check_listed(rel, now, bounds)
+        except load.InvalidFile as exc:
+            if quarantined is not None:
                 load.quarantine(lake, rel, exc.reason, str(exc))
                 quarantined.append({"path": rel, "reason": exc.reason, "error": str(exc)})
             continue
-        _, node, start = parsed
+        _, node, start = S.parse_raw_file_name(rel)
         if not keep(st.hour_of(start)):
             continue
         sig = st.sig_of(info)
@@ -155,11 +157,12 @@ def _days(lo: dt.datetime, hi: dt.datetime) -> set[dt.date]:
 
 def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None = None,
          dns_lookback: dt.timedelta = dt.timedelta(hours=24), lateness: dt.timedelta = DEFAULT_LATENESS,
-         also_months=()) -> Plan:
+         also_months=(), bounds: identity.Bounds = identity.Bounds(), now: dt.datetime | None = None) -> Plan:
     """Decide which hours to compute and which to re-tier. Lists candidate dates only and
     reads small JSON; `also_months`: months whose tier chain must be checked too (those of a
-    recovered run)."""
+    recovered run); `bounds`, `now`: the clock bounds of raw windows (jobs/identity.py)."""
     quarantined: list[dict] = []
+    ident = {"now": now or dt.datetime.now(UTC), "bounds": bounds}
     ranged = start is not None or end is not None
     if ranged:
         lo = st.hour_of(start) if start is not None else None
@@ -173,7 +176,7 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     cand_days = [d for d in raw_days if (lo is None or d >= lo.date()) and (hi is None or
                  dt.datetime(d.year, d.month, d.day, tzinfo=UTC) < hi)]
     flow_files, flow_winners, dup_flows = _identity_winners(
-        _list_dates(lake, "raw/flows", cand_days), lake, quarantined, in_window)
+        _list_dates(lake, "raw/flows", cand_days), lake, quarantined, in_window, **ident)
     dns_infos = _list_dates(lake, "raw/dns", cand_days)
     candidates = sorted(flow_winners)
     records = C.read_records(lake, candidates)
@@ -181,7 +184,7 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     if ranged:
         compute = candidates
     else:
-        dns_cand, _, _ = _identity_winners(dns_infos, lake, None, in_window)
+        dns_cand, _, _ = _identity_winners(dns_infos, lake, None, in_window, **ident)
         compute = []
         for h in candidates:
             current = {**flow_files.get(h, {}), **dns_cand.get(h, {})}
@@ -195,7 +198,8 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
         dns_days |= _days(h - dns_lookback - HOUR, h + HOUR)
     extra = [d for d in dns_days if d not in set(cand_days)]
     dns_files, dns_winners, dup_dns = _identity_winners(
-        dns_infos + _list_dates(lake, "raw/dns", [d for d in extra if d in set(raw_days)]), lake, quarantined)
+        dns_infos + _list_dates(lake, "raw/dns", [d for d in extra if d in set(raw_days)]), lake, quarantined,
+        **ident)
     inv_days = set()
     for h in compute:
         inv_days |= _days(h - DAY, h + 2 * HOUR)
@@ -246,7 +250,8 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     retier = {h for h in retier if h in records}
     return Plan(compute=compute, retier=sorted(retier), files=files, specs=specs,
                 dns_chunks=dns_chunks, inv_chunks=inv_chunks,
-                duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers, records=records)
+                duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers, records=records,
+                dns_sigs={h: {p_: dns_files[h][p_] for p_ in dns_winners[h]} for h in dns_chunks})
 
 
 def _select_snapshots(items: list[tuple[dt.datetime, str]], lo: dt.datetime, hi: dt.datetime) -> list[str]:

@@ -5,11 +5,15 @@ all; `inline` calls the task functions in this process (unit tests of the bookke
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import signal
+import threading
 from typing import Any, Callable
 
 from jobs.errors import JobError
+from lake.storage import one_line
 
 
 
@@ -20,7 +24,7 @@ class _Done:
 
 
 class InlineExecutor:
-    def submit(self, fn: Callable, *args, num_returns: int = 1):
+    def submit(self, fn: Callable, *args, num_returns: int = 1, memory: int | None = None):
         out = fn(*args)
         return tuple(_Done(v) for v in out) if num_returns > 1 else _Done(out)
 
@@ -35,6 +39,15 @@ class InlineExecutor:
 
     def ready(self, futs: list, timeout: float | None = 0) -> list:
         return list(futs)
+
+    def capacity(self) -> int:
+        return 1
+
+    def placement(self) -> dict[str, int]:
+        return {}
+
+    def wait_any(self, futs: list, timeout: float) -> None:
+        pass
 
     def shutdown(self) -> None:
         pass
@@ -55,6 +68,40 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise JobError(f"cannot start or reach Ray at {address}: {exc}") from None
 
 
+def _placed(fn: Callable, num_returns: int) -> Callable:
+    """`fn` as a task that also returns the node it ran on (one more, tiny, return value)."""
+    @functools.wraps(fn)
+    def task(*args):
+        import ray  # noqa: PLC0415
+        out = fn(*args)
+        where = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()}"
+        return (out, where) if num_returns == 1 else (*out, where)
+    return task
+
+
+def _sigterm_handler():
+    """SIGTERM's Python handler, if one is set and this is the main thread (else None)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    h = signal.getsignal(signal.SIGTERM)
+    return h if callable(h) else None
+
+
+def task_error(exc) -> Exception:
+    """The exception a Ray task raised, as the task raised it (a StorageError, an OSError for a
+    full disk or a refused permission, a JobError), so the CLI prints it as one line instead of
+    Ray's remote traceback; if Ray could not carry it over, a JobError with its last line."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, Exception) and not isinstance(cause, type(exc)):
+        return cause
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return JobError(f"a task failed: {lines[-1].strip() if lines else type(exc).__name__}")
+
+
+#: tries to start the job's own local Ray before giving up
+LOCAL_START_ATTEMPTS = 3
+
+
 class RayExecutor:
     def __init__(self, address: str | None, num_cpus: int):
         if not address:
@@ -64,6 +111,9 @@ class RayExecutor:
             # (single-node mode would refuse a second node; auth is the cluster's to decide).
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # The driver reports the first failed task as one line; the other tasks' errors would
+        # otherwise be printed as tracebacks when their results are dropped.
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
         import ray  # noqa: PLC0415
         self.ray = ray
         self.started = False
@@ -72,30 +122,75 @@ class RayExecutor:
                                       "log_to_driver": True}
             if address:
                 _check_reachable(address)
+            before = _sigterm_handler()
             try:
-                if address:
-                    ray.init(address=address, **kwargs)
-                else:
-                    ray.init(num_cpus=num_cpus, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
-                raise JobError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
-                               f"{' '.join(str(exc).split())[:300]}") from exc
+                for attempt in range(1 if address else LOCAL_START_ATTEMPTS):
+                    try:
+                        if address:
+                            ray.init(address=address, **kwargs)
+                        else:
+                            ray.init(num_cpus=num_cpus, **kwargs)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
+                        # a local Ray on a busy machine can miss its own start-up deadline (its
+                        # agents start late); starting it again usually works
+                        if address or attempt + 1 == LOCAL_START_ATTEMPTS or "timed out" not in str(exc):
+                            raise JobError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
+                                           f"{' '.join(str(exc).split())[:300]}") from exc
+                        ray.shutdown()
+            finally:
+                # ray.init replaces SIGTERM's handler with one that exits at once (status 1);
+                # the CLI's own (an exception, so the driver unwinds, reports one line and
+                # shutdown() stops the local Ray) is put back.
+                if callable(before):
+                    signal.signal(signal.SIGTERM, before)
             self.started = True
-        self._remote: dict[Callable, Any] = {}
+        self._remote: dict[tuple, Any] = {}
+        self._max_memory: int | None = None
+        self._where: list = []  # one small ref per task: the node it ran on
 
-    def submit(self, fn: Callable, *args, num_returns: int = 1):
-        if fn not in self._remote:
-            self._remote[fn] = self.ray.remote(fn)
-        return self._remote[fn].options(num_returns=num_returns).remote(*args)
+    def submit(self, fn: Callable, *args, num_returns: int = 1, memory: int | None = None):
+        """`memory`: bytes the task needs; Ray places it only where that much is free."""
+        key = (fn, num_returns)
+        if key not in self._remote:
+            self._remote[key] = self.ray.remote(_placed(fn, num_returns))
+        opts: dict[str, Any] = {"num_returns": num_returns + 1}
+        if memory:
+            opts["memory"] = min(int(memory), self._largest_node_memory())
+        *out, where = self._remote[key].options(**opts).remote(*args)
+        self._where.append(where)
+        return out[0] if num_returns == 1 else tuple(out)
+
+    def placement(self) -> dict[str, int]:
+        """Tasks run so far per Ray node ("ip node-id"): where the cluster did the work."""
+        counts: dict[str, int] = {}
+        for w in self.ray.get(self._where):
+            counts[w] = counts.get(w, 0) + 1
+        return counts
+
+    def wait_any(self, futs: list, timeout: float) -> None:
+        """Return when at least one of `futs` is done (or after `timeout` seconds)."""
+        if futs:
+            self.ray.wait(futs, num_returns=1, timeout=timeout)
+
+    def _largest_node_memory(self) -> int:
+        """A task asking more than any node offers would never run: ask at most that."""
+        if self._max_memory is None:
+            mem = [n.get("Resources", {}).get("memory", 0) for n in self.ray.nodes() if n.get("Alive")]
+            self._max_memory = int(max(mem, default=0)) or (1 << 62)
+        return self._max_memory
+
+    def capacity(self) -> int:
+        """Tasks the whole cluster runs at once (its CPUs), not the driver's machine's."""
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
 
     def get(self, fut):
         try:
             return self.ray.get(fut)
         except self.ray.exceptions.RayTaskError as exc:
-            # A JobError raised in a task is the user's message: give it without Ray's wrapping.
-            if isinstance(getattr(exc, "cause", None), JobError):
-                raise JobError(str(exc.cause)) from None
-            raise
+            raise task_error(exc) from None
+        except self.ray.exceptions.RayError as exc:  # a worker or node died, the object store is full
+            raise JobError(f"Ray failed: {type(exc).__name__}: {one_line(exc)}") from None
 
     def put(self, value):
         return self.ray.put(value)  # shipped once, resolved in each task that takes it

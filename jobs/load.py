@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from jobs import identity
 from lake import schema as S
 from lake.storage import Lake, StorageError, one_line
 
@@ -131,7 +132,9 @@ def read_checked(lake: Lake, rel: str) -> pa.Table:
         table = parse_parquet(data)
     except Exception as exc:  # noqa: BLE001 - the bytes arrived; they are not a Parquet file
         raise InvalidFile("unreadable", one_line(exc)) from exc
-    return check(table, table_name, hour)
+    out = check(table, table_name, hour)
+    identity.check_rows(out, rel, lake.exists)
+    return out
 
 
 def fetch(lake: Lake, rel: str) -> bytes:

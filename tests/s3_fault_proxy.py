@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 ACTIONS = ("slowdown", "reset", "stall", "dead")
 _SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -36,7 +36,7 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te
 class Rule:
     action: str
     method: str | None = None    # GET, PUT, HEAD, DELETE, POST; None: any
-    path: str = ""               # regex searched in the request target (path and query)
+    path: str = ""               # regex searched in the request target (path and query, %-decoded)
     times: int | None = 1        # how many matching requests get the fault; None: all of them
     seconds: float = 0.0         # stall length
     fired: int = 0
@@ -120,7 +120,7 @@ class FaultProxy:
 
             def _handle(self):
                 body = self._body()
-                rule = proxy._decide(self.command, self.path)
+                rule = proxy._decide(self.command, unquote(self.path))
                 if rule is not None:
                     if rule.action == "slowdown":
                         self.send_response(503, "Slow Down")
