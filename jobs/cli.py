@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--lateness", default=float(_env("NETMON_LATENESS_H", 48)), type=float, metavar="HOURS",
                    help="look for late raw files this many hours before the newest committed hour "
                         "(older ones: use --start/--end) [NETMON_LATENESS_H]")
+    c.add_argument("--executor", default=_env("NETMON_EXECUTOR", "ray"), choices=("ray", "inline"),
+                   help="ray (default: local Ray on loopback, or --ray-address) or inline (the same tasks "
+                        "in this process, one at a time: debugging, profiling, small lakes) [NETMON_EXECUTOR]")
     c.add_argument("--quiet", action="store_true", help="no progress lines")
     sub.add_parser("simulate", help="write a simulated cluster's lake (see netmon-jobs simulate --help)",
                    add_help=False)
@@ -93,6 +96,7 @@ def _cost(args) -> int:
         lake_url=args.lake, s3_endpoint=args.s3_endpoint, start=args.start, end=args.end,
         ray_address=args.ray_address, config_path=args.config, ip_ranges_dir=args.ip_ranges,
         wait_s=args.wait, lateness=dt.timedelta(hours=args.lateness), progress=None if args.quiet else sys.stderr,
+        executor=args.executor,
     )
     res = R.run_cost_job(opts)
     print(sm.format_summary(res.summary, hours=len(res.hours_computed), retiered=len(res.hours_retiered),
