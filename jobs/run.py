@@ -74,6 +74,8 @@ class RunResult:
     quarantined: list[dict]
     seconds: float
     summary: sm.Summary
+    #: computed hours costed with an inventory gap -> the inventory kinds missing
+    inventory_gaps: dict[dt.datetime, list[str]] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -159,6 +161,7 @@ def _run_leased(opts: JobOptions, lake, lease, cfg, ranges_dir, t0) -> RunResult
         files_read=sum(i["files_read"] for i in infos.values()),
         duplicates=p.duplicates, quarantined=quarantined,
         seconds=time.monotonic() - t0, summary=sm.merge(partials),
+        inventory_gaps={h: i["inventory_gap"] for h, i in sorted(infos.items()) if i.get("inventory_gap")},
     )
 
 
@@ -170,7 +173,8 @@ def _publisher(lake, lease, p: Plan):
         old = p.records.get(h)
         if info is not None:
             rec = C.HourRecord(hour=h, inputs=p.files[h], rows_in=info["rows_in"], rows_out=info["rows_out"],
-                               kept_bytes=info["kept_bytes"], quarantined=[q["path"] for q in info["quarantined"]])
+                               kept_bytes=info["kept_bytes"], quarantined=[q["path"] for q in info["quarantined"]],
+                               flags={"inventory_gap": list(info.get("inventory_gap", []))})
         else:  # re-tiered: same inputs and counts, new parts and tier state
             rec = C.HourRecord(hour=h, inputs=old.inputs, rows_in=old.rows_in, rows_out=old.rows_out,
                                kept_bytes=old.kept_bytes, quarantined=old.quarantined, flags=old.flags)

@@ -131,6 +131,10 @@ def compute_hour(lake_url: str, endpoint: str | None, spec: HourSpec, cfg, range
         _gate_costs(spec.hour, costs, stats["kept_bytes"])
     else:
         costs, stats = S.COST_FLOWS.empty_table(), {"kept_bytes": 0}
+    # an hour costed without full inventory says so in every row (and in its record)
+    gaps = load.inventory_gaps(inv, spec.hour) if flows.num_rows else []
+    i = costs.schema.get_field_index("inventory_gap")
+    costs = costs.set_column(i, costs.schema.field(i), pa.array([bool(gaps)] * costs.num_rows, pa.bool_()))
     info = {
         "hour": spec.hour,
         "rows_in": flows.num_rows,
@@ -139,6 +143,7 @@ def compute_hour(lake_url: str, endpoint: str | None, spec: HourSpec, cfg, range
         "egress": _egress_volumes(costs) if costs.num_rows else {},
         "quarantined": bad,
         "kept_bytes": stats["kept_bytes"],
+        "inventory_gap": gaps,
     }
     return costs, info
 
