@@ -67,7 +67,13 @@ def fresh(world, name):
 def cost_rows(root) -> pa.Table:
     lake = open_lake(str(root))
     t = pa.concat_tables([lake.read_table(r) for r in catalog.current_files(lake, "costs/flows")])
-    return t.sort_by([(c, "ascending") for c in t.column_names if not pa.types.is_nested(t.schema.field(c).type)])
+    # a total order: nested columns (lists) take part as their text
+    nested = [c for c in t.column_names if pa.types.is_nested(t.schema.field(c).type)]
+    keyed = t.drop_columns(nested)
+    for c in nested:
+        keyed = keyed.append_column(f"_{c}", pa.array([repr(v) for v in t[c].to_pylist()], pa.string()))
+    order = pc.sort_indices(keyed, [(c, "ascending") for c in keyed.column_names])
+    return t.take(order)
 
 
 def tier_states(root) -> dict:
@@ -80,13 +86,24 @@ def tier_states(root) -> dict:
     return out
 
 
+def _diff(got: pa.Table, want: pa.Table) -> str:
+    out = []
+    for c in want.column_names:
+        if c not in got.column_names or not got[c].equals(want[c]):
+            g = got[c].to_pylist() if c in got.column_names else []
+            w = want[c].to_pylist()
+            bad = [(i, g[i] if i < len(g) else None, w[i]) for i in range(len(w)) if i >= len(g) or g[i] != w[i]]
+            out.append(f"{c}: {len(bad)} row(s), e.g. {bad[:2]}")
+    return "; ".join(out) or f"schemas: {got.schema} vs {want.schema}"
+
+
 def assert_same_as_reference(root, ref):
     got, want = cost_rows(root), cost_rows(ref)
     assert got.num_rows == want.num_rows > 0
     for c in ("tx_bytes", "rx_bytes"):
         assert pc.sum(got[c]).as_py() == pc.sum(want[c]).as_py()
     assert pc.sum(got["cost_usd"]).as_py() == pytest.approx(pc.sum(want["cost_usd"]).as_py(), rel=1e-12)
-    assert got.equals(want), "the cost rows differ from the uninterrupted run's"
+    assert got.equals(want), f"the cost rows differ from the uninterrupted run's: {_diff(got, want)}"
     lake, rlake = open_lake(str(root)), open_lake(str(ref))
     for table in ROLLUPS:
         ours = sorted(lake.rel(i.path) for i in lake.list_files(table))
