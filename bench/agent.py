@@ -8,8 +8,9 @@ socket to 50,000 ports of a peer namespace that drops them), then measures, in t
 2. the agent's CPU seconds per window (default 60 s at a 5 s poll interval, with 5,000
    entries updated between polls), scheduled as `netmon-agent` does it: DESTROY events
    drained at every poll, the table dumped once, at the cut (target <= 1.5 s at 50k);
-3. peak RSS of a process that imports what the agent imports (pyarrow + parquet, pyroute2,
-   kubernetes, prometheus_client) and runs collector + accounter, including the window's
+3. peak RSS of a process that imports what `netmon-agent run` imports (its modules: pyarrow +
+   parquet, pyroute2's netlink parts, prometheus_client, the standard-library Kubernetes
+   client) and runs collector + accounter, including the window's
    cut and the state saved for restarts (targets: <= 80 MiB at 50k, <= 100 MiB at 200k).
 
     sudo .venv/bin/python bench/agent.py [--entries 50000] [--window 60] [--poll 5] [--pyroute2]
@@ -61,8 +62,13 @@ if step:
 
 
 def rss_mib() -> float:
-    """Peak RSS so far (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process so far (MiB): VmHWM, not ru_maxrss, which Linux carries
+    over from the forking parent across execve (the orchestrator's memory would count)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def rss_now_mib() -> float:
@@ -86,11 +92,16 @@ def worker(args) -> None:
     from node_agent.lean import refuse_heavy_imports
     refuse_heavy_imports()   # what `netmon-agent` does first (node_agent/lean.py)
 
-    import kubernetes.client  # noqa: F401 - what the agent imports
-    import prometheus_client  # noqa: F401
-    import pyarrow  # noqa: F401
-    import pyarrow.parquet  # noqa: F401
-    import pyroute2  # noqa: F401
+    # what `netmon-agent run` imports in a cluster (node_agent/cli.py imports them lazily)
+    import node_agent.agent  # noqa: F401
+    import node_agent.cli  # noqa: F401
+    import node_agent.enrich  # noqa: F401
+    import node_agent.exporter  # noqa: F401
+    import node_agent.health  # noqa: F401
+    import node_agent.informer  # noqa: F401
+    import node_agent.kubehttp  # noqa: F401
+    import node_agent.spool  # noqa: F401
+    import lake.storage  # noqa: F401
 
     from node_agent.accounter import Accounter
     from node_agent.collectors.conntrack import ConntrackCollector
@@ -233,7 +244,8 @@ def main() -> int:
         count = int(a.run("conntrack", "-C").stdout.strip())
         print(f"conntrack entries in {a.name}: {count}")
 
-        cli_n = a.run("conntrack", "-L").stdout.count("\n")
+        with subprocess.Popen(a.cmd("conntrack", "-L"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as p:
+            cli_n = sum(1 for _ in p.stdout)   # streamed: the listing is not held in memory
 
         w = a.popen(py, os.path.abspath(__file__), "--worker", "--window", str(args.window),
                     "--poll", str(args.poll), "--repeat", str(args.repeat),

@@ -70,7 +70,6 @@ def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
     month-to-date bytes (the 1st of the month through `end`, every namespace: tiers count the
     account's volume), the tier they are in, what is left of it, and the month's tiered charge.
     Rows priced by a user rule are not tiered, as in the cost job."""
-    import numpy as np  # noqa: PLC0415 - only for the tier curve
 
     from jobs.pricing import default_cards  # noqa: PLC0415
     cards = cards or default_cards()
@@ -81,6 +80,14 @@ def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
         FROM mtd
         WHERE traffic_class = 'internet_egress' AND NOT starts_with(COALESCE(rate_card, ''), 'rule:')
         GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+    # the month's tiered charge per pool, with the provider's free allowance shared by its pools
+    from jobs.pricing import pool_name, tier_costs  # noqa: PLC0415
+    vol = pa.table({"tier_pool": [pool_name(p, r) for p, r, _ in rows],
+                    "window_start": pa.array([dt.datetime.combine(end.replace(day=1), dt.time(), dt.timezone.utc)] * len(rows),
+                                             pa.timestamp("us", tz="UTC")),
+                    "tier_bytes": pa.array([int(t) for _, _, t in rows], pa.int64())})
+    usd, _ = tier_costs(vol, {}, cards)
+    month_costs = {(p, r): float(c) for (p, r, _), c in zip(rows, usd)}
     out = []
     for provider, region, total in rows:
         card = cards.card(provider, region)
@@ -96,6 +103,6 @@ def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
             "egress_bytes": int(total), "egress_gb": gb, "tier_from_gb": lo,
             "tier_to_gb": None if hi is None else float(hi), "per_gb_usd": rate,
             "gb_to_next_tier": None if hi is None else float(hi) - gb,
-            "month_cost_usd": float(card.egress_cost(np.array([0]), np.array([int(total)]))[0]),
+            "month_cost_usd": month_costs.get((provider, region), 0.0),
         })
     return out

@@ -285,15 +285,30 @@ def inventory_gaps(inv: dict[str, pa.Table | None], hour: dt.datetime,
                    max_gap: dt.timedelta = INVENTORY_MAX_GAP) -> list[str]:
     """Inventory kinds that leave part of `hour` uncovered: a moment t of the hour is covered
     when a readable snapshot was taken in [t - max_gap, t + one window]. `inv`: the snapshots
-    the hour's as-of joins were given (unreadable ones already left out)."""
+    the hour's as-of joins were given (unreadable ones already left out), by kind."""
+    times = {}
+    for kind in S.INVENTORY_KINDS:
+        t = inv.get(kind)
+        times[kind] = [] if t is None or t.num_rows == 0 else [
+            S.as_utc(x) for x in pc.unique(t.column("snapshot_time")).to_pylist()]
+    return gaps_of_times(times, hour, max_gap)
+
+
+def context_gaps(ctx, hour: dt.datetime, max_gap: dt.timedelta = INVENTORY_MAX_GAP) -> list[str]:
+    """inventory_gaps of a pipeline Context (its per-kind Snapshots keep their times in us)."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    times = {k: [epoch + dt.timedelta(microseconds=int(us)) for us in getattr(ctx, k).times]
+             for k in S.INVENTORY_KINDS}
+    return gaps_of_times(times, hour, max_gap)
+
+
+def gaps_of_times(times: dict[str, list[dt.datetime]], hour: dt.datetime,
+                  max_gap: dt.timedelta = INVENTORY_MAX_GAP) -> list[str]:
     lo, hi = hour, hour + HOUR
     out = []
     for kind in S.INVENTORY_KINDS:
-        t = inv.get(kind)
-        times = [] if t is None or t.num_rows == 0 else sorted(
-            S.as_utc(x) for x in pc.unique(t.column("snapshot_time")).to_pylist())
         covered_to = lo
-        for s in times:
+        for s in sorted(times.get(kind, [])):
             if s - _SNAPSHOT_LEAD > covered_to:
                 break  # a hole before this snapshot
             covered_to = max(covered_to, s + max_gap)

@@ -43,6 +43,11 @@ import pyarrow as pa
 from lake.schema import RAW_FLOWS, TS, as_utc
 from node_agent.flows import ConnSample
 
+try:  # the compact state (node_agent/_cttable.c, built by `pip install -e .`); else a dict
+    from node_agent._cttable import CounterTable
+except ImportError:  # pragma: no cover - depends on the build
+    CounterTable = None
+
 log = logging.getLogger("netmon.accounter")
 
 _M64 = (1 << 64) - 1
@@ -56,10 +61,10 @@ _from = int.from_bytes
 
 def conn_key(s: ConnSample) -> int:
     """(conntrack id, original tuple) as one int: the hash of (ct_id, family, proto, sport,
-    dport, src, dst) with the addresses as ints. Ints hash the same in every process (bytes
+    dport, src+dst) with the two addresses as one int. Ints hash the same in every process (bytes
     do not: their hash is salted per process), so a saved state is valid after a restart.
     Two live connections collide with probability ~n^2/2^65 (~1e-9 for 200k entries)."""
-    return hash((s[0], s[1], s[2], s[5], s[6], _from(s[3], "big"), _from(s[4], "big")))
+    return hash((s[0], s[1], s[2], s[5], s[6], _from(s[3] + s[4], "big")))
 
 
 def pack(s: ConnSample) -> int:
@@ -112,6 +117,13 @@ def _repeat_string(value: bytes, n: int) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(value * n)])
 
 
+def _null_strings(n: int) -> pa.Array:
+    """n nulls of type string, from buffers (pa.nulls would allocate from Arrow's pool)."""
+    zeros = pa.py_buffer(bytes((n + 7) // 8))
+    return pa.Array.from_buffers(pa.string(), n, [zeros, pa.py_buffer(array("i", [0]) * (n + 1)), pa.py_buffer(b"")],
+                                 null_count=n)
+
+
 def _repeat_ts(when: dt.datetime, n: int) -> pa.Array:
     us = (when - _EPOCH) // dt.timedelta(microseconds=1)
     return pa.Array.from_buffers(TS, n, [None, pa.py_buffer(array("q", [us]) * n)])
@@ -146,7 +158,9 @@ class Accounter:
     """Exact per-window deltas from cumulative samples. Not thread-safe: one poll loop owns it."""
 
     def __init__(self, resolve: Resolve | None = None) -> None:
-        self._state: dict[int, int] = {}     # live connections: key -> packed counters
+        # live connections: key -> packed counters; 48 bytes an entry in a CounterTable,
+        # ~100-250 in a dict (the same interface: get, pop, items, ...)
+        self._state = CounterTable() if CounterTable is not None else {}
         self._missing: dict[int, int] = {}   # missing from the last dump: kept until the next one
         self._ended: dict[int, int] = {}     # ended in the latest drain (a dying entry may still be dumped)
         self._ended_prev: dict[int, int] = {}
@@ -201,17 +215,24 @@ class Accounter:
         seen = self._seen = self._seen ^ _SEEN
         baseline = not self._baselined
         key = conn_key
+        touch = getattr(state, "touch4", None)  # CounterTable: the idle case without an allocation
         n = 0
         for s in samples:
             n += 1
             k = key(s)
-            cur = pack(s)
-            last = state.get(k)
-            if last is not None:
-                if last | _FLAGS == cur | _FLAGS:  # idle since the last dump (the common case)
+            if touch is not None:
+                last = touch(k, s[9], s[10], s[11], s[12], _SEEN, seen)
+                if last is True:                # idle since the last dump (the common case)
+                    continue
+                cur = pack(s)
+            else:
+                cur = pack(s)
+                last = state.get(k)
+                if last is not None and last | _FLAGS == cur | _FLAGS:  # idle (the common case)
                     if last & _SEEN != seen:
                         state[k] = last ^ _SEEN
                     continue
+            if last is not None:
                 # (seen twice in one dump, when the table changes under it: same rule)
                 state[k] = add(s, cur, last) | seen
                 continue
@@ -238,7 +259,9 @@ class Accounter:
         # missing from the previous dump and from this one, with no DESTROY: gone unseen
         st["forgotten"] += len(missing)
         # what this dump did not show keeps its counters until the next dump
-        if len(state) > n or any(v & _SEEN != seen for v in state.values()):
+        if not isinstance(state, dict):
+            self._missing = state.take_unseen(_SEEN, seen)
+        elif len(state) > n or any(v & _SEEN != seen for v in state.values()):
             gone = {k: v for k, v in state.items() if v & _SEEN != seen}
             for k in gone:
                 del state[k]
@@ -355,10 +378,13 @@ class Accounter:
         window_start, window_end = as_utc(window_start), as_utc(window_end)
         test = is_local if callable(is_local) else frozenset(is_local).__contains__
         w, self._window = self._window, _Window()
-        for d in (self._state, self._missing):  # a new window: nobody counted yet
-            for k, v in d.items():
-                if v & _COUNTED:
-                    d[k] = v ^ _COUNTED
+        if not isinstance(self._state, dict):    # a new window: nobody counted yet
+            self._state.clear_bit(_COUNTED)
+        for d in (self._state, self._missing):
+            if isinstance(d, dict):
+                for k, v in d.items():
+                    if v & _COUNTED:
+                        d[k] = v ^ _COUNTED
         # per address: name, locality, loopback, pod (once per unique address, not per row)
         names, local, loop, pods, nss = [], array("b"), array("b"), [], []
         for packed, info in zip(w.ip_ids, w.info):
@@ -433,11 +459,14 @@ class Accounter:
             "rx_bytes": _ints(rxb, pa.int64()),
             "rx_packets": _ints(rxp, pa.int64()),
             "connections": _ints(conns, pa.int64()),
-            "src_pod": _strings([pods[i] for i in src]),
-            "src_namespace": _strings([nss[i] for i in src]),
-            "dst_pod": _strings([pods[i] for i in dst]),
-            "dst_namespace": _strings([nss[i] for i in dst]),
         }
+        if any(pods):
+            cols["src_pod"] = _strings([pods[i] for i in src])
+            cols["src_namespace"] = _strings([nss[i] for i in src])
+            cols["dst_pod"] = _strings([pods[i] for i in dst])
+            cols["dst_namespace"] = _strings([nss[i] for i in dst])
+        else:  # no pod named (standalone, or none on this node): one shared all-null column
+            cols["src_pod"] = cols["src_namespace"] = cols["dst_pod"] = cols["dst_namespace"] = _null_strings(n)
         return pa.Table.from_arrays([cols[f.name] for f in RAW_FLOWS], schema=RAW_FLOWS)
 
     def pending(self) -> int:

@@ -85,6 +85,9 @@ class Agent:
         self.state_max_age = state_max_age
         self.wall = wall
         self._poll_errors = 0
+        from node_agent.rawmeta import WindowMeta
+
+        self._meta = WindowMeta()       # what each raw/flows file says about its completeness
         # dump only at cuts when ended connections arrive with their final counters
         self.dump_every_poll = not getattr(collector, "events_complete", False)
 
@@ -170,7 +173,8 @@ class Agent:
             lookup = self.pod_index.lookup if self.pod_index is not None else None
             table = self.accounter.cut(ws, we, self.node, local.__contains__, lookup)
         self.save_state()                             # before the window is durable: see the module doc
-        rel = self.exporter.submit_raw("raw/flows", self.node, ws, table)
+        meta = self._meta.cut(getattr(self.collector, "name", ""), self.collector.stats())
+        rel = self.exporter.submit_raw("raw/flows", self.node, ws, table, metadata=meta)
         tot = self.accounter.last_cut
         tx, rx = tot.get("tx_bytes", 0), tot.get("rx_bytes", 0)
         m = self.metrics

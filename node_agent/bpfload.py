@@ -70,28 +70,66 @@ def _is_cgroup2(path: str) -> bool:
     return (buf.f_type & 0xFFFFFFFF) == CGROUP2_SUPER_MAGIC
 
 
+OWN_CGROUP2 = "/run/netmon/cgroup2"   # where a cgroup-v1-only host gets the agent's own mount
+
+
+def _cgroup2_mounts() -> list[str]:
+    try:
+        return [parts[1] for parts in (line.split() for line in Path("/proc/mounts").read_text().splitlines())
+                if len(parts) > 2 and parts[2] == "cgroup2"]
+    except OSError:
+        return []
+
+
+def mount_own_cgroup2(path: str | None = None) -> str:
+    """Mount the cgroup v2 hierarchy at `path` (default $NETMON_CGROUP2_MOUNT or
+    /run/netmon/cgroup2) for a host that mounts only cgroup v1. Its root holds every process
+    that no v2 cgroup was assigned to (all of them on such a host), so programs attached there
+    see every socket. BpfError with one line if it cannot be mounted."""
+    path = path or os.environ.get("NETMON_CGROUP2_MOUNT") or OWN_CGROUP2
+    if _is_cgroup2(path):
+        return path
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise BpfError(f"this host has no cgroup v2 mount (cgroup v1 only) and {path} cannot be created for one: "
+                       f"{exc.strerror or exc}") from None
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"none", os.fsencode(path), b"cgroup2", 0, None) != 0:
+        err = ctypes.get_errno()
+        hint = " (needs CAP_SYS_ADMIN: a privileged container)" if err in (errno.EPERM, errno.EACCES) else ""
+        raise BpfError(f"this host has no cgroup v2 mount (cgroup v1 only) and mounting one at {path} failed: "
+                       f"{os.strerror(err)}{hint}; use --collector conntrack and --no-dns") from None
+    return path
+
+
 def find_cgroup2(configured: str | None = None) -> str:
     """The cgroup v2 directory to attach to: the configured one (must be cgroup2; on a hybrid
     host the `unified` directory under it is taken, so one DaemonSet path fits both layouts),
     else /sys/fs/cgroup (unified layout), /sys/fs/cgroup/unified (hybrid), else the first
-    cgroup2 mount in /proc/mounts."""
+    cgroup2 mount in /proc/mounts. A host with cgroup v1 only (no cgroup2 mount anywhere, also
+    not at the configured path) gets one of the agent's own (mount_own_cgroup2)."""
     if configured:
         if _is_cgroup2(configured):
             return configured
         if _is_cgroup2(os.path.join(configured, "unified")):
             return os.path.join(configured, "unified")
-        raise BpfError(f"{configured} is not a cgroup v2 directory (nor has a cgroup2 'unified' under it)")
+        if _cgroup2_mounts() or not _is_cgroup_v1(configured):
+            raise BpfError(f"{configured} is not a cgroup v2 directory (nor has a cgroup2 'unified' under it)")
+        return mount_own_cgroup2()
     for cand in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
         if _is_cgroup2(cand):
             return cand
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            if len(parts) > 2 and parts[2] == "cgroup2":
-                return parts[1]
-    except OSError:
-        pass
-    raise BpfError("no cgroup v2 mount found (mount one or pass --cgroup-path)")
+    mounts = _cgroup2_mounts()
+    if mounts:
+        return mounts[0]
+    return mount_own_cgroup2()
+
+
+def _is_cgroup_v1(path: str) -> bool:
+    """A cgroup v1 root (the tmpfs holding controller directories, or one controller)."""
+    return os.path.isdir(os.path.join(path, "cpu")) or os.path.isdir(os.path.join(path, "memory")) or \
+        os.path.exists(os.path.join(path, "cgroup.procs")) and not _is_cgroup2(path)
 
 
 # ------------------------------------------------------------------------------- loading

@@ -50,10 +50,15 @@ class Exporter:
         self._thread.start()
         return self
 
-    def submit_raw(self, table_name: str, node: str, window_start: dt.datetime, table: pa.Table) -> str:
-        """Hand over one node window of raw/flows or raw/dns. Same path as lake.writer.write_raw."""
+    def submit_raw(self, table_name: str, node: str, window_start: dt.datetime, table: pa.Table,
+                   metadata: dict[str, str] | None = None) -> str:
+        """Hand over one node window of raw/flows or raw/dns. Same path as lake.writer.write_raw.
+        `metadata`: extra Parquet key/value metadata for the file (node_agent/rawmeta.py)."""
         rel = S.raw_file_path(table_name, node, window_start)
-        self.submit(rel, S.conform(table, S.TABLES[table_name].schema))
+        table = S.conform(table, S.TABLES[table_name].schema)
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+        self.submit(rel, table)
         return rel
 
     def submit_inventory(self, kind: str, snapshot_time: dt.datetime, table: pa.Table) -> str:

@@ -13,6 +13,19 @@ from node_agent.accounter import Accounter
 from node_agent.collectors.base import Collector
 from node_agent.flows import ConnSample
 
+@pytest.fixture(autouse=True, params=["compact", "dict"])
+def state_backend(request, monkeypatch):
+    """Every rule holds with the compact state (node_agent/_cttable.c) and with the dict
+    the accounter falls back to when the extension is not built."""
+    import node_agent.accounter as acc
+
+    if request.param == "dict":
+        monkeypatch.setattr(acc, "CounterTable", None)
+    elif acc.CounterTable is None:
+        pytest.skip("node_agent._cttable is not built (pip install -e .)")
+    return request.param
+
+
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 T1 = T0 + dt.timedelta(seconds=60)
 NODE_IP, POD_IP, PEER, SVC, BACKEND = "10.0.0.5", "10.1.0.7", "10.2.0.9", "10.96.0.10", "10.1.3.4"

@@ -205,8 +205,113 @@ def test_entries_from_before_accounting_are_counted_apart(node):
         st = coll.stats()
         assert st["kernel_ct_acct"] == 1 and st["kernel_ct_events"] in (1, 2)
         assert st["entries_without_counters"] == 1
+        from node_agent.rawmeta import WindowMeta
+        assert WindowMeta().cut(coll.name, st)["netmon.entries_without_counters"] == "1"   # the window file says so
         assert early.getsockname()[1] not in {s.sport for s in samples}   # not a 0-byte flow
         assert [s for s in samples if s.orig_bytes > 50_000]
         early.close()
     finally:
         coll.close()
+
+
+# ------------------------------------------------------------- window file metadata
+def test_window_file_carries_the_collector_figures(tmp_path):
+    """Counter-less entries, zone duplicates and tunnel bytes reach the raw/flows file's
+    Parquet key/value metadata through the exporter and the spool."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    from lake.schema import RAW_FLOWS
+    from lake.storage import open_lake
+    from node_agent.exporter import Exporter
+    from node_agent.rawmeta import WindowMeta
+    from node_agent.spool import Spool
+
+    meta = WindowMeta()
+    stats = {"entries_without_counters": 3, "ended_without_counters": 5, "zone_duplicates": 2,
+             "tunnel_excluded_bytes": 1000, "kernel_ct_events": 2}
+    first = meta.cut("auto", stats)
+    second = meta.cut("auto", {**stats, "ended_without_counters": 6, "tunnel_excluded_bytes": 1500,
+                               "datapath_collector_ebpf": 1})
+    assert first == {"netmon.collector": "conntrack", "netmon.entries_without_counters": "3",
+                     "netmon.ended_without_counters": "5", "netmon.zone_duplicates": "2",
+                     "netmon.tunnel_excluded_bytes": "1000", "netmon.conntrack_events": "2"}
+    assert second["netmon.ended_without_counters"] == "1" and second["netmon.tunnel_excluded_bytes"] == "500"
+    assert second["netmon.collector"] == "ebpf"
+
+    lake = open_lake(str(tmp_path / "lake"))
+    exp = Exporter(lake, Spool(str(tmp_path / "spool"), 1 << 30), backoff_initial=0.05).start()
+    ws = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+    rel = exp.submit_raw("raw/flows", "node-a", ws, RAW_FLOWS.empty_table(), metadata=first)
+    exp.close(timeout=10)
+    md = pq.read_schema(str(tmp_path / "lake" / rel)).metadata
+    assert md[b"netmon.entries_without_counters"] == b"3" and md[b"netmon.table"] == b"raw/flows"
+    assert md[b"netmon.collector"] == b"conntrack"
+
+
+@pytest.mark.privileged
+def test_agent_refuses_a_blind_datapath_with_one_line(node, tmp_path):
+    """`netmon-agent run --collector conntrack` on the node namespace whose pod traffic
+    bypasses conntrack: exit 2 and one error line, before anything is written."""
+    import os
+    import subprocess
+    import sys
+
+    p, n, _s = node
+    n.nft(NOTRACK)
+    traffic = Traffic(p)
+    try:
+        exe = os.path.join(os.path.dirname(sys.executable), "netmon-agent")
+        r = subprocess.run(n.cmd(exe, "run", "--standalone", "--node", "node-a", "--collector", "conntrack",
+                                 "--lake", str(tmp_path / "lake"), "--spool", str(tmp_path / "spool"),
+                                 "--listen", "off", "--no-dns"),
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        traffic.close()
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2, r.stderr
+    assert len(errors) == 1 and "conntrack does not see pod traffic on this node" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.privileged
+def test_agent_auto_uses_ebpf_on_a_blind_datapath_and_says_so_in_the_files(node, tmp_path):
+    """`netmon-agent run` (auto) on the same node: it picks the eBPF collector (programs on a
+    test cgroup of our own), runs, and its window files name the collector."""
+    import glob
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from tests.netns import TestCgroup
+
+    p, n, _s = node
+    n.nft(NOTRACK)
+    cg = TestCgroup()
+    traffic = Traffic(p)
+    try:
+        exe = os.path.join(os.path.dirname(sys.executable), "netmon-agent")
+        proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{n.name}", exe, "run", "--standalone", "--node", "node-a",
+             "--lake", str(tmp_path / "lake"), "--spool", str(tmp_path / "spool"), "--listen", "off", "--no-dns",
+             "--cgroup-path", cg.path, "--poll-interval", "1s", "--flush-interval", "2s"],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "NETMON_BPF_PIN_DIR": ""})
+        files: list = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(files) < 2 and proc.poll() is None:
+            time.sleep(0.5)
+            files = glob.glob(str(tmp_path / "lake" / "raw" / "flows" / "**" / "*.parquet"), recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        traffic.close()
+        cg.remove()
+    assert proc.returncode == 0, err
+    assert "conntrack does not see pod traffic" in err and "using the ebpf collector" in err, err
+    assert files, err
+    md = pq.read_schema(files[0]).metadata
+    assert md[b"netmon.collector"] == b"ebpf"

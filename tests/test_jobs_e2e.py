@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_RANGES = os.path.join(REPO, "jobs", "fixtures")
-SEED, NODES, HOURS = 11, 3, 2
+SEED, NODES, HOURS, REGIONS = 11, 4, 2, 2
 GB = 2 ** 30
 RAW_KEY = ["window_start", "node", "direction", "src_ip", "dst_ip", "orig_dst_ip", "orig_dst_port", "dst_port", "proto"]
 COST_KEY = ["window_start", "src_node", "direction", "src_ip", "dst_ip", "dst_port", "proto"]
@@ -52,7 +52,7 @@ def write_config(lake, path) -> str:
 def local_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     lake = open_lake(str(root / "lake"))
-    sim = simulate(lake, NODES, HOURS, SEED)
+    sim = simulate(lake, NODES, HOURS, SEED, regions=REGIONS)
     cfg = write_config(lake, root / "job-config.json")
     r = cost_cli(lake.url, cfg)
     return lake, sim, r, cfg
@@ -83,6 +83,8 @@ def expected_in_cost_space(lake) -> pa.Table:
         "src_namespace": j["src_namespace"],
         "dst_name": j["dst_name"],
         "dst_namespace": j["dst_namespace"],
+        "nat_gateway": j["nat_gateway"],
+        "dst_cloud_service": j["dst_cloud_service"],
         "tx_bytes": pc.if_else(inbound, j["rx_bytes"], j["tx_bytes"]),
         "rx_bytes": pc.if_else(inbound, j["tx_bytes"], j["rx_bytes"]),
     })
@@ -150,28 +152,96 @@ def test_bytes_are_conserved(local_run):
     assert Counter(costs["traffic_class"].to_pylist()) == Counter(sim.classes)
 
 
-def test_costs_follow_the_rate_card(local_run):
-    """Hand-computed: AWS cross-zone $0.01/GB on both sides; internet egress over the month:
-    first 100 GB free then $0.09/GB; the peering rule at the card's $0.01/GB; IMDS free."""
-    costs = read_all(local_run[0], "costs/flows")
+#: AWS list prices the simulated cluster (us-east-1, us-west-2) is billed at, per GB of 2^30 bytes
+CROSS_AZ, INTER_REGION, NAT, ENDPOINT, TGW, REGIONAL_PUBLIC, EGRESS, FREE_GB = 0.01, 0.02, 0.045, 0.01, 0.02, 0.01, 0.09, 100
 
-    def of(cls):
-        return costs.filter(pc.equal(costs["traffic_class"], cls))
 
-    def total(t, c):
-        return pc.sum(t[c]).as_py() or 0
+def hand_cost(r: dict) -> tuple[float, float]:
+    """(cost_usd before the egress tiers, dst_cost_usd) of a ground-truth row, from the price list."""
+    gb_tx, gb_rx = r["tx_bytes"] / GB, r["rx_bytes"] / GB
+    both = gb_tx + gb_rx
+    cls = r["traffic_class"]
+    nat = both * NAT if r["nat_gateway"] else 0.0
+    if cls == "cross_zone":             # out of one AZ, into the other, each side for its end
+        return both * 2 * CROSS_AZ, both * CROSS_AZ
+    if cls == "cross_region":           # each region's transfer out, us-east-1 <-> us-west-2
+        return both * INTER_REGION + nat, gb_rx * INTER_REGION
+    if cls == "cloud_api":              # S3 (and private Google APIs) free in region; EC2 public IPs regional
+        return (both * REGIONAL_PUBLIC if r["dst_cloud_service"] == "EC2" else 0.0) + nat, 0.0
+    if cls == "private_link":           # interface endpoint processing
+        return both * ENDPOINT, 0.0
+    if cls == "peering":                # the rule names no zone: across AZs, our side both ways
+        return both * CROSS_AZ, 0.0
+    if cls == "transit_gateway":        # TGW processing of what we send, plus the cross-AZ transfer
+        return gb_tx * TGW + both * CROSS_AZ, 0.0
+    if cls == "internet_egress":        # NAT here; the tiered transfer is checked in total
+        return nat, 0.0
+    return 0.0, 0.0                     # same_zone, imds, k8s_control_plane, load_balancer, ...
 
-    cz = of("cross_zone")
-    assert cz.num_rows > 0
-    assert total(cz, "cost_usd") == pytest.approx((total(cz, "tx_bytes") + total(cz, "rx_bytes")) / GB * 0.02)
-    eg = of("internet_egress")
-    assert eg.num_rows > 0
-    assert total(eg, "cost_usd") == pytest.approx(max(total(eg, "tx_bytes") / GB - 100, 0) * 0.09, abs=1e-9)
-    pr = of("peering")
-    if pr.num_rows:
-        assert total(pr, "cost_usd") == pytest.approx((total(pr, "tx_bytes") + total(pr, "rx_bytes")) / GB * 0.01)
-    for free in ("same_zone", "imds", "k8s_control_plane", "cloud_api", "external_private"):
-        assert total(of(free), "cost_usd") == 0
+
+def test_costs_follow_the_rate_card_row_by_row(local_run):
+    """Every cost row's dollars, both sides, equal the price list applied by hand to the ground
+    truth (class, bytes, NAT gateway, cloud service); internet egress over the month: the
+    account's first 100 GB free across both regions, then $0.09/GB."""
+    lake = local_run[0]
+    exp = expected_in_cost_space(lake).to_pylist()
+    costs = read_all(lake, "costs/flows")
+    key = lambda r: tuple(r[k] for k in COST_KEY) + (r["traffic_class"], r["tx_bytes"], r["rx_bytes"])  # noqa: E731
+    want, got = Counter(), Counter()
+    egress_tx = 0
+    for r in exp:
+        c, d = hand_cost(r)
+        want[key(r) + (round(c, 9), round(d, 9))] += 1
+        egress_tx += r["tx_bytes"] if r["traffic_class"] == "internet_egress" else 0
+    rows = costs.to_pylist()
+    tiered = 0.0
+    for r in rows:
+        c = r["cost_usd"]
+        if r["traffic_class"] == "internet_egress":   # take out the tiered part, checked below
+            c -= r["cost_usd"] - r["processing_cost_usd"]
+            tiered += r["cost_usd"] - r["processing_cost_usd"]
+        got[key(r) + (round(c, 9), round(r["dst_cost_usd"], 9))] += 1
+    missing, extra = want - got, got - want
+    assert not missing and not extra, (list(missing.items())[:5], list(extra.items())[:5])
+    assert tiered == pytest.approx(max(egress_tx / GB - FREE_GB, 0) * EGRESS, abs=1e-9)
+    classes = Counter(r["traffic_class"] for r in rows)
+    priced = {cls for cls, in [(r["traffic_class"],) for r in rows if r["cost_usd"] > 0]}
+    # the dollars above are not vacuous: each billed class occurs and costs something
+    assert {"cross_zone", "cross_region", "cloud_api", "private_link", "peering", "transit_gateway",
+            "internet_egress"} <= priced, classes
+    nat_rows = [r for r in rows if r["nat_gateway"]]
+    assert nat_rows and all(r["processing_usage_type"] == "USE1-NatGateway-Bytes" or
+                            r["processing_usage_type"] == "USW2-NatGateway-Bytes" for r in nat_rows)
+    hops = [r for r in rows if r["direction"] == "inbound" and r["dst_kind"] == "node"]
+    assert hops and all(r["traffic_class"] in ("cross_zone", "same_zone") for r in hops)
+
+
+def test_usage_types_and_focus_reconcile_in_one_group_by(local_run):
+    """The bill's language: summing cost rows by usage type (both sides and processing) equals
+    the FOCUS export summed by x_UsageType, through DuckDB on the lake's files."""
+    lake = local_run[0]
+    root = lake.root
+    con = duckdb.connect()
+    flows = f"read_parquet('{root}/costs/flows/*/*/*.parquet', hive_partitioning = true)"
+    focus = f"read_parquet('{root}/costs/focus/*/*.parquet', hive_partitioning = true)"
+    by_flows = dict(con.execute(f"""
+        SELECT u, sum(c) FROM (
+          SELECT usage_type u, cost_usd - dst_cost_usd - processing_cost_usd c FROM {flows}
+          UNION ALL SELECT dst_usage_type, dst_cost_usd FROM {flows}
+          UNION ALL SELECT processing_usage_type, processing_cost_usd FROM {flows})
+        WHERE u IS NOT NULL GROUP BY u""").fetchall())
+    by_focus = dict(con.execute(f"SELECT x_UsageType, sum(BilledCost) FROM {focus} WHERE x_UsageType IS NOT NULL "
+                                "GROUP BY 1").fetchall())
+    assert set(by_flows) == set(by_focus)
+    for u in by_flows:
+        assert by_focus[u] == pytest.approx(by_flows[u], abs=1e-9), u
+    assert {"USE1-DataTransfer-Regional-Bytes", "USE1-USW2-AWS-Out-Bytes", "USW2-USE1-AWS-Out-Bytes",
+            "USE1-DataTransfer-Out-Bytes", "USE1-NatGateway-Bytes", "USE1-VpcEndpoint-Bytes",
+            "USE1-TransitGateway-Bytes"} <= set(by_focus)
+    total_f, total_c = con.execute(f"SELECT (SELECT sum(BilledCost) FROM {focus}), (SELECT sum(cost_usd) FROM {flows})").fetchone()
+    assert total_f == pytest.approx(total_c)
+    cats = con.execute(f"SELECT DISTINCT ChargeCategory, ServiceCategory, ProviderName FROM {focus}").fetchall()
+    assert cats == [("Usage", "Networking", "AWS")]
 
 
 def test_rollups_reconcile(local_run):
@@ -186,8 +256,24 @@ def test_rollups_reconcile(local_run):
         assert pc.sum(t["cost_usd"]).as_py() == pytest.approx(pc.sum(costs["cost_usd"]).as_py())
     # per namespace and class, the hourly rollup equals the cost rows
     key = lambda t, c: {(r[c], r["traffic_class"]): r["tx_bytes_sum"]  # noqa: E731
-                        for r in t.group_by([c, "traffic_class"]).aggregate([("tx_bytes", "sum")]).to_pylist()}
+                        for r in t.group_by([c, "traffic_class"]).aggregate([("tx_bytes", "sum")]).to_pylist()
+                        if r["tx_bytes_sum"]}
     assert key(ns, "namespace") == key(costs, "src_namespace")
+    # both sides: a namespace is charged its rows' source side and its destination side of others'
+    charged = Counter()
+    for r in costs.to_pylist():
+        inside = r["dst_kind"] != "external"
+        d = r["dst_cost_usd"] if inside else 0.0
+        charged[r["src_namespace"]] += r["cost_usd"] - d
+        charged[r["dst_namespace"] if inside else r["src_namespace"]] += d
+    got = Counter()
+    for r in ns.to_pylist():
+        got[r["namespace"]] += r["cost_usd"]
+    assert set(got) <= set(charged)
+    for k, v in charged.items():
+        assert got[k] == pytest.approx(v, abs=1e-9), k
+    served = sum(r["dst_side_cost_usd"] for r in ns.to_pylist())
+    assert served > 0   # some namespace is charged as the destination (e.g. cross-zone servers)
 
 
 def test_duckdb_sql_over_the_output_gives_the_same_totals(local_run):
@@ -213,8 +299,12 @@ def test_duckdb_sql_over_the_output_gives_the_same_totals(local_run):
     assert bad == 0
     # and the rollup table queried by SQL matches the flow table queried by SQL
     rows = con.execute(f"""
-        WITH f AS (SELECT coalesce(src_namespace, '') ns, sum(cost_usd) c, sum(tx_bytes + rx_bytes) b
-                   FROM read_parquet('{root}/costs/flows/*/*/*.parquet', hive_partitioning = true) GROUP BY 1),
+        WITH d AS (SELECT *, CASE WHEN dst_kind <> 'external' THEN dst_cost_usd ELSE 0 END AS served
+                   FROM read_parquet('{root}/costs/flows/*/*/*.parquet', hive_partitioning = true)),
+             f AS (SELECT ns, sum(c) c, sum(b) b FROM (
+                     SELECT coalesce(src_namespace, '') ns, cost_usd - served c, tx_bytes + rx_bytes b FROM d
+                     UNION ALL SELECT coalesce(dst_namespace, ''), served, 0 FROM d WHERE served > 0)
+                   GROUP BY 1),
              r AS (SELECT coalesce(namespace, '') ns, sum(cost_usd) c, sum(tx_bytes + rx_bytes) b
                    FROM read_parquet('{root}/costs/namespace_hourly/*/*.parquet', hive_partitioning = true) GROUP BY 1)
         SELECT f.ns, f.b, r.b, f.c, r.c FROM f FULL JOIN r USING (ns)""").fetchall()
@@ -228,10 +318,10 @@ def test_same_run_against_s3(local_run, moto_s3, tmp_path):
     local, _, _, cfg = local_run
     url = "s3://netmon-test/lake"
     lake = open_lake(url, s3_endpoint=moto_s3.endpoint)
-    simulate(lake, NODES, HOURS, SEED)
+    simulate(lake, NODES, HOURS, SEED, regions=REGIONS)
     r = cost_cli(url, cfg, "--s3-endpoint", moto_s3.endpoint)
     assert f"{HOURS} hour(s) computed" in r.stdout
-    for table in ("costs/flows", "costs/namespace_hourly", "costs/workload_daily"):
+    for table in ("costs/flows", "costs/namespace_hourly", "costs/workload_daily", "costs/focus"):
         ours = sorted(lake.rel(i.path) for i in lake.list_files(table))
         assert ours == sorted(local.rel(i.path) for i in local.list_files(table)), table
         for rel in ours:

@@ -1,7 +1,7 @@
 """Conntrack collector: the kernel's connection table over ctnetlink.
 
-pyroute2 does the plumbing (creating the netlink socket, also inside another network
-namespace; the protocol constants; encoding the dump request). Our own struct parser
+pyroute2 creates the netlink socket inside another network namespace (tests, tools); the
+agent's own sockets, the constants and the 20-byte dump request are encoded here. Our own struct parser
 (node_agent/netlink/ctparse.py) reads the replies, because per-attribute parsing in
 pyroute2 is ~25x too slow for a 50k-entry table.
 
@@ -36,14 +36,28 @@ SK_MEMINFO_DROPS = 8
 RECV_SIZE = 1 << 16   # the kernel sends dump datagrams of at most 32 KiB
 
 
-def _netlink():
-    """pyroute2's constants and request encoder (imported lazily: only the collector needs them)."""
-    from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST
-    from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK, NFNLGRP_CONNTRACK_DESTROY
-    from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET, nfct_msg
+# The netlink constants (linux/netlink.h, linux/netfilter/nfnetlink*.h) and the 20-byte dump
+# request are encoded here: pyroute2's nfctsocket module costs ~3 MiB of RSS for them.
+NETLINK_NETFILTER = 12
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET = 1, 1
+NFNLGRP_CONNTRACK_DESTROY = 3
+_REQ = struct.Struct("=IHHIIBBH")   # nlmsghdr + nfgenmsg (family, version, res_id)
 
-    return (NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST, NFNL_SUBSYS_CTNETLINK,
-            NFNLGRP_CONNTRACK_DESTROY, IPCTNL_MSG_CT_GET, nfct_msg)
+
+def dump_request(seq: int) -> bytes:
+    """IPCTNL_MSG_CT_GET | NLM_F_DUMP for AF_UNSPEC: both IPv4 and IPv6 in one dump."""
+    return _REQ.pack(_REQ.size, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP,
+                     seq, 0, socket.AF_UNSPEC, 0, 0)
+
+
+def _socket(netns: str | None) -> socket.socket:
+    """A ctnetlink socket in our own namespace, or (tests, tools) in `netns` via pyroute2."""
+    if netns is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_NETFILTER)
+    from pyroute2.netns import create_socket
+
+    return create_socket(netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_NETFILTER)
 
 
 def enable_acct(netns: str | None = None) -> dict[str, int]:
@@ -87,14 +101,12 @@ class ConntrackCollector(Collector):
     # ------------------------------------------------------------------ setup
     def open(self) -> None:
         self._kernel = enable_acct(self.netns)
-        (NETLINK_NETFILTER, self._F_DUMP, self._F_REQUEST, self._SUBSYS,
-         destroy_group, self._MSG_GET, self._nfct_msg) = _netlink()
-        from pyroute2.netns import create_socket
+        destroy_group = NFNLGRP_CONNTRACK_DESTROY
 
         try:
-            self._dump_sock = create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_NETFILTER)
+            self._dump_sock = _socket(self.netns)
             self._dump_sock.bind((0, 0))
-            self._event_sock = create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_NETFILTER)
+            self._event_sock = _socket(self.netns)
             try:
                 self._event_sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
             except PermissionError:
@@ -121,13 +133,7 @@ class ConntrackCollector(Collector):
     # ------------------------------------------------------------------ dump
     def _request(self) -> bytes:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
-        msg = self._nfct_msg()
-        msg["header"]["type"] = (self._SUBSYS << 8) | self._MSG_GET
-        msg["header"]["flags"] = self._F_REQUEST | self._F_DUMP
-        msg["header"]["sequence_number"] = self._seq
-        msg["nfgen_family"] = socket.AF_UNSPEC  # both IPv4 and IPv6 in one dump
-        msg.encode()
-        return msg.data
+        return dump_request(self._seq)
 
     def iter_dump(self) -> Iterator[ConnSample]:
         sock = self._dump_sock
