@@ -2,8 +2,9 @@
 # The embedded default: set up, simulate a week of a 6-node, 3-zone cluster into ./netmon-lake
 # (once), run the cost job on local Ray over it, print the summary, and write the HTML cost
 # report. The week is the first seven days of a month, one busy hour a day (a different seed
-# each day, so workloads move), about 148 GB of internet egress: past AWS's free first 100 GB
-# of the month, so egress is priced at the $0.09/GB tier as on a real month's bill.
+# each day, so workloads move and the report has a previous period to compare with): about
+# $2 of cross-zone, cross-region, NAT-processed internet egress, peering and endpoint traffic,
+# with the month-to-date egress tier and its free allowance.
 # The simulated cluster has a peered VPC, described by the job config the simulator writes
 # beside its ground truth; the sample cloud IP ranges in jobs/fixtures tag S3/EC2 addresses.
 # Re-running is incremental: with nothing new, the job has nothing to do.
