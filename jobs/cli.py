@@ -44,6 +44,16 @@ def parse_time(text: str) -> dt.datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise CliError(f"invalid --cell-rows {text!r}: expected a positive integer") from None
+    if n <= 0:
+        raise CliError(f"invalid --cell-rows {text!r}: expected a positive integer")
+    return n
+
+
 def _env(name: str, default=None):
     v = os.environ.get(name)
     return v if v not in (None, "") else default
@@ -66,12 +76,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="directory of published cloud IP ranges [NETMON_IP_RANGES]")
     c.add_argument("--s3-endpoint", default=_env("NETMON_S3_ENDPOINT"),
                    help="S3 endpoint URL (MinIO, moto) [NETMON_S3_ENDPOINT]")
+    c.add_argument("--executor", default=_env("NETMON_EXECUTOR", "ray"), choices=("ray", "inline"),
+                   help="ray (default: a local Ray, or the cluster at --ray-address) or inline (the same "
+                        "tasks in this process: small lakes, profiling) [NETMON_EXECUTOR]")
     c.add_argument("--wait", default=float(_env("NETMON_WAIT", 0)), type=float, metavar="SECONDS",
                    help="if another cost run holds the lake's lease, wait up to SECONDS for it "
                         "(default 0: fail at once) [NETMON_WAIT]")
     c.add_argument("--lateness", default=float(_env("NETMON_LATENESS_H", 48)), type=float, metavar="HOURS",
                    help="look for late raw files this many hours before the newest committed hour "
                         "(older ones: use --start/--end) [NETMON_LATENESS_H]")
+    c.add_argument("--cell-rows", default=_env("NETMON_CELL_ROWS"), type=_positive_int,
+                   help="raw rows per work cell; a task's memory follows from it (default 400000) "
+                        "[NETMON_CELL_ROWS]")
     c.add_argument("--quiet", action="store_true", help="no progress lines")
     sub.add_parser("simulate", help="write a simulated cluster's lake (see netmon-jobs simulate --help)",
                    add_help=False)
@@ -92,8 +108,10 @@ def _cost(args) -> int:
     opts = R.JobOptions(
         lake_url=args.lake, s3_endpoint=args.s3_endpoint, start=args.start, end=args.end,
         ray_address=args.ray_address, config_path=args.config, ip_ranges_dir=args.ip_ranges,
-        wait_s=args.wait, lateness=dt.timedelta(hours=args.lateness), progress=None if args.quiet else sys.stderr,
+        wait_s=args.wait, executor=args.executor, lateness=dt.timedelta(hours=args.lateness), progress=None if args.quiet else sys.stderr,
     )
+    if args.cell_rows is not None:
+        opts.cell_rows = int(args.cell_rows)
     res = R.run_cost_job(opts)
     print(sm.format_summary(res.summary, hours=len(res.hours_computed), retiered=len(res.hours_retiered),
                             rows_in=res.rows_in, files=res.files_read, quarantined=res.quarantined,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
@@ -60,6 +60,8 @@ class Plan:
     quarantined: list[dict]                          # files quarantined during discovery
     ledgers: dict[str, st.EgressLedger]
     records: dict[dt.datetime, "C.HourRecord"]      # current records of the computed and re-tiered hours
+    #: hour -> the DNS files (winners) and their signatures: what a carried DNS state depends on
+    dns_sigs: dict[dt.datetime, dict[str, st.FileSig]] = field(default_factory=dict)
 
 
 def _date_dirs(lake: Lake, rel: str) -> list[dt.date]:
@@ -248,7 +250,8 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     retier = {h for h in retier if h in records}
     return Plan(compute=compute, retier=sorted(retier), files=files, specs=specs,
                 dns_chunks=dns_chunks, inv_chunks=inv_chunks,
-                duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers, records=records)
+                duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers, records=records,
+                dns_sigs={h: {p_: dns_files[h][p_] for p_ in dns_winners[h]} for h in dns_chunks})
 
 
 def _select_snapshots(items: list[tuple[dt.datetime, str]], lo: dt.datetime, hi: dt.datetime) -> list[str]:

@@ -149,8 +149,8 @@ def _rate(where: str, key: str, spec, max_per_gb: float) -> Rate:
         raise RateCardError(f"{where}: rate {key!r}: unknown key(s) {', '.join(sorted(extra))}")
     if spec["unit_bytes"] not in _UNITS:
         raise RateCardError(f"{where}: rate {key!r}: unit_bytes must be 2^30 or 10^9, got {spec['unit_bytes']!r}")
-    if not str(spec["source"]).startswith("https://"):
-        raise RateCardError(f"{where}: rate {key!r}: source must be an https:// page")
+    if not str(spec["source"]).strip():
+        raise RateCardError(f"{where}: rate {key!r}: source must name the public price page")
     to = spec.get("to") or {}
     if not isinstance(to, dict):
         raise RateCardError(f"{where}: rate {key!r}: 'to' must map regions to rates")
@@ -194,9 +194,9 @@ class RateCards:
             extra = set(doc) - _DOC_KEYS
             if extra:
                 raise RateCardError(f"rate card {provider}: unknown key(s) {', '.join(sorted(extra))}")
-            if not isinstance(doc.get("regions"), dict) or not doc["regions"]:
-                raise RateCardError(f"rate card {provider}: no regions")
-            for region in doc["regions"]:
+            if not isinstance(doc.get("regions", {}), dict) or not (doc.get("regions") or "default" in doc):
+                raise RateCardError(f"rate card {provider}: no regions and no default block")
+            for region in doc.get("regions") or {"": None}:
                 self._build(provider, region)  # validate every block at load time
         for p, r in self.fallback.items():
             if not self.has_region(p, r):
@@ -226,10 +226,15 @@ class RateCards:
 
     # ---- queries
     def regions(self, provider: str) -> list[str]:
-        return sorted(self.docs.get(provider, {}).get("regions", {}))
+        return sorted(self.docs.get(provider, {}).get("regions") or {})
 
     def has_region(self, provider: str | None, region: str | None) -> bool:
-        return bool(region) and region in self.docs.get((provider or "").lower(), {}).get("regions", {})
+        """A card prices the region: listed in its regions, or the doc has no regions at all
+        (a default block for every region, as custom cards may have)."""
+        doc = self.docs.get((provider or "").lower())
+        if doc is None or not region:
+            return False
+        return not doc.get("regions") or region in doc["regions"]
 
     def gateway_endpoint_services(self, provider: str) -> list[str]:
         return [s.upper() for s in self.docs.get(provider, {}).get("gateway_endpoint_services", [])]
@@ -238,12 +243,12 @@ class RateCards:
         doc = self.docs.get(provider)
         if not doc:
             return 0
-        return self.card(provider, next(iter(doc["regions"]))).free_bytes()
+        return self.card(provider, next(iter(doc.get("regions") or {"any": None}))).free_bytes()
 
     def _build(self, provider: str, region: str) -> Card:
         doc = self.docs[provider]
         block = dict(doc.get("default", {}))
-        block.update(doc["regions"].get(region) or {})
+        block.update((doc.get("regions") or {}).get(region) or {})
         where = f"rate card {provider}/{region}"
         extra = set(block) - set(RATE_KEYS) - set(OPTIONAL_RATES) - set(TIER_KEYS) - _BLOCK_INFO
         if extra:

@@ -1,19 +1,19 @@
-"""The cost job's driver: discover -> per-hour Ray tasks -> egress tiers in time order
--> staged parts -> one commit per hour (jobs/commit.py) -> rollups -> egress ledger, under the
-run lease (jobs/lock.py).
+"""The cost job's driver, under the run lease (jobs/lock.py): recover -> discover -> per-hour
+contexts -> cells -> tiers in time order -> one commit per hour (jobs/commit.py) -> rollups
+from partials -> ledger.
 
-Work unit: one hour of `raw/flows` (all nodes' windows whose window_start is in the hour).
-- Discovery (jobs/discover.py): which hours to compute and re-tier.
-- Wave 1 (jobs/tasks.py, one task per hour): load + check the hour's raw files (quarantining
-  bad ones), the inventory snapshots and DNS answers its as-of joins need, `cost_flows`.
-- Tiering (here, in time order): month-to-date offsets come from the egress ledger
-  (`_state/egress/<month>.json`); when an hour changes, every later processed hour of its month
-  is re-tiered from its stored partition so monthly totals stay exact.
-- Wave 2 (one task per hour): `T.finish_hour` stages the hour's part; the driver commits the
-  hour (its record is the commit point) as each one finishes.
-- Rollups (one task per affected date) from that date's committed parts, then the ledger (a
-  cache of the records: a crash before it is repaired from them).
-Executors (local Ray, a cluster, inline) are in jobs/executors.py.
+- Discovery (jobs/discover.py): which hours to compute, and later hours whose tiers may move.
+- Contexts (jobs/context.py, `tasks.build_context`): one task per computed hour builds the
+  inventory and DNS as-of context once; it sits in the object store, shared by the hour's
+  cells; the DNS state at the end of the hour is handed to the next hour's context.
+- Cells (jobs/cells.py, `tasks.cost_cell`): an hour is cut into cells of about `cell_rows`
+  rows; each declares the memory it needs, and as many run at once as the Ray cluster has
+  CPUs (not the driver's). Each writes a staged part and returns a small summary.
+- Tiers (jobs/tiers.py): in time order, the driver settles each hour's tiered egress from the
+  cells' per-(pool, window) volumes; only parts whose windows' rates moved are rewritten.
+- Commit (`_publish_hour`): the hour's record, listing its parts and rollup partials, is the
+  commit point (jobs/commit.py); rollups of the touched dates are summed from the hours'
+  partials (`tasks.rollup_day`), never from cost rows.
 """
 from __future__ import annotations
 
@@ -21,21 +21,24 @@ import datetime as dt
 import os
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from jobs import cells as CL
 from jobs import commit as C
-from jobs import faults, identity, load
-from jobs import lock
+from jobs import context as cx
+from jobs import faults, identity, load, lock
+from jobs import partials as pt
 from jobs import state as st
 from jobs import summary as sm
 from jobs import tasks as T
+from jobs import tiers
 from jobs.discover import Plan, _select_snapshots, _Sorted, plan  # noqa: F401 (re-exported)
 from jobs.errors import JobError  # noqa: F401 (re-exported: the CLI looks it up here)
 from jobs.executors import InlineExecutor, RayExecutor
 from jobs.progress import Progress
-from lake.storage import RetryPolicy, open_lake
+from lake import schema as S
+from lake.storage import Lake, RetryPolicy, open_lake
 
 HOUR = dt.timedelta(hours=1)
 UTC = dt.timezone.utc
@@ -61,6 +64,8 @@ class JobOptions:
     lateness: dt.timedelta = dt.timedelta(hours=48)
     lease_ttl_s: float = 600.0
     progress: TextIO | None = field(default_factory=lambda: sys.stderr)
+    #: target raw rows per cell (memory per task follows from it, see jobs/cells.py)
+    cell_rows: int = CL.DEFAULT_CELL_ROWS
 
 
 @dataclass
@@ -74,6 +79,9 @@ class RunResult:
     quarantined: list[dict]
     seconds: float
     summary: sm.Summary
+    cells: int = 0
+    #: tasks per Ray node ("ip node-id" -> count); empty for the inline executor
+    task_nodes: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -81,13 +89,8 @@ class RunResult:
 
 
 def _load_config(path: str | None):
-    from jobs import config as C  # noqa: PLC0415 - heavy imports stay out of the CLI's start-up
-    return C.load_config(path) if path else C.JobConfig()
-
-
-def _ranges_dir(opts_dir: str | None, cfg) -> str | None:
-    return opts_dir or cfg.ip_ranges_dir
-
+    from jobs import config as CF  # noqa: PLC0415 - heavy imports stay out of the CLI's start-up
+    return CF.load_config(path) if path else CF.JobConfig()
 
 
 def _parse_lookback(cfg) -> dt.timedelta:
@@ -98,10 +101,12 @@ def run_cost_job(opts: JobOptions) -> RunResult:
     t0 = time.monotonic()
     if opts.start and opts.end and opts.end <= opts.start:
         raise JobError(f"--end {opts.end.isoformat()} is not after --start {opts.start.isoformat()}")
+    if opts.cell_rows <= 0:
+        raise JobError(f"--cell-rows must be positive, got {opts.cell_rows}")
     lake = open_lake(opts.lake_url, opts.s3_endpoint, retry=RetryPolicy.for_job())
     lake.check_writable()
     cfg = _load_config(opts.config_path)
-    ranges_dir = _ranges_dir(opts.ip_ranges_dir, cfg)
+    ranges_dir = opts.ip_ranges_dir or cfg.ip_ranges_dir
     if ranges_dir and not os.path.isdir(ranges_dir):
         raise JobError(f"IP ranges directory {ranges_dir!r} does not exist")
     lease = lock.acquire(lake, ttl_s=opts.lease_ttl_s, wait_s=opts.wait_s)
@@ -111,32 +116,32 @@ def run_cost_job(opts: JobOptions) -> RunResult:
         lease.release()
 
 
-def _run_leased(opts: JobOptions, lake, lease, cfg, ranges_dir, t0) -> RunResult:
+def _run_leased(opts: JobOptions, lake: Lake, lease, cfg, ranges_dir, t0) -> RunResult:
     recovered = C.recover(lake, lease)
     # the ledger must agree with the hours the dead run committed before anything is planned
     for month in sorted({st.month_of(h) for h in recovered.hours}):
         st.EgressLedger.load(lake, month, C.read_records(lake, recovered.hours), recovered.hours)
-    p = plan(lake, opts.start, opts.end, _parse_lookback(cfg), opts.lateness,
+    lookback = _parse_lookback(cfg)
+    p = plan(lake, opts.start, opts.end, lookback, opts.lateness,
              also_months={st.month_of(h) for h in recovered.hours}, bounds=identity.Bounds.of(cfg))
-    todo = sorted(set(p.compute) | set(p.retier))
     out = opts.progress
     if out is not None:
-        print(f"cost: {len(p.compute)} hour(s) to compute, {len(p.retier)} to re-tier, "
+        print(f"cost: {len(p.compute)} hour(s) to compute, {len(p.retier)} to check for re-tiering, "
               f"{len(p.duplicates)} duplicate upload(s) skipped", file=out, flush=True)
-    infos: dict[dt.datetime, dict] = {}
-    partials: list[dict] = []
-    chunk_bad: list[dict] = []
-    if todo:
+    d = _Driver(lake, lease, opts, p, cfg, ranges_dir, lookback)
+    task_nodes: dict[str, int] = {}
+    todo = sorted(set(p.compute) | set(p.retier))
+    if todo or recovered.committed:
         lease.publishing(sorted(set(todo) | set(recovered.hours)))
         ex = InlineExecutor() if opts.executor == "inline" else RayExecutor(opts.ray_address, opts.num_cpus)
         try:
-            infos, partials, chunk_bad = _execute(ex, opts, p, cfg, ranges_dir, todo, Progress(out, len(todo)),
-                                                  _publisher(lake, lease, p), lease.token)
+            d.run(ex, extra_days={h.date() for h in recovered.committed})
+            task_nodes = ex.placement()
+            if out is not None and task_nodes:
+                print("cost: tasks per Ray node: " + ", ".join(f"{k} {v}" for k, v in sorted(task_nodes.items())),
+                      file=out, flush=True)
         finally:
             ex.shutdown()
-    rolled = {h.date() for h in todo}
-    for day in sorted({h.date() for h in recovered.committed} - rolled):
-        T.rollup_date(opts.lake_url, opts.s3_endpoint, day)  # the dead run's days
     for ledger in p.ledgers.values():
         ledger.save(lake)
     if todo or recovered.hours:
@@ -144,122 +149,270 @@ def _run_leased(opts: JobOptions, lake, lease, cfg, ranges_dir, t0) -> RunResult
         lease.publishing([])
     quarantined = list(p.quarantined)
     seen = {q["path"] for q in quarantined}
-    skipped = [q for q in chunk_bad if q["reason"] == load.SKIPPED_INVENTORY]
-    for q in [q for info in infos.values() for q in info["quarantined"]] + chunk_bad:
-        if q["path"] not in seen and q["reason"] != load.SKIPPED_INVENTORY:
-            seen.add(q["path"])
+    for q in d.bad:
+        if q["reason"] == load.SKIPPED_INVENTORY:
+            if out is not None and q["path"] not in seen:
+                print(f"cost: warning: inventory snapshot {q['path']} skipped: {q['error']}", file=out, flush=True)
+        elif q["path"] not in seen:
             quarantined.append(q)
-    if out is not None:
-        for q in skipped:
-            print(f"cost: warning: inventory snapshot {q['path']} skipped: {q['error']}", file=out, flush=True)
+        seen.add(q["path"])
+    results = [r for rs in d.results.values() for r in rs]
     return RunResult(
-        hours_computed=p.compute, hours_retiered=p.retier,
-        rows_in=sum(i["rows_in"] for i in infos.values()),
-        rows_out=sum(i["rows_out"] for i in infos.values()),
-        files_read=sum(i["files_read"] for i in infos.values()),
-        duplicates=p.duplicates, quarantined=quarantined,
-        seconds=time.monotonic() - t0, summary=sm.merge(partials),
+        hours_computed=p.compute, hours_retiered=sorted(d.retiered),
+        rows_in=sum(r["rows_in"] for r in results), rows_out=sum(r["rows_out"] for r in results),
+        files_read=sum(r["files_read"] for r in results), duplicates=p.duplicates, quarantined=quarantined,
+        seconds=time.monotonic() - t0, summary=sm.merge([r["summary"] for r in results]), cells=len(results),
+        task_nodes=task_nodes,
     )
 
 
-def _publisher(lake, lease, p: Plan):
-    """Commit one finished hour (jobs/commit.py): its record says what is published."""
-    def publish(res: dict, info: dict | None) -> None:
-        h = res["hour"]
-        ledger = p.ledgers[st.month_of(h)]
-        old = p.records.get(h)
-        if info is not None:
-            rec = C.HourRecord(hour=h, inputs=p.files[h], rows_in=info["rows_in"], rows_out=info["rows_out"],
-                               kept_bytes=info["kept_bytes"], quarantined=[q["path"] for q in info["quarantined"]])
-        else:  # re-tiered: same inputs and counts, new parts and tier state
-            rec = C.HourRecord(hour=h, inputs=old.inputs, rows_in=old.rows_in, rows_out=old.rows_out,
-                               kept_bytes=old.kept_bytes, quarantined=old.quarantined, flags=old.flags)
-        rec.parts = res["parts"]
-        rec.tier_volumes = ledger.entries[st.hour_id(h)]["tier_volumes"]
-        rec.tier_state_before = ledger.offsets_before(h)
-        rec.tier_state_after = st.advance_state(rec.tier_state_before, rec.tier_volumes)
-        ledger.set_record(C.publish_hour(lake, lease, rec))
-    return publish
+# ----------------------------------------------------------------------------- publishing
+
+def _cell_of(part: str) -> int:
+    """The cell number in a part's name (`part-<token>-<cell>.parquet`; older `part-0`: 0)."""
+    stem = part.rsplit("/", 1)[-1].split(".", 1)[0]
+    try:
+        return int(stem.rsplit("-", 1)[-1])
+    except ValueError:
+        return 0
 
 
-def _execute(ex, opts: JobOptions, p: Plan, cfg, ranges_dir, todo, progress: Progress, publish,
-             token: int):
-    url, ep = opts.lake_url, opts.s3_endpoint
-    computed = set(p.compute)
-    pending = deque(p.compute)
-    wave1: dict[dt.datetime, tuple] = {}
-    ahead = max(2, opts.num_cpus + 1)  # bounded look-ahead keeps the object store small
-    # wave 0: DNS and inventory chunks, loaded once each, on first need; the driver drops its
-    # reference after the last hour that needs a chunk has been submitted
-    dns_refs: dict[dt.datetime, Any] = {}
-    inv_refs: dict[dt.datetime, Any] = {}
-    bad_refs: list = []
-    last_use: dict[tuple[str, dt.datetime], dt.datetime] = {}
-    for h in p.compute:
-        for dh in p.specs[h].dns_hours:
-            last_use[("dns", dh)] = h
+def _publish_hour(lake: Lake, lease, rec: C.HourRecord, partials: dict[str, Any] | None) -> C.HourRecord:
+    """Stage the hour's rollup partials, then commit the hour: its record (listing its parts
+    and partials) is the commit point, rolled forward at once (jobs/commit.py)."""
+    for name, table in (partials or {}).items():
+        final = C.partial_path(name, rec.hour, lease.token)
+        C.write_part(lake, lease.token, final, table)
+        rec.parts[f"partials/{name}"] = [final]
+    return C.publish_hour(lake, lease, rec)
+
+
+def _read_partials(lake: Lake, rec: C.HourRecord) -> dict[str, Any] | None:
+    """The hour's committed partials, or None if its record has none (committed before them)."""
+    out = {}
+    for name in pt.ROLLUPS:
+        files = rec.parts.get(f"partials/{name}")
+        if not files:
+            return None
+        out[name] = pt.ROLLUPS[name].combine([lake.read_table(f) for f in files])
+    return out
+
+
+# ----------------------------------------------------------------------------- the driver
+
+class _Driver:
+    def __init__(self, lake: Lake, lease, opts: JobOptions, p: Plan, cfg, ranges_dir, lookback):
+        self.lake, self.lease, self.opts, self.p = lake, lease, opts, p
+        self.cfg, self.ranges_dir, self.lookback = cfg, ranges_dir, lookback
+        self.url, self.ep = opts.lake_url, opts.s3_endpoint
+        self.token = lease.token
+        self.results: dict[dt.datetime, list[dict]] = {}
+        self.retiered: set[dt.datetime] = set()
+        self.committed: dict[dt.datetime, C.HourRecord] = {}
+        self.bad: list[dict] = []
+        for m in {st.month_of(h) for h in p.compute + p.retier} - set(p.ledgers):
+            p.ledgers[m] = st.EgressLedger.load(lake, m)
+        from jobs import pricing  # noqa: PLC0415
+        self.cards = pricing.RateCards.for_config(cfg)  # the cards the cells price with
+
+    def _ledger(self, h: dt.datetime) -> st.EgressLedger:
+        return self.p.ledgers[st.month_of(h)]
+
+    # -- planning helpers
+    def _cells(self) -> dict[dt.datetime, list[CL.Cell]]:
+        inputs = {}
+        for h in self.p.compute:
+            sigs = self.p.files[h]
+            inputs[h] = CL.estimate_rows(self.lake, [(f, sigs[f].size if f in sigs else 0) for f in self.p.specs[h].flows])
+        out: dict[dt.datetime, list[CL.Cell]] = {}
+        for c in CL.make_cells(inputs, self.opts.cell_rows):
+            out.setdefault(c.hour, []).append(c)
+        return out
+
+    def _digest(self, hour: dt.datetime) -> str:
+        files = {}
+        for h in cx.dns_hours_for(hour, self.lookback):
+            files.update(self.p.dns_sigs.get(h, {}))
+        return cx.inputs_digest(files, self.lookback)
+
+    def _context_spec(self, h: dt.datetime) -> T.ContextSpec:
+        p = self.p
+        inv: dict[str, list[str]] = {k: [] for k in S.INVENTORY_KINDS}
         for ih in p.specs[h].inv_hours:
-            last_use[("inv", ih)] = h
+            for kind, files in p.inv_chunks[ih].items():
+                inv[kind] += files
+        cold = [p.dns_chunks.get(dh, []) for dh in cx.dns_hours_for(h - HOUR, self.lookback)]
+        return T.ContextSpec(hour=h, inventory={k: sorted(v) for k, v in inv.items()},
+                             dns_own=p.dns_chunks.get(h, []), dns_next=p.dns_chunks.get(h + HOUR, []),
+                             cold=cold, prev_digest=self._digest(h - HOUR), digest=self._digest(h),
+                             lookback=self.lookback)
 
-    def chunk(kind: str, hour: dt.datetime):
-        refs = dns_refs if kind == "dns" else inv_refs
-        if hour not in refs:
-            if kind == "dns":
-                t, b = ex.submit(T.load_dns_chunk, url, ep, p.dns_chunks[hour], num_returns=2)
-            else:
-                t, b = ex.submit(T.load_inventory_chunk, url, ep, p.inv_chunks[hour], num_returns=2)
-            refs[hour] = t
-            bad_refs.append(b)
-        return ex.arg(refs[hour])
+    # -- the run
+    def run(self, ex, extra_days=()) -> None:
+        self.ex = ex
+        cells = self._cells()
+        computed = set(self.p.compute)
+        todo = sorted(computed | set(self.p.retier))
+        progress = Progress(self.opts.progress, len(todo))
+        capacity = ex.capacity()
+        queue = list(self.p.compute)
+        chain: dict[dt.datetime, tuple] = {}      # hour -> (ctx, state, next-hour DNS) refs
+        cell_futs: dict[Any, CL.Cell] = {}
+        done_cells: dict[dt.datetime, list[dict]] = {}
+        waiting: list[tuple[dt.datetime, list, dict]] = []  # settled hours whose parts are being re-tiered
+        bad_refs: list = []
+        settled = 0
 
-    def top_up():
-        while pending and len(wave1) < ahead:
-            h = pending.popleft()
-            spec = p.specs[h]
-            parts = [chunk("dns", dh) for dh in spec.dns_hours] + [chunk("inv", ih) for ih in spec.inv_hours]
-            wave1[h] = ex.submit(T.compute_hour, url, ep, spec, cfg, ranges_dir, len(spec.dns_hours), *parts,
-                                 num_returns=2)
-            for key in [("dns", dh) for dh in spec.dns_hours] + [("inv", ih) for ih in spec.inv_hours]:
-                if last_use[key] == h:
-                    (dns_refs if key[0] == "dns" else inv_refs).pop(key[1], None)
+        def submit_more():
+            # keep the whole cluster busy (two cells per CPU queued), contexts built ahead
+            while queue and len(cell_futs) < 2 * capacity:
+                h = queue.pop(0)
+                prev = chain.get(h - HOUR)
+                handed = (ex.arg(prev[1]), ex.arg(prev[2])) if prev else (None, None)
+                refs = ex.submit(T.build_context, self.url, self.ep, self._context_spec(h), self.cfg, *handed,
+                                 num_returns=4, memory=CL.BASE_BYTES)
+                chain[h] = refs
+                bad_refs.append(refs[3])
+                est = self._ledger(h).state_before(h)  # exact once the previous hour is settled
+                for c in cells[h]:
+                    staged = C.staged(self.token, C.part_path(h, self.token, c.index))
+                    f = ex.submit(T.cost_cell, self.url, self.ep, c, ex.arg(refs[0]), self.ranges_dir, staged, est,
+                                  memory=c.memory)
+                    cell_futs[f] = c
+                done_cells[h] = []
+                for old in [k for k in chain if k < h]:  # only the last hour's state is handed on
+                    del chain[old]
 
-    # offsets the stored partitions of re-tiered hours were priced with (before this run)
-    old = {h: p.ledgers[st.month_of(h)].offsets_before(h) for h in p.retier}
-    infos: dict[dt.datetime, dict] = {}
-    finals: list = []
-    partials: list[dict] = []
+        def hour_ready(h) -> bool:
+            return h not in computed or (h in done_cells and len(done_cells[h]) == len(cells[h]))
 
-    def collect(timeout):
-        for f in ex.ready(finals, timeout):
-            finals.remove(f)
-            res = ex.get(f)
-            publish(res, infos.get(res["hour"]))
-            partials.append(res["partial"])
-            progress.hour_done(res["rows"])
+        while settled < len(todo) or waiting:
+            submit_more()
+            for f in ex.ready(list(cell_futs), 0):
+                c = cell_futs.pop(f)
+                done_cells[c.hour].append(ex.get(f))
+            while settled < len(todo) and hour_ready(todo[settled]):
+                h = todo[settled]
+                waiting.append(self._settle(h, done_cells.pop(h)) if h in computed else self._settle_later(h))
+                settled += 1
+            for item in list(waiting):
+                if len(ex.ready(item[1], 0)) == len(item[1]):
+                    waiting.remove(item)
+                    progress.hour_done(self._commit(*item))
+            pending = list(cell_futs) + [f for w in waiting for f in w[1]]
+            if pending:
+                ex.wait_any(pending, 1.0)
+        for b in bad_refs:
+            self.bad += ex.get(b)
+        for r in self.results.values():
+            for x in r:
+                self.bad += x["quarantined"]
+        faults.point("after-cells")
+        self._rollups(set(extra_days))
 
-    for h in todo:
-        ledger = p.ledgers[st.month_of(h)]
-        if h in computed:
-            top_up()
-            table_ref, info_ref = wave1.pop(h)
-            info = ex.get(info_ref)
-            infos[h] = info
-            ledger.set(h, info["egress"])
-            finals.append(ex.submit(T.finish_hour, url, ep, h, ex.arg(table_ref), ledger.offsets_before(h), None,
-                                    token))
-            del table_ref
-            top_up()
-        else:
-            finals.append(ex.submit(T.finish_hour, url, ep, h, None, ledger.offsets_before(h), old[h], token,
-                                    p.records[h].parts.get(C.FLOWS, [])))
-        collect(0)
-    while finals:
-        collect(None)
-    faults.point("after-cells")
-    days = sorted({h.date() for h in todo})
-    for d in [ex.submit(T.rollup_date, url, ep, day) for day in days]:
-        ex.get(d)
-        faults.point("during-rollups")
-    # files quarantined while loading DNS chunks belong to the run (reported in the summary)
-    chunk_bad = [q for b in bad_refs for q in ex.get(b)]
-    return infos, partials, chunk_bad
+    # -- tiers
+    def _settle(self, h: dt.datetime, results: list[dict]):
+        """A computed hour: exact window rates from its cells' volumes; re-tier the parts whose
+        provisional rates differ. Returns (hour, re-tier futures, what committing needs)."""
+        results = sorted(results, key=lambda r: r["cell"])
+        ledger = self._ledger(h)
+        vols: tiers.Volumes = {}
+        for r in results:
+            tiers.add(vols, r["volumes"])
+        before = ledger.state_before(h)
+        rates, after = tiers.window_rates(vols, before, self.cards)
+        tiers.set_pending(ledger, h, vols, before, after)
+        futs, which = [], []
+        for r in results:
+            mine = {k: rates[k] for k in r["rates"]}
+            if mine != r["rates"]:
+                futs.append(self.ex.submit(T.retier_part, self.url, self.ep, r["part"], r["part"], mine,
+                                           memory=CL.memory_for(r["rows_out"])))
+                which.append(r)
+        return h, futs, {"results": results, "which": which}
+
+    def _settle_later(self, h: dt.datetime):
+        """A committed hour after a changed one: re-tier only if the state before it moved, and
+        then only the parts whose windows' rates moved."""
+        ledger = self._ledger(h)
+        rec = self.p.records[h]
+        before = ledger.state_before(h)
+        if tiers.same_state(rec.tier_state_before, before):
+            return h, [], {"skip": True}
+        vols = tiers.from_list(rec.tier_volumes)
+        rates, after = tiers.window_rates(vols, before, self.cards)
+        tiers.set_pending(ledger, h, vols, before, after)
+        futs, parts = [], []
+        for rel in rec.parts.get(C.FLOWS, []):
+            final = C.part_path(h, self.token, _cell_of(rel))
+            futs.append(self.ex.submit(T.retier_part, self.url, self.ep, rel, C.staged(self.token, final), rates,
+                                       memory=CL.memory_for(self.opts.cell_rows)))
+            parts.append((rel, final))
+        return h, futs, {"parts": parts, "before": before, "after": after, "vols": vols}
+
+    # -- committing
+    def _commit(self, h: dt.datetime, futs: list, info: dict) -> int:
+        got = [self.ex.get(f) for f in futs]
+        if info.get("skip"):
+            return 0
+        ledger = self._ledger(h)
+        e = ledger.entries[st.hour_id(h)]
+        if "results" in info:  # a computed hour
+            results = info["results"]
+            deltas = []
+            for r, g in zip(info["which"], got):
+                if g is not None:
+                    r["summary"] = g["summary"]
+                    deltas.append(g["delta"])
+            partials = {name: ru.combine([r["partials"][name] for r in results] + [d[name] for d in deltas])
+                        for name, ru in pt.ROLLUPS.items()}
+            rec = C.HourRecord(
+                hour=h, inputs=self.p.files[h], parts={C.FLOWS: [C.part_path(h, self.token, r["cell"]) for r in results]},
+                rows_in=sum(r["rows_in"] for r in results), rows_out=sum(r["rows_out"] for r in results),
+                kept_bytes=sum(r["kept_bytes"] for r in results),
+                quarantined=[q["path"] for r in results for q in r["quarantined"]],
+                tier_volumes=e["tier_volumes"], tier_state_before=e["tier_state_before"],
+                tier_state_after=e["tier_state_after"])
+            self.results[h] = results
+            rows = rec.rows_out
+        else:  # a committed hour re-tiered: only its rewritten parts change
+            old = self.p.records[h]
+            changed = {rel: final for (rel, final), g in zip(info["parts"], got) if g is not None}
+            oldp = _read_partials(self.lake, old)
+            partials = None
+            if oldp is not None:
+                partials = {name: ru.combine([oldp[name]] + [g["delta"][name] for g in got if g is not None])
+                            for name, ru in pt.ROLLUPS.items()}
+            rec = C.HourRecord(
+                hour=h, inputs=old.inputs, rows_in=old.rows_in, rows_out=old.rows_out, kept_bytes=old.kept_bytes,
+                quarantined=old.quarantined, flags=old.flags,
+                parts={C.FLOWS: sorted(changed.get(rel, rel) for rel, _ in info["parts"])},
+                tier_volumes=e["tier_volumes"], tier_state_before=e["tier_state_before"],
+                tier_state_after=e["tier_state_after"])
+            if changed:
+                self.retiered.add(h)
+            rows = 0
+        rec = _publish_hour(self.lake, self.lease, rec, partials)
+        ledger.set_record(rec)
+        self.committed[h] = rec
+        return rows
+
+    def _rollups(self, extra_days: set) -> None:
+        """Each touched date's rollups, summed from its hours' partials (named by their records)."""
+        days = sorted({h.date() for h in self.committed} | extra_days)
+        futs = []
+        for day in days:
+            recs = C.read_records(self.lake, C.recorded_hours(self.lake, day))
+            recs.update({h: r for h, r in self.committed.items() if h.date() == day})
+            files: dict[str, list[str]] = {name: [] for name in pt.ROLLUPS}
+            legacy: list[str] = []  # hours committed before partials existed: read their parts
+            for h, r in sorted(recs.items()):
+                if all(r.parts.get(f"partials/{name}") for name in pt.ROLLUPS):
+                    for name in pt.ROLLUPS:
+                        files[name] += r.parts[f"partials/{name}"]
+                else:
+                    legacy += r.parts.get(C.FLOWS, [])
+            futs.append(self.ex.submit(T.rollup_day, self.url, self.ep, day, files, legacy))
+        for f in futs:
+            self.ex.get(f)
+            faults.point("during-rollups")

@@ -299,7 +299,7 @@ def cmd_run(args) -> int:
             collector=collector, accounter=Accounter(resolve=attribution.resolve), exporter=exporter,
             node=args.node, poll_interval=poll, flush_interval=flush, metrics=metrics, health=health,
             local_addrs=local_addrs, pod_index=pod_index, dns=dns, attribution=attribution,
-            state_path=os.path.join(spool.dir, "accounter.state"), state_ident=state_ident(args.node, args.collector),
+            state_path=os.path.join(spool.dir, "accounter.state"), state_ident=state_ident(args.node, collector.name),
         )
         stop = _stop_event()
         agent.run(stop)

@@ -127,7 +127,20 @@ class AutoCollector(Collector):
     """Conntrack while it sees pod traffic, else eBPF (mode 'auto'); 'conntrack' refuses a
     blind datapath. Delegates everything else to the collector in use."""
 
-    name = "auto"
+    @property
+    def name(self) -> str:
+        """The collector in use ('conntrack' or 'ebpf'; 'auto' before open)."""
+        return self.inner.name if self.inner is not None else "auto"
+
+    @property
+    def events_complete(self) -> bool:
+        # read by the run loop at start: conntrack's DESTROY events let it dump once per
+        # window; after a switch the eBPF collector reads its map at every drain anyway
+        return bool(getattr(self.inner, "events_complete", False))
+
+    @property
+    def overrun(self) -> bool:
+        return bool(getattr(self.inner, "overrun", False))
 
     def __init__(self, mode: str, conntrack_factory: Callable[[], Collector],
                  ebpf_factory: Callable[[], Collector] | None, netns: str | None = None,

@@ -164,3 +164,32 @@ def test_healthz_follows_the_loop_and_metrics_are_prometheus_text():
         assert status("/nope")[0] == 404
     finally:
         server.close()
+
+
+def test_metrics_text_is_valid_prometheus_exposition():
+    """The agent writes the exposition itself (no prometheus_client import, ~4 MiB); the
+    reference parser must read it back with the same values."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from node_agent.health import Metrics
+
+    m = Metrics()
+    m.bytes.labels("tx").inc(1234)
+    m.bytes.labels("rx").inc(5)
+    m.dump_seconds.observe(0.02)
+    m.dump_seconds.observe(3)
+    m.memory_windows.set(2)
+    m.publish_collector_stats({"events": 7, "accounter_transit_flows": 3})
+    fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    assert fams["netmon_bytes"].type == "counter"
+    assert samples[("netmon_bytes_total", (("direction", "tx"),))] == 1234
+    assert samples[("netmon_bytes_total", (("direction", "rx"),))] == 5
+    assert fams["netmon_dump_duration_seconds"].type == "histogram"
+    assert samples[("netmon_dump_duration_seconds_bucket", (("le", "0.025"),))] == 1
+    assert samples[("netmon_dump_duration_seconds_bucket", (("le", "+Inf"),))] == 2
+    assert samples[("netmon_dump_duration_seconds_count", ())] == 2
+    assert samples[("netmon_dump_duration_seconds_sum", ())] == 3.02
+    assert samples[("netmon_memory_windows", ())] == 2
+    assert samples[("netmon_collector_stat", (("stat", "accounter_transit_flows"),))] == 3
+    assert samples[("netmon_collector_events_total", ())] == 7

@@ -92,9 +92,9 @@ def test_outage_spools_and_recovery_uploads_everything_in_order_exactly_once(mot
 
         moto_s3.stop()
         during = [produce(i) for i in range(3, 7)]
-        wait_for(lambda: metrics.upload_failures._value.get() >= 2, what="failed retries")
+        wait_for(lambda: metrics.upload_failures.get() >= 2, what="failed retries")
         assert spool.pending() == during              # all spooled, in order, none lost
-        assert metrics.spool_files._value.get() == 4
+        assert metrics.spool_files.get() == 4
 
         moto_s3.start()                               # same port; moto comes back empty
         recreate_bucket(lake)
@@ -112,8 +112,8 @@ def test_outage_spools_and_recovery_uploads_everything_in_order_exactly_once(mot
         assert got[rel].equals(table), rel
     total = pa.concat_tables(got.values())
     assert pa.compute.sum(total["tx_bytes"]).as_py() == sum(pa.compute.sum(t["tx_bytes"]).as_py() for t in expected.values())
-    assert metrics.spool_files._value.get() == 0
-    assert metrics.last_flush._value.get() > 0
+    assert metrics.spool_files.get() == 0
+    assert metrics.last_flush.get() > 0
 
 
 def test_windows_spooled_by_a_stopped_agent_upload_after_restart(moto_s3, tmp_path):
@@ -189,10 +189,10 @@ def test_a_spool_disk_that_refuses_writes_keeps_windows_in_memory_until_it_recov
     os.rmdir(spool_dir)
     spool_dir.write_text("broken disk")
     rels = [exp.submit_raw("raw/flows", "node-a", T0 + dt.timedelta(minutes=i), flows(i)) for i in range(3)]
-    assert metrics.spool_errors._value.get() == 1       # later windows queue behind the first in memory
+    assert metrics.spool_errors.get() == 1       # later windows queue behind the first in memory
     assert spool.pending() == []
     exp.start()
-    wait_for(lambda: metrics.upload_failures._value.get() >= 2, what="failed attempts")
+    wait_for(lambda: metrics.upload_failures.get() >= 2, what="failed attempts")
     # The disk recovers first: the windows move from memory into the spool, in order.
     spool_dir.unlink()
     spool_dir.mkdir()

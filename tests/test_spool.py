@@ -89,9 +89,9 @@ def test_bound_drops_the_oldest_with_a_metric(tmp_path, caplog):
     assert spool.pending() == [rel for rel, _ in wins[3:]]
     files, size = spool.depth()
     assert files == 3 and size <= spool.max_bytes
-    assert metrics.spool_dropped._value.get() == 3
-    assert metrics.spool_files._value.get() == 3
-    assert metrics.spool_bytes._value.get() == size
+    assert metrics.spool_dropped.get() == 3
+    assert metrics.spool_files.get() == 3
+    assert metrics.spool_bytes.get() == size
     assert sum(1 for r in caplog.records if "dropped the oldest window" in r.getMessage()) == 3
     assert len([n for n in os.listdir(tmp_path / "spool") if n.endswith(".parquet")]) == 3
 

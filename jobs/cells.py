@@ -1,0 +1,97 @@
+"""Work cells: the cost job's unit of parallel work, one hour x a bounded share of its raw files.
+
+An hour of a large cluster holds tens of millions of flow rows, far more than one task may
+hold in memory, so it is cut into cells of about `max_rows` rows each. A cell's files are
+contiguous in (window_start, node) order: a cell covers a few windows of many nodes (or a
+few nodes of one window), so the inventory snapshots it selects stay few whatever the
+cluster's size. Nothing a cell computes depends on the other cells of its hour: orientation
+(§2 of docs/costing.md) needs only the hour's inventory, which every cell gets from the shared
+context (jobs/context.py), and tiers are settled by the driver from the cells' summaries.
+
+Rows are estimated from file sizes with the bytes per row read from a few Parquet footers, so
+planning costs no more than a handful of small reads however many files an hour has.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from lake import schema as S
+
+#: default rows per cell: a cell of this size peaks well under 1 GiB in a worker (see
+#: docs/architecture.md "Cells"), so 4 GiB workers run several at once
+DEFAULT_CELL_ROWS = 400_000
+#: bytes of worker memory per raw row of a cell, and a fixed base (imports, rate cards, IP
+#: ranges, the hour's shared context); tasks declare `memory=` from these so Ray schedules by it
+BYTES_PER_ROW = 900
+BASE_BYTES = 400 << 20
+
+
+@dataclass(frozen=True)
+class Cell:
+    hour: dt.datetime
+    index: int                 # position within the hour: names the cell's part
+    files: tuple[str, ...]     # raw flow files, in (window_start, node) order
+    rows: int                  # estimated raw rows
+
+    @property
+    def memory(self) -> int:
+        """Bytes of worker memory the cell's task declares."""
+        return memory_for(self.rows)
+
+
+def memory_for(rows: int) -> int:
+    return BASE_BYTES + BYTES_PER_ROW * max(int(rows), 0)
+
+
+def _order(rel: str):
+    parsed = S.parse_raw_file_name(rel)
+    return (parsed[2], parsed[1], rel) if parsed else (dt.datetime.max.replace(tzinfo=dt.timezone.utc), "", rel)
+
+
+def make_cells(hour_inputs: dict[dt.datetime, list[tuple[str, int]]], max_rows: int) -> list[Cell]:
+    """Cut each hour's files into cells of at most `max_rows` estimated rows (a single file
+    larger than that is a cell of its own). `hour_inputs`: hour -> [(path, estimated rows)].
+    Cells come out in hour order, numbered from 0 within each hour; an hour without files
+    gets one empty cell (its partition is still written, empty)."""
+    if max_rows <= 0:
+        raise ValueError(f"cell rows must be positive, got {max_rows}")
+    out: list[Cell] = []
+    for hour in sorted(hour_inputs):
+        files = sorted(hour_inputs[hour], key=lambda f: _order(f[0]))
+        cur: list[str] = []
+        rows = 0
+        index = 0
+        for rel, n in files:
+            if cur and rows + n > max_rows:
+                out.append(Cell(hour, index, tuple(cur), rows))
+                index += 1
+                cur, rows = [], 0
+            cur.append(rel)
+            rows += int(n)
+        if cur or index == 0:
+            out.append(Cell(hour, index, tuple(cur), rows))
+    return out
+
+
+def rows_per_byte(lake, files: list[tuple[str, int]], sample: int = 4) -> float:
+    """Rows per stored byte of raw flow files, from the footers of up to `sample` of them
+    (the largest: small files are dominated by the footer itself)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    picked = sorted(files, key=lambda f: -f[1])[:sample]
+    rows = size = 0
+    for rel, n_bytes in picked:
+        try:
+            with lake.fs.open_input_file(lake.path(rel)) as f:
+                rows += pq.ParquetFile(f).metadata.num_rows
+            size += n_bytes
+        except Exception:  # noqa: BLE001 - unreadable files are the cells' to quarantine
+            continue
+    return rows / size if size and rows else 1 / 40  # ~40 B/row: the simulator's zstd files
+
+
+def estimate_rows(lake, files: list[tuple[str, int]], sample: int = 4) -> list[tuple[str, int]]:
+    """(path, size in bytes) -> (path, estimated rows)."""
+    rate = rows_per_byte(lake, files, sample) if files else 0.0
+    return [(rel, max(1, int(size * rate))) for rel, size in files]
