@@ -5,6 +5,7 @@ all; `inline` calls the task functions in this process (unit tests of the bookke
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -42,6 +43,9 @@ class InlineExecutor:
     def capacity(self) -> int:
         return 1
 
+    def placement(self) -> dict[str, int]:
+        return {}
+
     def wait_any(self, futs: list, timeout: float) -> None:
         pass
 
@@ -62,6 +66,17 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
             pass
     except (OSError, ValueError) as exc:
         raise JobError(f"cannot start or reach Ray at {address}: {exc}") from None
+
+
+def _placed(fn: Callable, num_returns: int) -> Callable:
+    """`fn` as a task that also returns the node it ran on (one more, tiny, return value)."""
+    @functools.wraps(fn)
+    def task(*args):
+        import ray  # noqa: PLC0415
+        out = fn(*args)
+        where = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()}"
+        return (out, where) if num_returns == 1 else (*out, where)
+    return task
 
 
 def _sigterm_handler():
@@ -130,17 +145,28 @@ class RayExecutor:
                 if callable(before):
                     signal.signal(signal.SIGTERM, before)
             self.started = True
-        self._remote: dict[Callable, Any] = {}
+        self._remote: dict[tuple, Any] = {}
         self._max_memory: int | None = None
+        self._where: list = []  # one small ref per task: the node it ran on
 
     def submit(self, fn: Callable, *args, num_returns: int = 1, memory: int | None = None):
         """`memory`: bytes the task needs; Ray places it only where that much is free."""
-        if fn not in self._remote:
-            self._remote[fn] = self.ray.remote(fn)
-        opts: dict[str, Any] = {"num_returns": num_returns}
+        key = (fn, num_returns)
+        if key not in self._remote:
+            self._remote[key] = self.ray.remote(_placed(fn, num_returns))
+        opts: dict[str, Any] = {"num_returns": num_returns + 1}
         if memory:
             opts["memory"] = min(int(memory), self._largest_node_memory())
-        return self._remote[fn].options(**opts).remote(*args)
+        *out, where = self._remote[key].options(**opts).remote(*args)
+        self._where.append(where)
+        return out[0] if num_returns == 1 else tuple(out)
+
+    def placement(self) -> dict[str, int]:
+        """Tasks run so far per Ray node ("ip node-id"): where the cluster did the work."""
+        counts: dict[str, int] = {}
+        for w in self.ray.get(self._where):
+            counts[w] = counts.get(w, 0) + 1
+        return counts
 
     def wait_any(self, futs: list, timeout: float) -> None:
         """Return when at least one of `futs` is done (or after `timeout` seconds)."""
