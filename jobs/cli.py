@@ -115,7 +115,8 @@ def _cost(args) -> int:
     res = R.run_cost_job(opts)
     print(sm.format_summary(res.summary, hours=len(res.hours_computed), retiered=len(res.hours_retiered),
                             rows_in=res.rows_in, files=res.files_read, quarantined=res.quarantined,
-                            duplicates=len(res.duplicates), seconds=res.seconds))
+                            duplicates=len(res.duplicates), seconds=res.seconds,
+                            inventory_gaps=res.inventory_gaps))
     return 0
 
 

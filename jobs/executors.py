@@ -5,6 +5,7 @@ all; `inline` calls the task functions in this process (unit tests of the bookke
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -42,6 +43,9 @@ class InlineExecutor:
     def capacity(self) -> int:
         return 1
 
+    def placement(self) -> dict[str, int]:
+        return {}
+
     def wait_any(self, futs: list, timeout: float) -> None:
         pass
 
@@ -64,6 +68,17 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise JobError(f"cannot start or reach Ray at {address}: {exc}") from None
 
 
+def _placed(fn: Callable, num_returns: int) -> Callable:
+    """`fn` as a task that also returns the node it ran on (one more, tiny, return value)."""
+    @functools.wraps(fn)
+    def task(*args):
+        import ray  # noqa: PLC0415
+        out = fn(*args)
+        where = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()}"
+        return (out, where) if num_returns == 1 else (*out, where)
+    return task
+
+
 def _sigterm_handler():
     """SIGTERM's Python handler, if one is set and this is the main thread (else None)."""
     if threading.current_thread() is not threading.main_thread():
@@ -81,6 +96,10 @@ def task_error(exc) -> Exception:
         return cause
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
     return JobError(f"a task failed: {lines[-1].strip() if lines else type(exc).__name__}")
+
+
+#: tries to start the job's own local Ray before giving up
+LOCAL_START_ATTEMPTS = 3
 
 
 class RayExecutor:
@@ -105,13 +124,20 @@ class RayExecutor:
                 _check_reachable(address)
             before = _sigterm_handler()
             try:
-                if address:
-                    ray.init(address=address, **kwargs)
-                else:
-                    ray.init(num_cpus=num_cpus, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
-                raise JobError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
-                               f"{' '.join(str(exc).split())[:300]}") from exc
+                for attempt in range(1 if address else LOCAL_START_ATTEMPTS):
+                    try:
+                        if address:
+                            ray.init(address=address, **kwargs)
+                        else:
+                            ray.init(num_cpus=num_cpus, **kwargs)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
+                        # a local Ray on a busy machine can miss its own start-up deadline (its
+                        # agents start late); starting it again usually works
+                        if address or attempt + 1 == LOCAL_START_ATTEMPTS or "timed out" not in str(exc):
+                            raise JobError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
+                                           f"{' '.join(str(exc).split())[:300]}") from exc
+                        ray.shutdown()
             finally:
                 # ray.init replaces SIGTERM's handler with one that exits at once (status 1);
                 # the CLI's own (an exception, so the driver unwinds, reports one line and
@@ -119,17 +145,28 @@ class RayExecutor:
                 if callable(before):
                     signal.signal(signal.SIGTERM, before)
             self.started = True
-        self._remote: dict[Callable, Any] = {}
+        self._remote: dict[tuple, Any] = {}
         self._max_memory: int | None = None
+        self._where: list = []  # one small ref per task: the node it ran on
 
     def submit(self, fn: Callable, *args, num_returns: int = 1, memory: int | None = None):
         """`memory`: bytes the task needs; Ray places it only where that much is free."""
-        if fn not in self._remote:
-            self._remote[fn] = self.ray.remote(fn)
-        opts: dict[str, Any] = {"num_returns": num_returns}
+        key = (fn, num_returns)
+        if key not in self._remote:
+            self._remote[key] = self.ray.remote(_placed(fn, num_returns))
+        opts: dict[str, Any] = {"num_returns": num_returns + 1}
         if memory:
             opts["memory"] = min(int(memory), self._largest_node_memory())
-        return self._remote[fn].options(**opts).remote(*args)
+        *out, where = self._remote[key].options(**opts).remote(*args)
+        self._where.append(where)
+        return out[0] if num_returns == 1 else tuple(out)
+
+    def placement(self) -> dict[str, int]:
+        """Tasks run so far per Ray node ("ip node-id"): where the cluster did the work."""
+        counts: dict[str, int] = {}
+        for w in self.ray.get(self._where):
+            counts[w] = counts.get(w, 0) + 1
+        return counts
 
     def wait_any(self, futs: list, timeout: float) -> None:
         """Return when at least one of `futs` is done (or after `timeout` seconds)."""

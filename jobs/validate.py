@@ -114,6 +114,7 @@ def validate(lake: Lake, date: str | None = None, max_window_s: float = 3600.0) 
 
     _check_costs(lake, date, report)
     _check_publishing(lake, date, report)
+    _check_inventory_gaps(lake, date, report)
     return report
 
 
@@ -140,6 +141,27 @@ def _check_costs(lake: Lake, date: str | None, report: Report) -> None:
     report.files["costs/workload_daily"], report.checked["costs/workload_daily"] = n2, wld.num_rows
     report.failures += quality.check_costs(costs, nsh if n1 else None, wld if n2 else None,
                                            raw_bytes=_kept_raw_bytes(lake, date))
+
+
+def _check_inventory_gaps(lake: Lake, date: str | None, report: Report) -> None:
+    """Committed hours costed with an inventory gap (their records' flags) fail validation:
+    their names and inbound de-duplication may be wrong until they are recomputed."""
+    for info in lake.list_files(f"{S.STATE_DIR}/hours", suffix=".json"):
+        rel = lake.rel(info.path)
+        if date is not None and f"/date={date}/" not in rel:
+            continue
+        try:
+            data = json.loads(lake.read_bytes(rel) or b"{}")
+        except ValueError:
+            continue
+        kinds = (data.get("flags") or {}).get("inventory_gap")
+        if kinds:
+            kinds = kinds if isinstance(kinds, list) else ["inventory"]
+            report.failures.append(quality.Failure(
+                "costs/flows", "inventory_gap", None, int(data.get("rows_out", 0)),
+                observed=f"hour {data.get('hour')} costed without a readable {', '.join(kinds)} snapshot "
+                         "for over 10 minutes: recompute it with --start/--end once the inventory is back",
+                file=rel))
 
 
 def _kept_raw_bytes(lake: Lake, date: str | None) -> int | None:

@@ -61,10 +61,10 @@ _from = int.from_bytes
 
 def conn_key(s: ConnSample) -> int:
     """(conntrack id, original tuple) as one int: the hash of (ct_id, family, proto, sport,
-    dport, src, dst) with the addresses as ints. Ints hash the same in every process (bytes
+    dport, src+dst) with the two addresses as one int. Ints hash the same in every process (bytes
     do not: their hash is salted per process), so a saved state is valid after a restart.
     Two live connections collide with probability ~n^2/2^65 (~1e-9 for 200k entries)."""
-    return hash((s[0], s[1], s[2], s[5], s[6], _from(s[3], "big"), _from(s[4], "big")))
+    return hash((s[0], s[1], s[2], s[5], s[6], _from(s[3] + s[4], "big")))
 
 
 def pack(s: ConnSample) -> int:
@@ -215,17 +215,18 @@ class Accounter:
         seen = self._seen = self._seen ^ _SEEN
         baseline = not self._baselined
         key = conn_key
-        touch = getattr(state, "touch", None)   # CounterTable: the idle case without an allocation
+        touch = getattr(state, "touch4", None)  # CounterTable: the idle case without an allocation
         n = 0
         for s in samples:
             n += 1
             k = key(s)
-            cur = pack(s)
             if touch is not None:
-                last = touch(k, cur, _SEEN, seen)
+                last = touch(k, s[9], s[10], s[11], s[12], _SEEN, seen)
                 if last is True:                # idle since the last dump (the common case)
                     continue
+                cur = pack(s)
             else:
+                cur = pack(s)
                 last = state.get(k)
                 if last is not None and last | _FLAGS == cur | _FLAGS:  # idle (the common case)
                     if last & _SEEN != seen:
