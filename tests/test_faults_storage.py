@@ -119,17 +119,22 @@ def test_a_persistent_storage_error_fails_the_run_and_the_next_run_completes(wor
     assert_same_as_reference(lake, world["ref"])
 
 
-def _ray_processes(marker: str) -> list[str]:
+def _ray_processes(ray_tmp: str, tasks_only: bool = False) -> list[str]:
+    """Processes started by a job run with RAY_TMPDIR=ray_tmp (its environment is inherited by
+    every Ray process, whatever title the process gives itself); `tasks_only`: workers running
+    a task (`ray::<task>` titles)."""
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in cmd:
+        if f"RAY_TMPDIR={ray_tmp}".encode() in env and (not tasks_only or cmd.startswith("ray::")):
             out.append(f"{pid} {cmd[:120]}")
     return out
 
