@@ -174,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("error: terminated (SIGTERM)", file=sys.stderr)
         return 143
+    except SystemExit as exc:
+        # Ray's own SIGTERM handler (active while it starts, and in some of its code paths)
+        # exits with the signal number after stopping its processes: report it the same way
+        if exc.code != signal.SIGTERM:
+            raise
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -68,7 +68,7 @@ def _date_dirs(lake: Lake, rel: str) -> list[dt.date]:
     """The `date=` partitions directly under `rel` (one listing, never recursive)."""
     out = []
     sel = pafs.FileSelector(lake.path(rel), recursive=False, allow_not_found=True)
-    for info in lake.fs.get_file_info(sel):
+    for info in lake.call(lambda: lake.fs.get_file_info(sel), f"listing {rel}/"):  # retried like every call
         name = info.path.rstrip("/").rsplit("/", 1)[-1]
         if info.type == pafs.FileType.Directory and name.startswith("date="):
             try:

@@ -39,7 +39,9 @@ class Rule:
     path: str = ""               # regex searched in the request target (path and query, %-decoded)
     times: int | None = 1        # how many matching requests get the fault; None: all of them
     seconds: float = 0.0         # stall length
+    after: int = 0               # let this many matching requests through first
     fired: int = 0
+    seen: int = 0
     _re: re.Pattern = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -50,7 +52,8 @@ class Rule:
     def take(self, method: str, target: str) -> bool:
         if self.method not in (None, method) or not self._re.search(target):
             return False
-        if self.times is not None and self.fired >= self.times:
+        self.seen += 1
+        if self.seen <= self.after or (self.times is not None and self.fired >= self.times):
             return False
         self.fired += 1
         return True

@@ -49,9 +49,8 @@ def test_sigterm_stops_the_job_in_one_line_and_shuts_down_its_ray(ray_lake):
     root, ray_tmp = ray_lake
     p = start(root, ray_tmp)
     deadline = time.monotonic() + 300
-    while not _ray_processes(ray_tmp) and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(3)  # Ray is up and the tasks are running
+    while not _ray_processes(ray_tmp, tasks_only=True) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # until Ray is up and a task runs
     assert p.poll() is None, p.communicate()[1][-3000:]
     p.terminate()
     out, err = p.communicate(timeout=120)
