@@ -24,6 +24,12 @@ import threading
 import time
 from pathlib import Path
 
+#: classes whose dollars this SQL prices as the job does. Not (yet) in SQL: NAT gateways per node
+#: group, public cloud_api rates (EC2 $0.01 each way), inter-region pair rates, peering's
+#: same-zone rule and transit-gateway processing; rows, bytes and classes match for every class.
+PRICED_ALIKE = frozenset({"same_zone", "cross_zone", "unknown", "imds", "external_private", "k8s_control_plane",
+                          "load_balancer", "private_link"})
+
 PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7",
            "fe80::/10")
 

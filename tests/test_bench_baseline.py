@@ -136,11 +136,7 @@ def per_class(t: pa.Table) -> dict:
             for r in g.to_pylist()}
 
 
-#: classes whose dollars the SQL prices as the job does. Not (yet) in SQL: NAT gateways per node
-#: group, public cloud_api rates (EC2 $0.01 each way), inter-region pair rates, peering's same-zone
-#: rule and transit-gateway processing; their rows, bytes and classes are still compared.
-PRICED_ALIKE = {"same_zone", "cross_zone", "unknown", "imds", "external_private", "k8s_control_plane",
-                "load_balancer", "private_link"}
+PRICED_ALIKE = cost_sql.PRICED_ALIKE
 
 
 def assert_same_classes(ours: pa.Table, sql: pa.Table, dollars: set[str] | None = None) -> None:
