@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="directory of published cloud IP ranges [NETMON_IP_RANGES]")
     c.add_argument("--s3-endpoint", default=_env("NETMON_S3_ENDPOINT"),
                    help="S3 endpoint URL (MinIO, moto) [NETMON_S3_ENDPOINT]")
+    c.add_argument("--executor", default=_env("NETMON_EXECUTOR", "ray"), choices=("ray", "inline"),
+                   help="ray (default: a local Ray, or the cluster at --ray-address) or inline (the same "
+                        "tasks in this process: small lakes, profiling) [NETMON_EXECUTOR]")
     c.add_argument("--wait", default=float(_env("NETMON_WAIT", 0)), type=float, metavar="SECONDS",
                    help="if another cost run holds the lake's lease, wait up to SECONDS for it "
                         "(default 0: fail at once) [NETMON_WAIT]")
@@ -105,14 +108,15 @@ def _cost(args) -> int:
     opts = R.JobOptions(
         lake_url=args.lake, s3_endpoint=args.s3_endpoint, start=args.start, end=args.end,
         ray_address=args.ray_address, config_path=args.config, ip_ranges_dir=args.ip_ranges,
-        wait_s=args.wait, lateness=dt.timedelta(hours=args.lateness), progress=None if args.quiet else sys.stderr,
+        wait_s=args.wait, executor=args.executor, lateness=dt.timedelta(hours=args.lateness), progress=None if args.quiet else sys.stderr,
     )
     if args.cell_rows is not None:
         opts.cell_rows = int(args.cell_rows)
     res = R.run_cost_job(opts)
     print(sm.format_summary(res.summary, hours=len(res.hours_computed), retiered=len(res.hours_retiered),
                             rows_in=res.rows_in, files=res.files_read, quarantined=res.quarantined,
-                            duplicates=len(res.duplicates), seconds=res.seconds))
+                            duplicates=len(res.duplicates), seconds=res.seconds,
+                            inventory_gaps=res.inventory_gaps))
     return 0
 
 

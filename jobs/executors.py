@@ -98,6 +98,10 @@ def task_error(exc) -> Exception:
     return JobError(f"a task failed: {lines[-1].strip() if lines else type(exc).__name__}")
 
 
+#: tries to start the job's own local Ray before giving up
+LOCAL_START_ATTEMPTS = 3
+
+
 class RayExecutor:
     def __init__(self, address: str | None, num_cpus: int):
         if not address:
@@ -120,13 +124,20 @@ class RayExecutor:
                 _check_reachable(address)
             before = _sigterm_handler()
             try:
-                if address:
-                    ray.init(address=address, **kwargs)
-                else:
-                    ray.init(num_cpus=num_cpus, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
-                raise JobError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
-                               f"{' '.join(str(exc).split())[:300]}") from exc
+                for attempt in range(1 if address else LOCAL_START_ATTEMPTS):
+                    try:
+                        if address:
+                            ray.init(address=address, **kwargs)
+                        else:
+                            ray.init(num_cpus=num_cpus, **kwargs)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
+                        # a local Ray on a busy machine can miss its own start-up deadline (its
+                        # agents start late); starting it again usually works
+                        if address or attempt + 1 == LOCAL_START_ATTEMPTS or "timed out" not in str(exc):
+                            raise JobError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
+                                           f"{' '.join(str(exc).split())[:300]}") from exc
+                        ray.shutdown()
             finally:
                 # ray.init replaces SIGTERM's handler with one that exits at once (status 1);
                 # the CLI's own (an exception, so the driver unwinds, reports one line and

@@ -74,7 +74,8 @@ def _charges(costs: pa.Table) -> pa.Table:
             ("source", "usage_type", total - dst - proc, "usage_bytes", src_who, flows),
             ("destination", "dst_usage_type", dst, "dst_usage_bytes", dst_who, np.zeros(n, np.int64)),
             ("processing", "processing_usage_type", proc, "processing_bytes", src_who, np.zeros(n, np.int64))):
-        t = pa.table({**base, **who, "x_UsageType": _s(costs, usage), "x_Side": pa.array([side] * n, pa.string()),
+        t = pa.table({**base, **who, "x_UsageType": _s(costs, usage),
+                      "x_Side": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([side])).cast(pa.string()),
                       "BilledCost": pa.array(cost, pa.float64()),
                       "x_UsageBytes": pa.array(_f(costs, qty).astype(np.int64), pa.int64()),
                       "x_Flows": pa.array(fl, pa.int64())})

@@ -59,6 +59,11 @@ COUNTERS = {
 
 #: reason of an inventory snapshot that could not be read (skipped, not quarantined)
 SKIPPED_INVENTORY = "inventory_unreadable"
+#: longest stretch of an hour an inventory kind may go without a readable snapshot
+#: (snapshots come every 60 s): beyond it the hour is costed with `inventory_gap` set
+INVENTORY_MAX_GAP = dt.timedelta(minutes=10)
+#: a window may use a snapshot taken up to one window after its start
+_SNAPSHOT_LEAD = dt.timedelta(seconds=60)
 
 
 class InvalidFile(Exception):
@@ -274,3 +279,41 @@ def read_inventory(lake: Lake, rels: list[str], kind: str) -> tuple[pa.Table, li
     if not tables:
         return schema.empty_table(), bad
     return pa.concat_tables(tables), bad
+
+
+def inventory_gaps(inv: dict[str, pa.Table | None], hour: dt.datetime,
+                   max_gap: dt.timedelta = INVENTORY_MAX_GAP) -> list[str]:
+    """Inventory kinds that leave part of `hour` uncovered: a moment t of the hour is covered
+    when a readable snapshot was taken in [t - max_gap, t + one window]. `inv`: the snapshots
+    the hour's as-of joins were given (unreadable ones already left out), by kind."""
+    times = {}
+    for kind in S.INVENTORY_KINDS:
+        t = inv.get(kind)
+        times[kind] = [] if t is None or t.num_rows == 0 else [
+            S.as_utc(x) for x in pc.unique(t.column("snapshot_time")).to_pylist()]
+    return gaps_of_times(times, hour, max_gap)
+
+
+def context_gaps(ctx, hour: dt.datetime, max_gap: dt.timedelta = INVENTORY_MAX_GAP) -> list[str]:
+    """inventory_gaps of a pipeline Context (its per-kind Snapshots keep their times in us)."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    times = {k: [epoch + dt.timedelta(microseconds=int(us)) for us in getattr(ctx, k).times]
+             for k in S.INVENTORY_KINDS}
+    return gaps_of_times(times, hour, max_gap)
+
+
+def gaps_of_times(times: dict[str, list[dt.datetime]], hour: dt.datetime,
+                  max_gap: dt.timedelta = INVENTORY_MAX_GAP) -> list[str]:
+    lo, hi = hour, hour + HOUR
+    out = []
+    for kind in S.INVENTORY_KINDS:
+        covered_to = lo
+        for s in sorted(times.get(kind, [])):
+            if s - _SNAPSHOT_LEAD > covered_to:
+                break  # a hole before this snapshot
+            covered_to = max(covered_to, s + max_gap)
+            if covered_to >= hi:
+                break
+        if covered_to < hi:
+            out.append(kind)
+    return out

@@ -19,6 +19,7 @@ by the same group-by (`combine`).
 """
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -50,9 +51,9 @@ def _sides(costs: pa.Table, keys_src: dict, keys_dst: dict) -> pa.Table:
     """One entry per row for the source side and one for the destination side's charge."""
     n = costs.num_rows
     d = dst_side(costs)
-    zero_i = pa.chunked_array([pa.array([0] * n, pa.int64())]) if n else pa.chunked_array([], pa.int64())
+    zero_i = pa.array(np.zeros(n, np.int64))
     src = pa.table({**keys_src, "tx_bytes": costs.column("tx_bytes"), "rx_bytes": costs.column("rx_bytes"),
-                    "flows": pa.chunked_array([pa.array([1] * n, pa.int64())]) if n else zero_i,
+                    "flows": pa.array(np.ones(n, np.int64)),
                     "cost_usd": pc.subtract(pc.fill_null(costs.column("cost_usd"), 0.0), d),
                     "dst_side_cost_usd": pc.multiply(d, 0.0)})
     dst = pa.table({**keys_dst, "tx_bytes": zero_i, "rx_bytes": zero_i, "flows": zero_i, "cost_usd": d,

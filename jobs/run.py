@@ -82,6 +82,8 @@ class RunResult:
     cells: int = 0
     #: tasks per Ray node ("ip node-id" -> count); empty for the inline executor
     task_nodes: dict[str, int] = field(default_factory=dict)
+    #: computed hours costed with an inventory gap -> the inventory kinds missing
+    inventory_gaps: dict[dt.datetime, list[str]] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -163,10 +165,16 @@ def _run_leased(opts: JobOptions, lake: Lake, lease, cfg, ranges_dir, t0) -> Run
         files_read=sum(r["files_read"] for r in results), duplicates=p.duplicates, quarantined=quarantined,
         seconds=time.monotonic() - t0, summary=sm.merge([r["summary"] for r in results]), cells=len(results),
         task_nodes=task_nodes,
+        inventory_gaps={h: _gaps(rs) for h, rs in sorted(d.results.items()) if _gaps(rs)},
     )
 
 
 # ----------------------------------------------------------------------------- publishing
+
+def _gaps(results: list[dict]) -> list[str]:
+    """Inventory kinds missing for part of the hour (any of its cells saw the gap)."""
+    return sorted({k for r in results for k in r.get("inventory_gap", [])})
+
 
 def _cell_of(part: str) -> int:
     """The cell number in a part's name (`part-<token>-<cell>.parquet`; older `part-0`: 0)."""
@@ -371,6 +379,7 @@ class _Driver:
                 rows_in=sum(r["rows_in"] for r in results), rows_out=sum(r["rows_out"] for r in results),
                 kept_bytes=sum(r["kept_bytes"] for r in results),
                 quarantined=[q["path"] for r in results for q in r["quarantined"]],
+                flags={"inventory_gap": _gaps(results)},
                 tier_volumes=e["tier_volumes"], tier_state_before=e["tier_state_before"],
                 tier_state_after=e["tier_state_after"])
             self.results[h] = results

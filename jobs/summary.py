@@ -76,7 +76,8 @@ def human_bytes(n: float) -> str:
 
 
 def format_summary(s: Summary, *, hours: int, retiered: int, rows_in: int, files: int,
-                   quarantined: list[dict], duplicates: int, seconds: float) -> str:
+                   quarantined: list[dict], duplicates: int, seconds: float,
+                   inventory_gaps: dict | None = None) -> str:
     rate = rows_in / seconds if seconds > 0 else 0.0
     lines = [
         f"cost job: {hours} hour(s) computed, {retiered} re-tiered; {files} file(s), "
@@ -97,4 +98,9 @@ def format_summary(s: Summary, *, hours: int, retiered: int, rows_in: int, files
         lines.append(f"  ... and {len(quarantined) - 10} more (see _quarantine/)")
     if duplicates:
         lines.append(f"duplicate uploads skipped: {duplicates}")
+    if inventory_gaps:
+        lines.append(f"hours costed with an inventory gap (rows flagged inventory_gap; names and inbound "
+                     f"de-duplication may be wrong): {len(inventory_gaps)}:")
+        for h, kinds in list(inventory_gaps.items())[:10]:
+            lines.append(f"  {h:%Y-%m-%dT%H}:00Z: no readable {', '.join(kinds)} snapshot for over 10 minutes")
     return "\n".join(lines)

@@ -180,6 +180,10 @@ def cost_cell(lake_url: str, endpoint: str | None, cell: Cell, ctx, ranges_dir: 
         _gate_costs(cell.hour, costs, stats["kept_bytes"])
     else:
         costs = S.COST_FLOWS.empty_table()
+    # an hour costed without full inventory says so in every row (and in its record)
+    gaps = load.context_gaps(ctx, cell.hour) if flows.num_rows else []
+    i = costs.schema.get_field_index("inventory_gap")
+    costs = costs.set_column(i, costs.schema.field(i), pa.array([bool(gaps)] * costs.num_rows, pa.bool_()))
     code, nbytes, names, ws = _tier_rows(costs, ctx.cards)
     provisional = {p: tiers.marginal_rate(p, cell.hour, tier_state, ctx.cards) for p in names}
     vols = _volumes(code, nbytes, names, ws)
@@ -193,7 +197,7 @@ def cost_cell(lake_url: str, endpoint: str | None, cell: Cell, ctx, ranges_dir: 
         "hour": cell.hour, "cell": cell.index, "part": staged,
         "rows_in": flows.num_rows, "rows_out": costs.num_rows, "kept_bytes": stats["kept_bytes"],
         "files_read": len(cell.files) - len(bad), "quarantined": bad,
-        "volumes": vols, "rates": rates,
+        "volumes": vols, "rates": rates, "inventory_gap": gaps,
         "partials": pt.partials(costs), "summary": sm.partial(costs),
     }
 

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from jobs import load, quality
 from lake import schema as S
@@ -112,10 +113,18 @@ def validate(lake: Lake, date: str | None = None, max_window_s: float = 3600.0) 
         report.failures += quality.check_raw_dns(dns)
 
     _check_costs(lake, date, report)
+    _check_publishing(lake, date, report)
+    _check_inventory_gaps(lake, date, report)
     return report
 
 
 def _read_all(lake: Lake, rel_dir: str, date: str | None, schema: pa.Schema) -> tuple[pa.Table, int]:
+    if rel_dir == "costs/flows":  # the committed parts only (docs/publishing.md)
+        from jobs import catalog  # noqa: PLC0415
+        day = dt.date.fromisoformat(date) if date else None
+        rels = catalog.current_files(lake, rel_dir, day, day)
+        tables = [S.conform(lake.read_table(r), schema) for r in rels]
+        return (pa.concat_tables(tables) if tables else schema.empty_table()), len(rels)
     rels = _files(lake, rel_dir, date)
     tables = [S.conform(lake.read_table(r), schema) for r in rels]
     return (pa.concat_tables(tables) if tables else schema.empty_table()), len(rels)
@@ -134,6 +143,27 @@ def _check_costs(lake: Lake, date: str | None, report: Report) -> None:
                                            raw_bytes=_kept_raw_bytes(lake, date))
 
 
+def _check_inventory_gaps(lake: Lake, date: str | None, report: Report) -> None:
+    """Committed hours costed with an inventory gap (their records' flags) fail validation:
+    their names and inbound de-duplication may be wrong until they are recomputed."""
+    for info in lake.list_files(f"{S.STATE_DIR}/hours", suffix=".json"):
+        rel = lake.rel(info.path)
+        if date is not None and f"/date={date}/" not in rel:
+            continue
+        try:
+            data = json.loads(lake.read_bytes(rel) or b"{}")
+        except ValueError:
+            continue
+        kinds = (data.get("flags") or {}).get("inventory_gap")
+        if kinds:
+            kinds = kinds if isinstance(kinds, list) else ["inventory"]
+            report.failures.append(quality.Failure(
+                "costs/flows", "inventory_gap", None, int(data.get("rows_out", 0)),
+                observed=f"hour {data.get('hour')} costed without a readable {', '.join(kinds)} snapshot "
+                         "for over 10 minutes: recompute it with --start/--end once the inventory is back",
+                file=rel))
+
+
 def _kept_raw_bytes(lake: Lake, date: str | None) -> int | None:
     """tx + rx of the raw rows the cost job kept, from its hour records (None if one lacks it)."""
     total, found = 0, False
@@ -147,6 +177,90 @@ def _kept_raw_bytes(lake: Lake, date: str | None) -> int | None:
         total += int(data["kept_bytes"])
         found = True
     return total if found else None
+
+
+def _fail(report: Report, table: str, rule: str, observed, file: str | None = None, n: int = 1,
+          severity: str = "critical") -> None:
+    report.failures.append(quality.Failure(table, rule, None, n, severity=severity, observed=observed, file=file))
+
+
+def _tier_bytes(costs: pa.Table) -> int:
+    """Bytes the month's tiers count in a cost table, by the pricing module's own rule."""
+    from jobs import pricing  # noqa: PLC0415
+    if hasattr(pricing, "tier_pools"):
+        _, b = pricing.tier_pools(costs)
+        return int(pa.compute.sum(b).as_py() or 0)
+    return sum(pricing.egress_bytes(costs).values())
+
+
+def _check_publishing(lake: Lake, date: str | None, report: Report) -> None:
+    """Records vs the files they publish vs the ledger (docs/publishing.md):
+    every committed part exists; no part no record lists is visible under costs/flows; each
+    hour's rows, kept bytes and tier bytes equal its parts'; the month's tier states chain;
+    the ledger cache equals its records; raw files no record took as input are reported."""
+    from jobs import commit as C  # noqa: PLC0415
+    from jobs import state as st  # noqa: PLC0415
+    day = dt.date.fromisoformat(date) if date else None
+    records = C.read_records(lake, C.recorded_hours(lake, day))
+    listed = {lake.rel(i.path) for i in lake.list_files("costs/flows") if day is None or f"/date={date}/" in i.path}
+    committed: set[str] = set()
+    for h, rec in sorted(records.items()):
+        parts = rec.parts.get(C.FLOWS, [])
+        committed |= set(parts)
+        present = []
+        for p in parts:
+            if p in listed:
+                present.append(p)
+            elif lake.exists(C.staged(rec.token, p)):
+                present.append(C.staged(rec.token, p))
+                _fail(report, "costs/flows", "commit:rolling_forward", f"hour {st.hour_id(h)} is committed but "
+                      "not yet rolled forward (the next cost run finishes it)", p, severity="warning")
+            else:
+                _fail(report, "costs/flows", "commit:part_missing", f"committed part of {st.hour_id(h)} is missing", p)
+        if len(present) != len(parts):
+            continue
+        costs = pa.concat_tables([S.conform(lake.read_table(p), S.COST_FLOWS) for p in present]) if present \
+            else S.COST_FLOWS.empty_table()
+        kept = int(pa.compute.sum(costs["tx_bytes"]).as_py() or 0) + int(pa.compute.sum(costs["rx_bytes"]).as_py() or 0)
+        tier = _tier_bytes(costs) if costs.num_rows else 0
+        recorded_tier = sum(int(v[2]) for v in rec.tier_volumes)
+        for rule, got, want in (("rows_out", costs.num_rows, rec.rows_out), ("kept_bytes", kept, rec.kept_bytes),
+                                ("tier_bytes", tier, recorded_tier)):
+            if got != want:
+                _fail(report, "costs/flows", f"commit:{rule}", f"hour {st.hour_id(h)}: parts have {got}, "
+                      f"its record says {want}")
+    for rel in sorted(listed - committed):
+        _fail(report, "costs/flows", "commit:uncommitted_visible", "a part no hour record lists", rel)
+
+    months = sorted({st.month_of(h) for h in records})
+    for month in months:
+        mine = {h: r for h, r in records.items() if st.month_of(h) == month}
+        full = mine if day is None else C.records_of_month(lake, month)
+        truth = st.EgressLedger.from_records(month, full.values())
+        for h in truth.chain_breaks():
+            if h in mine:
+                _fail(report, "_state/hours", "ledger:chain_broken", f"hour {st.hour_id(h)} was tiered from a state "
+                      "that is not the previous hour's (the next cost run re-tiers it)")
+        cached = st.EgressLedger.read(lake, month)
+        if cached is None:
+            _fail(report, "_state/egress", "ledger:missing", f"the {month} ledger is missing or damaged "
+                  "(the next cost run rebuilds it from the records)", st.egress_path(month))
+            continue
+        for hid in sorted(set(cached.entries) | set(truth.entries)):
+            if day is not None and not hid.startswith(date):
+                continue
+            if cached.entries.get(hid) != truth.entries.get(hid):
+                _fail(report, "_state/egress", "ledger:differs", f"{hid} differs from its record "
+                      "(the next cost run rebuilds the ledger)", st.egress_path(month))
+                break
+
+    inputs = {p for r in records.values() for p in r.inputs}
+    late = [lake.rel(i.path) for i in lake.list_files("raw/flows") if (day is None or f"/date={date}/" in i.path)
+            and lake.rel(i.path) not in inputs]
+    if late:
+        _fail(report, "raw/flows", "commit:not_costed", f"{len(late)} raw file(s) no hour record took as input "
+              "(new since the last run, or older than its lateness window: run cost with --start/--end)",
+              late[0], n=len(late), severity="warning")
 
 
 def write_report(lake: Lake, report: Report) -> str:

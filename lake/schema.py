@@ -209,6 +209,7 @@ COST_FLOWS = pa.schema(
         ("dst_usage_bytes", pa.int64()),
         ("processing_bytes", pa.int64()),
         ("nat_gateway", pa.string()),     # NAT gateway the row passed (config.nat_gateways name)
+        ("inventory_gap", pa.bool_()),    # the hour was costed without full inventory (see docs/lake.md)
     ],
     metadata={"netmon.table": "costs/flows", "netmon.schema_version": SCHEMA_VERSION},
 )

@@ -232,6 +232,34 @@ static PyObject *Table_touch(Table *t, PyObject *const *args, Py_ssize_t nargs) 
     return value_obj(s);
 }
 
+static PyObject *Table_touch4(Table *t, PyObject *const *args, Py_ssize_t nargs) {
+    /* touch4(key, ob, op, rb, rp, parity_bit, parity): touch() with the four counters as
+       ints (64 bits each), so the caller packs them only when they changed */
+    if (nargs != 7) { PyErr_SetString(PyExc_TypeError, "touch4(key, ob, op, rb, rp, bit, parity)"); return NULL; }
+    uint64_t k;
+    if (key_of(args[0], &k) < 0) return NULL;
+    Py_ssize_t i = find(t, k);
+    if (i < 0) Py_RETURN_NONE;
+    uint64_t c[4];
+    for (int j = 0; j < 4; j++) {
+        c[j] = (uint64_t)PyLong_AsUnsignedLongLong(args[1 + j]);
+        if (c[j] == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    }
+    unsigned long long bit = PyLong_AsUnsignedLongLong(args[5]);
+    unsigned long long parity = PyLong_AsUnsignedLongLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    /* the packed value (ob | op << 64 | rb << 128 | rp << 192) << 2 as words */
+    uint64_t w0 = c[0] << 2, w1 = (c[0] >> 62) | (c[1] << 2), w2 = (c[1] >> 62) | (c[2] << 2);
+    uint64_t w3 = (c[2] >> 62) | (c[3] << 2);
+    uint8_t hi = (uint8_t)(c[3] >> 62);
+    Slot *s = &t->slots[i];
+    if ((s->v[0] | 3) == (w0 | 3) && s->v[1] == w1 && s->v[2] == w2 && s->v[3] == w3 && s->hi == hi) {
+        s->v[0] = (s->v[0] & ~(uint64_t)bit) | (uint64_t)parity;
+        Py_RETURN_TRUE;
+    }
+    return value_obj(s);
+}
+
 static PyObject *Table_clear(Table *t, PyObject *unused) {
     Slot *ns = PyMem_Calloc(8, sizeof(Slot));
     if (!ns) return PyErr_NoMemory();
@@ -321,6 +349,7 @@ static PyMethodDef Table_methods[] = {
     {"get", (PyCFunction)(void (*)(void))Table_get, METH_FASTCALL, "get(key[, default])"},
     {"pop", (PyCFunction)(void (*)(void))Table_pop, METH_FASTCALL, "pop(key[, default])"},
     {"touch", (PyCFunction)(void (*)(void))Table_touch, METH_FASTCALL, "touch(key, value, bit, parity)"},
+    {"touch4", (PyCFunction)(void (*)(void))Table_touch4, METH_FASTCALL, "touch4(key, ob, op, rb, rp, bit, parity)"},
     {"clear", (PyCFunction)Table_clear, METH_NOARGS, "remove every entry"},
     {"clear_bit", (PyCFunction)Table_clear_bit, METH_O, "value &= ~mask for every entry"},
     {"take_unseen", (PyCFunction)Table_take_unseen, METH_VARARGS, "remove and return entries with (value & bit) != parity"},

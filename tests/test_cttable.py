@@ -70,7 +70,15 @@ def test_random_operations_agree_with_a_dict(seed):
             v = d.get(k, rng.randrange(VMAX)) if rng.random() < 0.7 else rng.randrange(VMAX)
             v ^= rng.randrange(4)
             parity = rng.choice((0, 2))
-            got = t.touch(k, v, 2, parity)
+            if rng.random() < 0.5:
+                got = t.touch(k, v, 2, parity)
+            else:   # the same with the four counters unpacked
+                c = v >> 2
+                words = [(c >> (64 * j)) & ((1 << 64) - 1) for j in range(4)]
+                if c >> 256:
+                    got = t.touch(k, v, 2, parity)   # (touch4 takes 64-bit counters)
+                else:
+                    got = t.touch4(k, *words, 2, parity)
             if k not in d:
                 assert got is None
             elif d[k] | 3 == v | 3:

@@ -248,3 +248,70 @@ def test_window_file_carries_the_collector_figures(tmp_path):
     md = pq.read_schema(str(tmp_path / "lake" / rel)).metadata
     assert md[b"netmon.entries_without_counters"] == b"3" and md[b"netmon.table"] == b"raw/flows"
     assert md[b"netmon.collector"] == b"conntrack"
+
+
+@pytest.mark.privileged
+def test_agent_refuses_a_blind_datapath_with_one_line(node, tmp_path):
+    """`netmon-agent run --collector conntrack` on the node namespace whose pod traffic
+    bypasses conntrack: exit 2 and one error line, before anything is written."""
+    import os
+    import subprocess
+    import sys
+
+    p, n, _s = node
+    n.nft(NOTRACK)
+    traffic = Traffic(p)
+    try:
+        exe = os.path.join(os.path.dirname(sys.executable), "netmon-agent")
+        r = subprocess.run(n.cmd(exe, "run", "--standalone", "--node", "node-a", "--collector", "conntrack",
+                                 "--lake", str(tmp_path / "lake"), "--spool", str(tmp_path / "spool"),
+                                 "--listen", "off", "--no-dns"),
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        traffic.close()
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2, r.stderr
+    assert len(errors) == 1 and "conntrack does not see pod traffic on this node" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.privileged
+def test_agent_auto_uses_ebpf_on_a_blind_datapath_and_says_so_in_the_files(node, tmp_path):
+    """`netmon-agent run` (auto) on the same node: it picks the eBPF collector (programs on a
+    test cgroup of our own), runs, and its window files name the collector."""
+    import glob
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from tests.netns import TestCgroup
+
+    p, n, _s = node
+    n.nft(NOTRACK)
+    cg = TestCgroup()
+    traffic = Traffic(p)
+    try:
+        exe = os.path.join(os.path.dirname(sys.executable), "netmon-agent")
+        proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{n.name}", exe, "run", "--standalone", "--node", "node-a",
+             "--lake", str(tmp_path / "lake"), "--spool", str(tmp_path / "spool"), "--listen", "off", "--no-dns",
+             "--cgroup-path", cg.path, "--poll-interval", "1s", "--flush-interval", "2s"],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "NETMON_BPF_PIN_DIR": ""})
+        files: list = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(files) < 2 and proc.poll() is None:
+            time.sleep(0.5)
+            files = glob.glob(str(tmp_path / "lake" / "raw" / "flows" / "**" / "*.parquet"), recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        traffic.close()
+        cg.remove()
+    assert proc.returncode == 0, err
+    assert "conntrack does not see pod traffic" in err and "using the ebpf collector" in err, err
+    assert files, err
+    md = pq.read_schema(files[0]).metadata
+    assert md[b"netmon.collector"] == b"ebpf"

@@ -183,3 +183,27 @@ def test_cluster_destinations_get_no_cloud_tags():
     w.flow("10.0.1.21", "3.80.0.9", node="n-a", tx=GB)  # a node's public IP, inside an EC2 range
     r = rows_by(w.costs(ranges=fixture_ranges()))[("10.0.1.21", "3.80.0.9")]
     assert (r["dst_kind"], r["dst_name"], r["dst_cloud_provider"], r["traffic_class"]) == ("node", "n-pub", None, "same_zone")
+
+
+def test_dns_index_keeps_the_private_link_name_of_the_chosen_answer():
+    """The as-of DNS index returns, with the domain, the private-link CNAME of the answer it
+    chose: anywhere in the chain, the newest answer's own chain, null for old files."""
+    import numpy as np
+    import pyarrow as pa
+    from jobs.dns import DnsIndex
+    from test_jobs_stages_world import at
+    rows = [  # (client, domain, ip, minute, chain)
+        ("10.0.0.1", "kv.vault.azure.net", "10.9.0.1", 0, ["kv.privatelink.vaultcore.azure.net", "x.cloudapp.net"]),
+        ("10.0.0.1", "st.blob.core.windows.net", "10.9.0.2", 0, ["st.privatelink.blob.core.windows.net"]),
+        ("10.0.0.1", "st.blob.core.windows.net", "10.9.0.2", 2, ["blob.ams.store.core.windows.net"]),  # newer, no link
+        ("10.0.0.1", "old.example.com", "10.9.0.3", 0, None),                                          # before the column
+    ]
+    t = pa.Table.from_pylist([dict(window_start=at(m), window_end=at(m), node="n", client_ip=c, domain=d, ip=ip,
+                                   ttl_s=60, seen_at=at(m), cname_chain=ch) for c, d, ip, m, ch in rows], schema=S.RAW_DNS)
+    idx = DnsIndex(t, 3600)
+    ipd = pa.array(["10.0.0.1", "10.9.0.1", "10.9.0.2", "10.9.0.3"])
+    we = np.full(3, int(at(3).timestamp() * 1e6), np.int64)
+    dom, cname = idx.lookup(ipd, np.zeros(3, np.int64), np.array([1, 2, 3]), we, with_cname=True)
+    assert dom.to_pylist() == ["kv.vault.azure.net", "st.blob.core.windows.net", "old.example.com"]
+    assert cname.to_pylist() == ["kv.privatelink.vaultcore.azure.net", None, None]
+    assert idx.lookup(ipd, np.zeros(3, np.int64), np.array([1, 2, 3]), we).to_pylist() == dom.to_pylist()

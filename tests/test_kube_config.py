@@ -123,17 +123,30 @@ def test_in_cluster_without_service_account_token_is_one_line(tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------------------ reachability
+# Both clients: the kubernetes package (inventory) and node_agent/kubehttp.py (the node
+# agent's `run`, no kubernetes import) give the same one-line answers.
+
+
+@pytest.fixture(params=["kubernetes", "kubehttp"])
+def client(request):
+    if request.param == "kubernetes":
+        return load_api_client, check_reachable
+    from node_agent.kubehttp import check_reachable_http, load_http_api
+
+    return load_http_api, check_reachable_http
 
 
 @pytest.mark.slow
-def test_reachable_server_reports_its_version(tmp_path):
+def test_reachable_server_reports_its_version(tmp_path, client):
+    load_api_client, check_reachable = client
     with FakeApiServer() as srv:
         client = load_api_client(srv.write_kubeconfig(tmp_path / "k"))
         assert check_reachable(client) == "v1.31.0-netmon-fake"
 
 
 @pytest.mark.slow
-def test_stopped_server_is_one_clear_line(tmp_path):
+def test_stopped_server_is_one_clear_line(tmp_path, client):
+    load_api_client, check_reachable = client
     srv = FakeApiServer().start()
     client = load_api_client(srv.write_kubeconfig(tmp_path / "k"))
     srv.stop()                                      # nothing listens on the port any more
@@ -143,7 +156,8 @@ def test_stopped_server_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_silent_server_times_out_with_one_clear_line(tmp_path):
+def test_silent_server_times_out_with_one_clear_line(tmp_path, client):
+    load_api_client, check_reachable = client
     # A socket that accepts connections (kernel backlog) but never answers: a hung server.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -156,7 +170,8 @@ def test_silent_server_times_out_with_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_rejected_credentials_are_one_clear_line(tmp_path):
+def test_rejected_credentials_are_one_clear_line(tmp_path, client):
+    load_api_client, check_reachable = client
     with FakeApiServer() as srv:
         client = load_api_client(srv.write_kubeconfig(tmp_path / "k", token="stale"))
         with pytest.raises(KubeConfigError) as exc:
@@ -165,7 +180,8 @@ def test_rejected_credentials_are_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_something_else_on_the_port_is_one_clear_line(tmp_path):
+def test_something_else_on_the_port_is_one_clear_line(tmp_path, client):
+    load_api_client, check_reachable = client
     # An HTTP server that is not Kubernetes (answers /version with HTML).
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import threading
@@ -193,3 +209,55 @@ def test_something_else_on_the_port_is_one_clear_line(tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_the_agents_client_reads_kubeconfig_and_in_cluster_credentials(tmp_path, monkeypatch):
+    from node_agent import kubehttp
+
+    api = kubehttp.load_http_api(kubeconfig(tmp_path / "k", "http://127.0.0.1:1111", token="t0ken"))
+    assert api.host == "http://127.0.0.1:1111" and api._auth() == "Bearer t0ken"
+    with pytest.raises(KubeConfigError) as exc:
+        kubehttp.load_http_api(str(tmp_path / "missing"))
+    assert one_line(exc) == f"kubeconfig not found: {tmp_path / 'missing'}"
+    (tmp_path / "bad").write_text("current-context: x\n")
+    with pytest.raises(KubeConfigError) as exc:
+        kubehttp.load_http_api(str(tmp_path / "bad"))
+    assert one_line(exc) == f"invalid kubeconfig {tmp_path / 'bad'}: context 'x' not found"
+    # a credential plugin: the kubernetes client handles it (None = use it)
+    cfg = yaml.safe_load(open(kubeconfig(tmp_path / "e")))
+    cfg["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "true"}}
+    (tmp_path / "e").write_text(yaml.safe_dump(cfg))
+    assert kubehttp.load_http_api(str(tmp_path / "e")) is None
+    # in a pod: the service account, token re-read from its file
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("sa-token\n")
+    (sa / "ca.crt").write_text(open(__import__("certifi").where()).read())
+    monkeypatch.setattr(kubehttp, "SA_DIR", str(sa))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    api = kubehttp.load_http_api(None)
+    assert api.host == "https://10.96.0.1:443" and api._auth() == "Bearer sa-token"
+    (sa / "token").unlink()
+    with pytest.raises(KubeConfigError) as exc:
+        kubehttp.load_http_api(None)
+    assert one_line(exc) == "in-cluster Kubernetes config is unusable: Service token file does not exist."
+
+
+def test_netmon_agent_run_imports_neither_kubernetes_nor_prometheus_client_nor_pyarrow_compute():
+    """What `netmon-agent run` loads in a cluster (its modules, the client it uses)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from node_agent.lean import refuse_heavy_imports; refuse_heavy_imports()\n"
+        "import node_agent.cli, node_agent.agent, node_agent.exporter, node_agent.spool, node_agent.health\n"
+        "import node_agent.informer, node_agent.kubehttp, node_agent.enrich, node_agent.accounter\n"
+        "import node_agent.collectors.conntrack\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'kubernetes', 'prometheus_client', 'pandas', 'numpy'}),\n"
+        "      'pyarrow.compute' in sys.modules, 'pyarrow.dataset' in sys.modules)\n"
+    )
+    root = __file__.rsplit("/tests/", 1)[0]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[] False False"
