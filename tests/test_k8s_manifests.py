@@ -687,6 +687,9 @@ def test_dockerfile_pins_and_sources(name):
         # side by side and the package is installed in place (editable), not into site-packages.
         assert ("COPY", "bpf/ bpf/") in instrs and ("COPY", "node_agent/ node_agent/") in instrs
         assert '-e ".[agent]"' in runs
+        # the accounter's compact state is compiled in the image (setup.py), and checked there
+        assert "setup.py" in next(a for i, a in instrs if i == "COPY" and "pyproject.toml" in a)
+        assert "import node_agent._cttable" in runs
         assert ("ENTRYPOINT", '["netmon-agent"]') in instrs
     else:
         assert image == "rayproject/ray" and tag == f"{constraint('ray')}-py311"
