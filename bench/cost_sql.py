@@ -24,6 +24,12 @@ import threading
 import time
 from pathlib import Path
 
+#: classes whose dollars this SQL prices as the job does. Not (yet) in SQL: NAT gateways per node
+#: group, public cloud_api rates (EC2 $0.01 each way), inter-region pair rates, peering's
+#: same-zone rule and transit-gateway processing; rows, bytes and classes match for every class.
+PRICED_ALIKE = frozenset({"same_zone", "cross_zone", "unknown", "imds", "external_private", "k8s_control_plane",
+                          "load_balancer", "private_link"})
+
 PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7",
            "fe80::/10")
 
@@ -231,10 +237,17 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
                 FROM {raw} f JOIN snap s ON f.window_end = s.we),
           sets AS (SELECT DISTINCT sk, ps, ns, ss, es FROM snap),
           -- inbound rows from cluster peers are dropped (the peer's node reported them outbound)
-          peer AS (SELECT k.sk, k.ip FROM (SELECT DISTINCT sk, src_ip AS ip FROM r WHERE inb) k JOIN sets s USING (sk)
-                   WHERE EXISTS (SELECT 1 FROM pod_ip p WHERE p.t = s.ps AND p.ip = k.ip)
-                      OR EXISTS (SELECT 1 FROM node_ip n WHERE n.t = s.ns AND n.ip = k.ip)
+          peer AS (SELECT k.sk, k.ip, n.name AS owner
+                   FROM (SELECT DISTINCT sk, src_ip AS ip FROM r WHERE inb) k JOIN sets s USING (sk)
+                   LEFT JOIN node_ip n ON n.t = s.ns AND n.ip = k.ip
+                   WHERE n.name IS NOT NULL
+                      OR EXISTS (SELECT 1 FROM pod_ip p WHERE p.t = s.ps AND p.ip = k.ip)
                       OR EXISTS (SELECT 1 FROM hostnet_ip h WHERE h.t = s.ps AND h.ip = k.ip)),
+          -- ... except the second hop of a connection node A relayed (NodePort / load balancer,
+          -- SNAT to A): A reported an outside client's row to the same backend in that window
+          clients AS (SELECT DISTINCT r.window_start, r.node, r.dst_ip, coalesce(r.dst_port, -1) AS port
+                      FROM r LEFT JOIN peer ON peer.sk = r.sk AND peer.ip = r.src_ip
+                      WHERE r.inb AND peer.ip IS NULL),
           f AS (SELECT r.window_start, r.window_end, r.sk, r.node, r.direction, r.proto,
                   CASE WHEN inb THEN r.dst_ip ELSE r.src_ip END AS src_ip,
                   CASE WHEN inb THEN r.src_ip ELSE r.dst_ip END AS dst_ip,
@@ -247,7 +260,10 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
                   CASE WHEN inb THEN r.dst_pod ELSE r.src_pod END AS src_pod,
                   CASE WHEN inb THEN r.dst_namespace ELSE r.src_namespace END AS src_namespace
                 FROM r LEFT JOIN peer ON r.inb AND peer.sk = r.sk AND peer.ip = r.src_ip
-                WHERE peer.ip IS NULL),
+                LEFT JOIN clients c ON peer.owner IS NOT NULL AND c.window_start = r.window_start
+                     AND c.node = peer.owner AND c.dst_ip IS NOT DISTINCT FROM r.dst_ip
+                     AND c.port = coalesce(r.dst_port, -1)
+                WHERE peer.ip IS NULL OR c.node IS NOT NULL),
           -- sources, once per (snapshot set, address, agent-named pod)
           src AS (
             SELECT k.sk, k.src_ip, k.src_pod, k.src_namespace,
