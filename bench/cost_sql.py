@@ -24,6 +24,12 @@ import threading
 import time
 from pathlib import Path
 
+#: classes whose dollars this SQL prices as the job does. Not (yet) in SQL: NAT gateways per node
+#: group, public cloud_api rates (EC2 $0.01 each way), inter-region pair rates, peering's
+#: same-zone rule and transit-gateway processing; rows, bytes and classes match for every class.
+PRICED_ALIKE = frozenset({"same_zone", "cross_zone", "unknown", "imds", "external_private", "k8s_control_plane",
+                          "load_balancer", "private_link"})
+
 PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7",
            "fe80::/10")
 
@@ -33,13 +39,12 @@ def _key(net) -> str:
     return str(int(net.network_address) >> (width - net.prefixlen))
 
 
-def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, str]]) -> list[tuple]:
     """Small reference tables (IP-range prefixes, user rules, rate cards, tier macros): untimed.
-    Returns the tier macros per (provider, region)."""
+    Returns (provider, region, tier macro, free allowance bytes) per pool."""
     import pyarrow as pa  # noqa: PLC0415
 
     from jobs import ipranges  # noqa: PLC0415
-    from jobs.pricing import RateCards  # noqa: PLC0415
     from lake import schema as S  # noqa: PLC0415
 
     rows = []  # cloud ranges in load order: later entries win ties, as in jobs/ipaddr.PrefixTable
@@ -70,6 +75,13 @@ def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, 
                    SELECT fam, plen, k::UHUGEINT AS k, arg_max(provider, rnk) AS provider,
                           arg_max(service, rnk) AS service, arg_max(region, rnk) AS region, max(rnk) AS rnk
                    FROM ranges_src GROUP BY fam, plen, k""")
+    from jobs.pipeline import _cards_for as _cf  # noqa: PLC0415
+    _cards = _cf(cfg)
+    pairs = sorted({(r[1], r[3]) for r in rows}, key=lambda x: (x[0] or "", x[1] or ""))
+    con.register("known_src", pa.table({"provider": pa.array([p for p, _ in pairs], pa.string()),
+                                        "region": pa.array([g for _, g in pairs], pa.string()),
+                                        "known": pa.array([_cards.has_region(p, g) for p, g in pairs], pa.bool_())}))
+    con.execute("CREATE OR REPLACE TEMP TABLE range_known AS SELECT * FROM known_src")
     rules = cfg.rules
     nets = [ipaddress.ip_network(r.cidr, strict=False) for r in rules]
     con.register("rules_src", pa.table({
@@ -78,12 +90,26 @@ def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, 
         "cls": pa.array([r.cls for r in rules], pa.string()),
         "rate": pa.array([r.rate_per_gb for r in rules], pa.float64()),
         "label": pa.array([f"rule:{r.label}" for r in rules], pa.string()),
+        "zone": pa.array([r.zone for r in rules], pa.string()), "region": pa.array([r.region for r in rules], pa.string()),
         "rnk": pa.array([n.prefixlen * (1 << 32) + i for i, n in enumerate(nets)], pa.int64()),
     }))
     con.execute("""CREATE OR REPLACE TEMP TABLE rules AS
                    SELECT fam, plen, k::UHUGEINT AS k, arg_max(cls, rnk) AS cls, arg_max(rate, rnk) AS rate,
-                          arg_max(label, rnk) AS label, max(rnk) AS rnk
+                          arg_max(label, rnk) AS label, arg_max(zone, rnk) AS zone, arg_max(region, rnk) AS region,
+                          max(rnk) AS rnk
                    FROM rules_src GROUP BY fam, plen, k""")
+    subs = list(getattr(cfg, "subnets", []) or [])
+    snets = [ipaddress.ip_network(x.cidr, strict=False) for x in subs]
+    con.register("subnets_src", pa.table({
+        "fam": pa.array([n.version for n in snets], pa.int8()), "plen": pa.array([n.prefixlen for n in snets], pa.int16()),
+        "k": pa.array([_key(n) for n in snets], pa.string()),
+        "zone": pa.array([x.zone for x in subs], pa.string()),
+        "region": pa.array([getattr(x, "region", None) for x in subs], pa.string()),
+        "rnk": pa.array([n.prefixlen * (1 << 32) + i for i, n in enumerate(snets)], pa.int64())}))
+    con.execute("""CREATE OR REPLACE TEMP TABLE subnets AS
+                   SELECT fam, plen, k::UHUGEINT AS k, arg_max(zone, rnk) AS zone, arg_max(region, rnk) AS region,
+                          max(rnk) AS rnk
+                   FROM subnets_src GROUP BY fam, plen, k""")
     priv = [ipaddress.ip_network(c) for c in PRIVATE]
     con.register("private_src", pa.table({"fam": pa.array([n.version for n in priv], pa.int8()),
                                           "plen": pa.array([n.prefixlen for n in priv], pa.int16()),
@@ -91,8 +117,10 @@ def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, 
     con.execute("CREATE OR REPLACE TEMP TABLE private_nets AS SELECT fam, plen, k::UHUGEINT AS k FROM private_src")
     con.execute("""CREATE OR REPLACE TEMP TABLE plens AS
                    SELECT DISTINCT fam, plen FROM (SELECT fam, plen FROM ranges UNION ALL SELECT fam, plen FROM rules
-                                                   UNION ALL SELECT fam, plen FROM private_nets)""")
-    cards = RateCards.load()
+                                                   UNION ALL SELECT fam, plen FROM private_nets
+                                                   UNION ALL SELECT fam, plen FROM subnets)""")
+    from jobs.pipeline import _cards_for  # noqa: PLC0415 - the job's cards for this config
+    cards = _cards_for(cfg)
     rate_rows, tiers, unit = [], [], {}
     for prov, region in providers_regions:
         card = cards.card(prov, region)
@@ -113,7 +141,7 @@ def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, 
             lo = hi if hi is not None else lo
         fname = f"tier_{len(tiers)}"
         con.execute(f"CREATE OR REPLACE TEMP MACRO {fname}(x) AS ({' + '.join(terms) or '0.0'})")
-        tiers.append((prov, region, fname))
+        tiers.append((prov, region, fname, int(card.free_bytes())))
     con.register("rates_src", pa.table({
         "provider": pa.array([r[0] for r in rate_rows], pa.string()),
         "region": pa.array([r[1] for r in rate_rows], pa.string()),
@@ -126,18 +154,22 @@ def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, 
     return tiers
 
 
-def statements(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) -> list[str]:
+def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
     """The timed SQL, in order: small lookup tables, then one COPY statement."""
     L = str(lake)
     lookback = int(cfg.dns_lookback_s * 1_000_000)
     region, provider = cfg.region.replace("'", "''"), cfg.provider.lower().replace("'", "''")
-    tier_case = " ".join(f"WHEN src_provider = '{p}' AND src_region = '{r}' THEN {f}(cum) - {f}(cum - tx_bytes)"
-                         for p, r, f in tiers) or "WHEN false THEN 0.0"
+    # the provider's account-wide free allowance covers its month's first tiered bytes of any
+    # region, in (window_start, pool) order: a row's free part comes from the provider's running sum
+    tier_case = " ".join(
+        f"WHEN src_provider = '{p}' AND src_region = '{r}' THEN {f}(cum) - "
+        f"{f}(cum - tx_bytes + least(tx_bytes, greatest(0.0, {a}.0 - (pcum - tx_bytes))))"
+        for p, r, f, a in tiers) or "WHEN false THEN 0.0"
     inv = lambda kind: (f"(SELECT *, filename AS fn, file_row_number AS rn FROM read_parquet("  # noqa: E731
                         f"'{L}/inventory/{kind}/*/*.parquet', filename = true, file_row_number = true))")
     last = "fn DESC, rn DESC"  # the job's lookups: the last row (in file, row order) wins a key
     raw = f"read_parquet('{L}/raw/flows/*/*/*/*.parquet')"
-    glob = lambda d: rtrim_glob("dst_domain", d)  # noqa: E731
+    glob = lambda d: rtrim_glob("lower(dst_domain)", d)  # noqa: E731
     return [
         # ---- snapshot sets: per window end, the as-of snapshot of each kind (latest <= end, else
         # the earliest); `sk` numbers the distinct sets (about one per window)
@@ -205,10 +237,17 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
                 FROM {raw} f JOIN snap s ON f.window_end = s.we),
           sets AS (SELECT DISTINCT sk, ps, ns, ss, es FROM snap),
           -- inbound rows from cluster peers are dropped (the peer's node reported them outbound)
-          peer AS (SELECT k.sk, k.ip FROM (SELECT DISTINCT sk, src_ip AS ip FROM r WHERE inb) k JOIN sets s USING (sk)
-                   WHERE EXISTS (SELECT 1 FROM pod_ip p WHERE p.t = s.ps AND p.ip = k.ip)
-                      OR EXISTS (SELECT 1 FROM node_ip n WHERE n.t = s.ns AND n.ip = k.ip)
+          peer AS (SELECT k.sk, k.ip, n.name AS owner
+                   FROM (SELECT DISTINCT sk, src_ip AS ip FROM r WHERE inb) k JOIN sets s USING (sk)
+                   LEFT JOIN node_ip n ON n.t = s.ns AND n.ip = k.ip
+                   WHERE n.name IS NOT NULL
+                      OR EXISTS (SELECT 1 FROM pod_ip p WHERE p.t = s.ps AND p.ip = k.ip)
                       OR EXISTS (SELECT 1 FROM hostnet_ip h WHERE h.t = s.ps AND h.ip = k.ip)),
+          -- ... except the second hop of a connection node A relayed (NodePort / load balancer,
+          -- SNAT to A): A reported an outside client's row to the same backend in that window
+          clients AS (SELECT DISTINCT r.window_start, r.node, r.dst_ip, coalesce(r.dst_port, -1) AS port
+                      FROM r LEFT JOIN peer ON peer.sk = r.sk AND peer.ip = r.src_ip
+                      WHERE r.inb AND peer.ip IS NULL),
           f AS (SELECT r.window_start, r.window_end, r.sk, r.node, r.direction, r.proto,
                   CASE WHEN inb THEN r.dst_ip ELSE r.src_ip END AS src_ip,
                   CASE WHEN inb THEN r.src_ip ELSE r.dst_ip END AS dst_ip,
@@ -221,7 +260,10 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
                   CASE WHEN inb THEN r.dst_pod ELSE r.src_pod END AS src_pod,
                   CASE WHEN inb THEN r.dst_namespace ELSE r.src_namespace END AS src_namespace
                 FROM r LEFT JOIN peer ON r.inb AND peer.sk = r.sk AND peer.ip = r.src_ip
-                WHERE peer.ip IS NULL),
+                LEFT JOIN clients c ON peer.owner IS NOT NULL AND c.window_start = r.window_start
+                     AND c.node = peer.owner AND c.dst_ip IS NOT DISTINCT FROM r.dst_ip
+                     AND c.port = coalesce(r.dst_port, -1)
+                WHERE peer.ip IS NULL OR c.node IS NOT NULL),
           -- sources, once per (snapshot set, address, agent-named pod)
           src AS (
             SELECT k.sk, k.src_ip, k.src_pod, k.src_namespace,
@@ -289,8 +331,11 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
                         arg_max(g.region, g.rnk) AS region
                  FROM ek JOIN ranges g USING (fam, plen, k) GROUP BY ek.ip),
           ru AS (SELECT ek.ip, arg_max(u.cls, u.rnk) AS cls, arg_max(u.rate, u.rnk) AS rate,
-                        arg_max(u.label, u.rnk) AS label
+                        arg_max(u.label, u.rnk) AS label, arg_max(u.zone, u.rnk) AS zone,
+                        arg_max(u.region, u.rnk) AS region
                  FROM ek JOIN rules u USING (fam, plen, k) GROUP BY ek.ip),
+          su AS (SELECT ek.ip, arg_max(x.zone, x.rnk) AS zone, arg_max(x.region, x.rnk) AS region
+                 FROM ek JOIN subnets x USING (fam, plen, k) GROUP BY ek.ip),
           pv AS (SELECT DISTINCT ek.ip FROM ek JOIN private_nets USING (fam, plen, k)),
           dst AS (
             SELECT d.sk, d.dst_ip, d.orig_dst_ip, d.dst_kind, d.dst_node,
@@ -299,17 +344,24 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
               CASE d.dst_kind WHEN 'service' THEN svc_name WHEN 'pod' THEN dp_name WHEN 'node' THEN dn_ip
                               WHEN 'endpoint' THEN ep_svc END AS dst_name,
               svc_name AS dst_service, dp_name AS dst_pod, dp_wk AS dst_workload_kind, dp_wn AS dst_workload,
-              coalesce(CASE WHEN dp_found OR dn_ip IS NOT NULL THEN dn.zone END,
-                       CASE WHEN ep_found THEN ep_zone END, CASE WHEN ep_found THEN dn.zone END) AS dst_zone,
-              dn.region AS dst_region,
+              CASE WHEN ru.ip IS NOT NULL THEN ru.zone WHEN su.ip IS NOT NULL THEN su.zone
+                   ELSE coalesce(CASE WHEN dp_found OR dn_ip IS NOT NULL THEN dn.zone END,
+                                 CASE WHEN ep_found THEN ep_zone END, CASE WHEN ep_found THEN dn.zone END) END
+                AS dst_zone,
+              CASE WHEN ru.ip IS NOT NULL THEN ru.region WHEN su.ip IS NOT NULL THEN su.region ELSE dn.region END
+                AS dst_region0,
+              su.ip IS NOT NULL AND ru.ip IS NULL AND su.region IS NULL AS subnet_src_region,
               rg.provider AS dst_cloud_provider, rg.service AS dst_cloud_service, rg.region AS dst_cloud_region,
+              coalesce(rk.known, false) AS range_known,
               ru.cls AS rule_cls, ru.rate AS rule_rate, ru.label AS rule_label, pv.ip IS NOT NULL AS private,
-              d.dst_ip IN ('169.254.169.254', 'fd00:ec2::254') AS imds
+              d.dst_ip IN ('169.254.169.254', 'fd00:ec2::254', '168.63.129.16') AS imds
             FROM dk2 d
             LEFT JOIN node_name dn ON dn.t = d.ns AND dn.name = d.dst_node
             LEFT JOIN rg ON d.dst_kind = 'external' AND rg.ip = d.dst_ip
             LEFT JOIN ru ON d.dst_kind = 'external' AND ru.ip = d.dst_ip
-            LEFT JOIN pv ON d.dst_kind = 'external' AND pv.ip = d.dst_ip),
+            LEFT JOIN pv ON d.dst_kind = 'external' AND pv.ip = d.dst_ip
+            LEFT JOIN su ON d.dst_kind = 'external' AND su.ip = d.dst_ip
+            LEFT JOIN range_known rk ON rk.provider = rg.provider AND rk.region = rg.region),
           -- DNS as of the window end, only for destinations DNS ever answered (a semi-join)
           dq AS (SELECT DISTINCT src_ip, dst_ip, window_end FROM f WHERE dst_ip IN (SELECT ip FROM dns)),
           dom AS (
@@ -333,7 +385,7 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
               CASE WHEN s.is_node THEN NULL WHEN f.src_pod IS NULL OR s.agree THEN s.sp_wn ELSE s.pn_wn END
                 AS src_workload,
               d.dst_kind, d.dst_namespace, d.dst_name, d.dst_service, d.dst_pod, d.dst_workload_kind, d.dst_workload,
-              d.dst_node, d.dst_zone, d.dst_region, dom.domain AS dst_domain,
+              d.dst_node, d.dst_zone, d.dst_region0, d.subnet_src_region, d.range_known, dom.domain AS dst_domain,
               d.dst_cloud_provider, d.dst_cloud_service, d.dst_cloud_region,
               f.dst_ip, f.dst_port, f.proto, f.tx_bytes, f.rx_bytes, f.tx_packets, f.rx_packets,
               d.rule_cls, d.rule_rate, d.rule_label, d.private, d.imds
@@ -344,32 +396,42 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
             JOIN dst d ON d.sk = f.sk AND d.dst_ip IS NOT DISTINCT FROM f.dst_ip
                       AND d.orig_dst_ip IS NOT DISTINCT FROM f.orig_dst_ip
             LEFT JOIN dom ON dom.src_ip = f.src_ip AND dom.dst_ip = f.dst_ip AND dom.window_end = f.window_end),
+          r2 AS (
+            SELECT res.* EXCLUDE (dst_region0, subnet_src_region, range_known),
+              dst_kind = 'external' AND dst_ip IS NOT NULL AND NOT private AND NOT imds AND rule_cls IS NULL
+                AND dst_cloud_provider = src_provider AND range_known AS same_cloud,
+              CASE WHEN subnet_src_region THEN src_region ELSE dst_region0 END AS dst_region1
+            FROM res),
+          r3 AS (
+            SELECT r2.* EXCLUDE (dst_region1),
+              CASE WHEN same_cloud THEN dst_cloud_region ELSE dst_region1 END AS dst_region,
+              CASE WHEN dst_namespace = 'default' AND ((dst_kind = 'service' AND dst_service = 'kubernetes')
+                                                   OR (dst_kind = 'endpoint' AND dst_name = 'kubernetes'))
+                     THEN 'k8s_control_plane'
+                   WHEN src_region IS NOT NULL AND (CASE WHEN same_cloud THEN dst_cloud_region ELSE dst_region1 END)
+                        IS NOT NULL AND src_region <> (CASE WHEN same_cloud THEN dst_cloud_region ELSE dst_region1 END)
+                     THEN 'cross_region'
+                   WHEN src_zone IS NULL OR dst_zone IS NULL THEN 'unknown'
+                   WHEN src_zone <> dst_zone THEN 'cross_zone'
+                   ELSE 'same_zone' END AS internal_class,
+              CASE WHEN {glob(['*.vpce.amazonaws.com', '*.privatelink.*'])} THEN 'private_link'
+                   WHEN {glob(['*.eks.amazonaws.com', '*.azmk8s.io', '*.gke.googleapis.com'])} THEN 'k8s_control_plane'
+                   WHEN {glob(['internal-*.elb.amazonaws.com', '*.internal.cloudapp.azure.com'])} THEN 'load_balancer'
+                   WHEN {glob(['*.rds.amazonaws.com', '*.cache.amazonaws.com'])} THEN 'zonal'
+                   WHEN {glob(['*.amazonaws.com'])} THEN 'private_link'
+                   WHEN {glob(['*.googleapis.com', '*.vault.azure.net', '*.azure.com', '*.windows.net'])} THEN 'cloud_api'
+                   ELSE 'external_private' END AS domain_class
+            FROM r2),
           cls AS (
-            SELECT res.*,
-              CASE WHEN dst_kind <> 'external' THEN
-                     CASE WHEN dst_namespace = 'default' AND ((dst_kind = 'service' AND dst_service = 'kubernetes')
-                                                          OR (dst_kind = 'endpoint' AND dst_name = 'kubernetes'))
-                            THEN 'k8s_control_plane'
-                          WHEN src_zone IS NULL OR dst_zone IS NULL THEN 'unknown'
-                          WHEN src_region IS NOT NULL AND dst_region IS NOT NULL AND src_region <> dst_region
-                            THEN 'cross_region'
-                          WHEN src_zone <> dst_zone THEN 'cross_zone'
-                          ELSE 'same_zone' END
+            SELECT r3.* EXCLUDE (internal_class, domain_class, same_cloud),
+              CASE WHEN dst_kind <> 'external' THEN internal_class
                    WHEN rule_cls IS NOT NULL THEN rule_cls
                    WHEN imds THEN 'imds'
-                   WHEN private THEN
-                     CASE WHEN {glob(['*.vpce.amazonaws.com', '*.privatelink.*', '*.privatelink.*.azure.com'])}
-                            THEN 'private_link'
-                          WHEN {glob(['*.eks.amazonaws.com', '*.azmk8s.io', '*.gke.googleapis.com'])}
-                            THEN 'k8s_control_plane'
-                          WHEN {glob(['internal-*.elb.amazonaws.com', '*.internal.cloudapp.azure.com'])}
-                            THEN 'load_balancer'
-                          WHEN {glob(['*.amazonaws.com', '*.googleapis.com', '*.vault.azure.net', '*.azure.com',
-                                      '*.windows.net'])}
-                            THEN 'cloud_api'
-                          ELSE 'external_private' END
+                   WHEN private AND domain_class = 'zonal' THEN internal_class
+                   WHEN private THEN domain_class
+                   WHEN same_cloud THEN CASE WHEN internal_class = 'cross_region' THEN 'cross_region' ELSE 'cloud_api' END
                    ELSE 'internet_egress' END AS traffic_class
-            FROM res),
+            FROM r3),
           priced AS (
             SELECT c.*,
               CASE WHEN c.rule_rate IS NOT NULL THEN (c.tx_bytes + c.rx_bytes) / r.unit * c.rule_rate
@@ -388,7 +450,14 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple[str, str, str]]) ->
                             ORDER BY CASE WHEN tiered THEN window_start END, CASE WHEN tiered THEN src_ip END,
                                      CASE WHEN tiered THEN dst_ip END, CASE WHEN tiered THEN dst_port END,
                                      CASE WHEN tiered THEN proto END
-                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)::DOUBLE END AS cum
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)::DOUBLE END AS cum,
+                          CASE WHEN tiered THEN sum(tx_bytes) OVER (
+                            PARTITION BY tiered, CASE WHEN tiered THEN src_provider END,
+                                         CASE WHEN tiered THEN date_trunc('month', window_start) END
+                            ORDER BY CASE WHEN tiered THEN window_start END, CASE WHEN tiered THEN src_region END,
+                                     CASE WHEN tiered THEN src_ip END, CASE WHEN tiered THEN dst_ip END,
+                                     CASE WHEN tiered THEN dst_port END, CASE WHEN tiered THEN proto END
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)::DOUBLE END AS pcum
                 FROM priced)
           SELECT window_start, window_end, direction, src_node, src_zone, src_region, src_provider, src_ip,
                  src_namespace, src_pod, src_workload_kind, src_workload, dst_kind, dst_namespace, dst_name,

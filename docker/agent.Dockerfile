@@ -23,15 +23,20 @@ RUN apt-get update \
 
 WORKDIR /opt/netmon
 # Installed from the same pins as CI and scripts/setup.sh.
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY lake/ lake/
 COPY node_agent/ node_agent/
 # The eBPF C sources, compiled by BCC on the node. node_agent/bpfload.py finds them beside
 # its own package (node_agent/../bpf), so the package is installed in place (editable, as
 # scripts/setup.sh does) and runs from /opt/netmon, next to /opt/netmon/bpf.
 COPY bpf/ bpf/
-RUN python -m venv /opt/venv \
+# gcc builds node_agent/_cttable.c (the accounter's compact state, setup.py) and is removed
+# again; the build fails here rather than ship an agent that falls back to the larger dict state.
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev \
+ && python -m venv /opt/venv \
  && /opt/venv/bin/pip install -c constraints.txt -e ".[agent]" \
+ && /opt/venv/bin/python -c "import node_agent._cttable" \
+ && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
  # BCC's Python module is pure ctypes over the system libbcc: link it into the venv, as
  # scripts/setup.sh does (the PyPI package named `bcc` is unrelated).
  && ln -s /usr/lib/python3/dist-packages/bcc \

@@ -81,7 +81,10 @@ def current_files(lake: Lake, table: str, start=None, end=None) -> list[str]:
                 out.append(full if full in listed else lake.path(C.staged(r.token, p)))
         return sorted(out)
     out = []
-    for info in lake.list_files(table):
+    bounded = lo is not None and hi is not None and len(_days(lo, hi)) <= 62
+    infos = ([i for d in _days(lo, hi) for i in lake.list_files(f"{table}/date={d:%Y-%m-%d}")] if bounded
+             else lake.list_files(table))  # a bounded range lists its dates only
+    for info in infos:
         day = _date_of(lake.rel(info.path))
         if day is None:
             continue

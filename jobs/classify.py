@@ -127,7 +127,8 @@ def classify(t: pa.Table, ctx) -> pa.Table:
             & known[np.where(ext_ids >= 0, ext_ids, len(ipd))]
         if same_cloud.any():
             rd_, rc_ = dict_parts(region_col)
-            region_col = choose(n, [(~same_cloud, rd_, rc_), (same_cloud, reg, np.arange(n))])
+            cd_, cc_ = dict_parts(reg)
+            region_col = choose(n, [(~same_cloud, rd_, rc_), (same_cloud, cd_, cc_)])
 
     # ---- rule 1: in-cluster destinations (and zonal private ones)
     kube = (((kind == KIND["service"]) & equals(t.column("dst_service"), "kubernetes"))

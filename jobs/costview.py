@@ -10,32 +10,24 @@ Local, S3 and MinIO lakes read the same way (the lake's pyarrow filesystem).
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from jobs import catalog
 from lake import schema as S
 from lake.storage import Lake
 
 #: view name -> cost table (under costs/)
 VIEWS = {"cost_flows": "flows", "namespace_hourly": "namespace_hourly", "workload_daily": "workload_daily"}
-_DATE = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
 
 
 def cost_files(lake: Lake, table: str, start: dt.date | None = None, end: dt.date | None = None) -> list[str]:
-    """Paths of the Parquet files of cost table `table` ("flows", ...) whose date partition is
-    in [start, end] (inclusive; None: unbounded). The one place that lists cost files."""
-    out = []
-    for info in lake.list_files(f"costs/{table}"):
-        m = _DATE.search(info.path)
-        if m is None:
-            continue
-        day = dt.date.fromisoformat(m.group(1))
-        if (start is None or day >= start) and (end is None or day <= end):
-            out.append(info.path)
-    return out
+    """Paths of the committed Parquet files of cost table `table` ("flows", ...) whose date is
+    in [start, end] (inclusive; None: unbounded): what the hours' commit records list, never
+    a half-published hour (jobs/catalog.py)."""
+    return catalog.current_files(lake, f"costs/{table}", start, end)
 
 
 def dataset(lake: Lake, table: str, start: dt.date | None = None, end: dt.date | None = None) -> ds.Dataset:
@@ -45,9 +37,17 @@ def dataset(lake: Lake, table: str, start: dt.date | None = None, end: dt.date |
     t = S.TABLES[f"costs/{table}"]
     parts = pa.schema([("date", pa.date32())] + [(p, pa.string()) for p in t.partitions if p != "date"])
     schema = pa.schema(list(t.schema) + list(parts))
-    return ds.dataset(cost_files(lake, table, start, end), schema=schema, format="parquet",
-                      filesystem=lake.fs, partitioning=ds.partitioning(parts, flavor="hive"),
-                      partition_base_dir=lake.path(f"costs/{table}"))
+    # Partition values come from the path below each file's table directory: the lake's, or a
+    # run's staging directory for an hour being rolled forward at this instant.
+    groups: dict[str, list[str]] = {}
+    for path in cost_files(lake, table, start, end):
+        groups.setdefault(path.split("/date=", 1)[0], []).append(path)
+    sets = [ds.dataset(paths, schema=schema, format="parquet", filesystem=lake.fs,
+                       partitioning=ds.partitioning(parts, flavor="hive"), partition_base_dir=base)
+            for base, paths in sorted(groups.items())]
+    if len(sets) == 1:
+        return sets[0]
+    return ds.dataset(sets) if sets else ds.dataset([], schema=schema, format="parquet", filesystem=lake.fs)
 
 
 def connect(lake: Lake, start: dt.date | None = None, end: dt.date | None = None,
@@ -60,49 +60,57 @@ def connect(lake: Lake, start: dt.date | None = None, end: dt.date | None = None
 
 
 def lake_dates(lake: Lake) -> list[dt.date]:
-    """The dates that have cost rows, in order (from the listing only)."""
-    days = {m.group(1) for i in lake.list_files("costs/flows") if (m := _DATE.search(i.path))}
-    return sorted(dt.date.fromisoformat(d) for d in days)
+    """The dates that have committed cost hours, in order (from listings only)."""
+    return sorted({h.date() for h in catalog.committed_hours(lake)})
 
 
 def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
-    """Where each rate card's internet egress stands in its monthly volume tiers on day `end`:
-    month-to-date bytes (the 1st of the month through `end`, every namespace: tiers count the
-    account's volume), the tier they are in, what is left of it, and the month's tiered charge.
-    Rows priced by a user rule are not tiered, as in the cost job."""
+    """Where each tier pool's internet egress stands on day `end`: month-to-date bytes (the 1st
+    of the month through `end`, every namespace: tiers count the account's volume), the tier
+    they are in, what is left of it, the provider's free allowance used, and the month's tiered
+    charge. The charge is the cost job's own arithmetic (`pricing.tier_costs` over the month's
+    (window, pool) volumes in time order), so it equals the tiered part of the rows' cost_usd."""
+    import pyarrow.compute as pc  # noqa: PLC0415
 
-    from jobs.pricing import default_cards  # noqa: PLC0415
-    cards = cards or default_cards()
+    from jobs import pricing  # noqa: PLC0415 - only for the tier curve
+    cards = cards or pricing.default_cards()
     con = duckdb.connect()
     con.register("mtd", dataset(lake, "flows", end.replace(day=1), end))
-    rows = con.execute("""
-        SELECT src_provider, src_region, SUM(tx_bytes)
+    vol = con.sql("""
+        SELECT src_provider, src_region, window_start, SUM(tx_bytes) AS tier_bytes
         FROM mtd
         WHERE traffic_class = 'internet_egress' AND NOT starts_with(COALESCE(rate_card, ''), 'rule:')
-        GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
-    # the month's tiered charge per pool, with the provider's free allowance shared by its pools
-    from jobs.pricing import pool_name, tier_costs  # noqa: PLC0415
-    vol = pa.table({"tier_pool": [pool_name(p, r) for p, r, _ in rows],
-                    "window_start": pa.array([dt.datetime.combine(end.replace(day=1), dt.time(), dt.timezone.utc)] * len(rows),
-                                             pa.timestamp("us", tz="UTC")),
-                    "tier_bytes": pa.array([int(t) for _, _, t in rows], pa.int64())})
-    usd, _ = tier_costs(vol, {}, cards)
-    month_costs = {(p, r): float(c) for (p, r, _), c in zip(rows, usd)}
+        GROUP BY ALL""").to_arrow_table()
+    if vol.num_rows == 0:
+        return []
+    pools = [pricing.pool_name(p, r) for p, r in zip(vol["src_provider"].to_pylist(), vol["src_region"].to_pylist())]
+    vol = pa.table({"tier_pool": pa.array(pools, pa.string()), "window_start": vol["window_start"],
+                    "tier_bytes": pc.cast(vol["tier_bytes"], pa.int64())})
+    vol = vol.sort_by([("window_start", "ascending"), ("tier_pool", "ascending")])
+    charge, state = pricing.tier_costs(vol, {}, cards)
+    by_pool: dict[str, float] = {}
+    for pool, usd in zip(vol["tier_pool"].to_pylist(), charge.tolist()):
+        by_pool[pool] = by_pool.get(pool, 0.0) + usd
     out = []
-    for provider, region, total in rows:
-        card = cards.card(provider, region)
-        gb = int(total) / card.egress_unit
+    for pool in sorted(by_pool):
+        card = cards.card(*pricing.pool_key(pool))
+        total = state[pool]
+        gb = total / card.egress_unit
+        free_gb = card.free_bytes() / card.egress_unit
+        free_used = state.get(f"{card.provider}/free_allowance", 0) / card.egress_unit
         lo, hi, rate = 0.0, None, 0.0
         for up_to, per_gb in card.tiers:
             rate, hi = per_gb, up_to
             if up_to is None or gb < up_to:
                 break
             lo = float(up_to)
+        if free_gb and free_used < free_gb:
+            rate = 0.0          # still inside the account's free allowance
         out.append({
             "rate_card": card.name, "month": f"{end:%Y-%m}", "through": end.isoformat(),
-            "egress_bytes": int(total), "egress_gb": gb, "tier_from_gb": lo,
-            "tier_to_gb": None if hi is None else float(hi), "per_gb_usd": rate,
+            "egress_bytes": int(total), "egress_gb": gb, "free_gb": free_gb, "free_used_gb": free_used,
+            "tier_from_gb": lo, "tier_to_gb": None if hi is None else float(hi), "per_gb_usd": rate,
             "gb_to_next_tier": None if hi is None else float(hi) - gb,
-            "month_cost_usd": month_costs.get((provider, region), 0.0),
+            "month_cost_usd": by_pool[pool],
         })
     return out

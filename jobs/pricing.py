@@ -341,7 +341,9 @@ def nat_for_nodes(nodes: pa.Table, config) -> np.ndarray:
 # ------------------------------------------------------------------ price
 
 def _strings(col, n: int) -> tuple[list, np.ndarray]:
-    d, codes = dict_parts(col) if col is not None else (pa.array([], pa.string()), np.full(n, -1))
+    """(distinct values, code per row, -1 for null): stage outputs carry large dictionaries
+    with repeated values, so values are made distinct first (loops below run per value)."""
+    d, codes = value_parts(col) if col is not None else (pa.array([], pa.string()), np.full(n, -1))
     return d.cast(pa.string()).to_pylist(), codes
 
 

@@ -341,8 +341,10 @@ def render(f: Figures) -> str:
     p.append(f'<section><h2>Top external destinations</h2><div class="grid"><div>{ds_svg}</div><div>{ds_tab}</div></div></section>')
 
     p.append('<section><h2>Internet egress tier, month to date</h2>' + _table("tiers", [
-        "rate card", "month", "through", "sent", "tier from", "tier to", "rate", "month's egress charge"], [
+        "rate card", "month", "through", "sent", "free allowance used", "tier from", "tier to", "rate",
+        "month's egress charge"], [
         _td(r["rate_card"]) + _td(r["month"]) + _td(r["through"]) + _num(r["egress_gb"], f"{r['egress_gb']:,.2f} GB", "egress_gb")
+        + _num(r["free_used_gb"], f"{r['free_used_gb']:,.2f} of {r['free_gb']:,.0f} GB" if r["free_gb"] else "-", "free_used_gb")
         + _td(f"{r['tier_from_gb']:,.0f} GB") + _td("-" if r["tier_to_gb"] is None else f"{r['tier_to_gb']:,.0f} GB")
         + _td(f"${r['per_gb_usd']:.3f}/GB") + _num(r["month_cost_usd"], usd(r["month_cost_usd"]), "month_cost_usd")
         for r in f.tiers]) + "</section>")

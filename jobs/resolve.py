@@ -288,13 +288,23 @@ def _relays(t: pa.Table, inb_idx: np.ndarray, ids: dict, owner: np.ndarray, clus
     dst = ids["dst_ip"][inb_idx]
     ext = ~cluster
     # (window, node, backend ip, backend port) of A's client rows vs (window, source's node, ...)
-    a = np.stack([ws[ext], reporter[ext], dst[ext], port[ext]], axis=1)
-    b = np.stack([ws[cand], owner[cand], dst[cand], port[cand]], axis=1)
-    keys, inv_codes = np.unique(np.concatenate([a, b]), axis=0, return_inverse=True)
-    inv_codes = inv_codes.reshape(-1)
-    seen = np.zeros(len(keys), bool)
-    seen[inv_codes[: len(a)]] = True
-    relay[np.flatnonzero(cand)] = seen[inv_codes[len(a):]]
+    # one int64 key per row: (window rank, node, address, port), mixed-radix
+    wu, wr = np.unique(ws, return_inverse=True)
+    n_names, n_ip = len(inv.names) + 1, int(max(dst.max(initial=0), 0)) + 2
+    if len(wu) * n_names * n_ip * 65537 >= (1 << 62):  # cannot pack: compare rows
+        a = np.stack([ws[ext], reporter[ext], dst[ext], port[ext]], axis=1)
+        b = np.stack([ws[cand], owner[cand], dst[cand], port[cand]], axis=1)
+        keys, inv_codes = np.unique(np.concatenate([a, b]), axis=0, return_inverse=True)
+        inv_codes = inv_codes.reshape(-1)
+        seen = np.zeros(len(keys), bool)
+        seen[inv_codes[: len(a)]] = True
+        relay[np.flatnonzero(cand)] = seen[inv_codes[len(a):]]
+        return relay
+    key = lambda w, nd, ip, pt: ((w * n_names + (nd + 1)) * n_ip + (ip + 1)) * 65537 + (pt + 1)  # noqa: E731
+    wr = wr.reshape(-1)
+    ka = key(wr[ext], reporter[ext], dst[ext], port[ext])
+    kb = key(wr[cand], owner[cand], dst[cand], port[cand])
+    relay[np.flatnonzero(cand)] = np.isin(kb, ka)
     return relay
 
 

@@ -349,7 +349,7 @@ TABLES = {
 INVENTORY_KINDS = ("pods", "services", "nodes", "endpoints")
 
 #: Job bookkeeping, kept in the lake so any runner (laptop or KubeRay) sees the same state.
-STATE_DIR = "_state"            # _state/processed/<raw table>/<date>/<hour>.json manifests
+STATE_DIR = "_state"            # the cost job's bookkeeping (docs/publishing.md)
 QUARANTINE_DIR = "_quarantine"  # _quarantine/<raw table>/<original relative path> + .reason.json
 EXPECTED_DIR = "_expected"      # simulator ground truth: expected class per flow (tests only)
 

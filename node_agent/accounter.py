@@ -133,15 +133,25 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class _Window:
-    """One window's flows: identity -> row index, counters in flat int64 columns (8 bytes
-    per value, handed to Arrow without a copy)."""
+    """One window's flows: identity -> row index; each row's identity (the window ids of its
+    three addresses, ports, protocol) and counters in flat columns (the counters are handed
+    to Arrow without a copy).
 
-    __slots__ = ("idx", "ip_ids", "info", "txb", "txp", "rxb", "rxp", "conns")
+    The index is a CounterTable keyed by a hash of the identity (a 48-byte slot a flow
+    instead of a dict entry and a 136-bit int), each hit checked against the row's identity;
+    the one-in-2^64 colliding flow goes to `overflow`, keyed by the exact identity. Without
+    the extension the index is a dict keyed by the exact identity."""
+
+    __slots__ = ("idx", "overflow", "ip_ids", "info", "fa", "fb", "fc", "fports", "fproto",
+                 "txb", "txp", "rxb", "rxp", "conns")
 
     def __init__(self) -> None:
-        self.idx: dict[int, int] = {}        # flow identity -> row
+        self.idx = CounterTable() if CounterTable is not None else {}
+        self.overflow: dict[int, int] = {}
         self.ip_ids: dict[bytes, int] = {}   # packed IP -> id within this window
         self.info: list = []                 # id -> resolve() answer when first seen
+        self.fa, self.fb, self.fc, self.fports = (array("I") for _ in range(4))
+        self.fproto = array("B")
         self.txb, self.txp, self.rxb, self.rxp, self.conns = (array("q") for _ in range(5))
 
 
@@ -329,11 +339,32 @@ class Accounter:
         ic = ids.get(c)
         if ic is None:
             ic = self._new_ip(w, c)
-        # the flow identity as one int: proto, ports and window-local ids of the three IPs
-        ident = s.proto | s.dport << 8 | s.reply_sport << 24 | ia << 40 | ib << 72 | ic << 104
-        i = w.idx.get(ident)
+        ports = s.dport << 16 | s.reply_sport
+        proto = s.proto
+        idx = w.idx
+        if isinstance(idx, dict):  # exact identity: proto, ports and the three address ids
+            i = idx.get(proto | ports << 8 | ia << 40 | ib << 72 | ic << 104)
+        else:
+            h = hash((ia, ib, ic, ports, proto))
+            i = idx.get(h)
+            if i is not None and (w.fa[i] != ia or w.fb[i] != ib or w.fc[i] != ic or w.fports[i] != ports
+                                  or w.fproto[i] != proto):
+                # another flow with the same 64-bit hash: rows of colliding flows by exact identity
+                h = None
+                i = w.overflow.get(proto | ports << 8 | ia << 40 | ib << 72 | ic << 104)
         if i is None:
-            w.idx[ident] = len(w.idx)
+            i = len(w.txb)
+            if isinstance(idx, dict):
+                idx[proto | ports << 8 | ia << 40 | ib << 72 | ic << 104] = i
+            elif h is not None:
+                idx[h] = i
+            else:
+                w.overflow[proto | ports << 8 | ia << 40 | ib << 72 | ic << 104] = i
+            w.fa.append(ia)
+            w.fb.append(ib)
+            w.fc.append(ic)
+            w.fports.append(ports)
+            w.fproto.append(proto)
             w.txb.append(dob)
             w.txp.append(dop)
             w.rxb.append(drb)
@@ -407,8 +438,10 @@ class Accounter:
         src, dst, odst = array("i"), array("i"), array("i")
         oport, dport, proto = array("i"), array("i"), array("h")
         keep: list[int] | None = None  # row indexes to keep, once a transit row was dropped
-        for i, ident in enumerate(w.idx):  # insertion order = row index of the counters
-            ia, ib, ic = (ident >> 40) & _M32, (ident >> 72) & _M32, ident >> 104
+        w.idx = w.overflow = None  # the rows carry their identity: the index can go before the output is built
+        fa, fb, fc, fports, fproto = w.fa, w.fb, w.fc, w.fports, w.fproto
+        for i in range(len(fa)):
+            ia, ib, ic = fa[i], fb[i], fc[i]
             if loop[ic]:
                 st["loopback_flows"] += 1
                 st["loopback_bytes"] += w.txb[i] + w.rxb[i]
@@ -430,10 +463,11 @@ class Accounter:
             src.append(ia)
             dst.append(ic)
             odst.append(ib)
-            proto.append(ident & 0xFF)
-            oport.append((ident >> 8) & 0xFFFF)
-            dport.append((ident >> 24) & 0xFFFF)
-        w.idx = {}
+            proto.append(fproto[i])
+            p = fports[i]
+            oport.append(p >> 16)
+            dport.append(p & 0xFFFF)
+        w.fa = w.fb = w.fc = w.fports = w.fproto = None
         txb, txp, rxb, rxp, conns = w.txb, w.txp, w.rxb, w.rxp, w.conns
         if keep is not None:
             txb, txp, rxb, rxp, conns = (array("q", [col[i] for i in keep]) for col in (txb, txp, rxb, rxp, conns))
@@ -471,7 +505,7 @@ class Accounter:
 
     def pending(self) -> int:
         """Flow rows accumulated in the current window (before the transit filter)."""
-        return len(self._window.idx)
+        return len(self._window.txb)
 
     def stats(self) -> dict[str, int]:
         out = dict(self._stats)

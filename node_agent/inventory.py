@@ -167,6 +167,10 @@ _PROVIDER_ALIASES = {"gce": "gcp"}
 _ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 _REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
 _TYPE_LABELS = ("node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type")
+#: node-group labels of EKS (managed and eksctl), GKE, AKS and Karpenter; NAT gateways can be
+#: configured per node group (jobs/config.py nat_gateways.node_groups)
+_GROUP_LABELS = ("eks.amazonaws.com/nodegroup", "alpha.eksctl.io/nodegroup-name", "cloud.google.com/gke-nodepool",
+                 "kubernetes.azure.com/agentpool", "agentpool", "karpenter.sh/nodepool")
 
 
 def provider_of(provider_id: str | None) -> str | None:
@@ -204,7 +208,7 @@ def _family(ip: str) -> int:
 
 def nodes_table(objs: Iterable[Any], t: dt.datetime) -> pa.Table:
     cols: dict[str, list] = {k: [] for k in ("name", "internal_ip", "external_ip", "zone", "region",
-                                             "provider", "instance_type")}
+                                             "provider", "instance_type", "node_group")}
     for node in _sorted(objs):
         md, spec = _md(node), node.get("spec") or {}
         labels = md.get("labels") or {}
@@ -212,7 +216,8 @@ def nodes_table(objs: Iterable[Any], t: dt.datetime) -> pa.Table:
         pz, pr = _zone_from_provider_id(pid)
         zone = _first(labels, _ZONE_LABELS) or pz
         region = _first(labels, _REGION_LABELS) or pr
-        fixed = (md.get("name"), zone, region, provider_of(pid), _first(labels, _TYPE_LABELS))
+        fixed = (md.get("name"), zone, region, provider_of(pid), _first(labels, _TYPE_LABELS),
+                 _first(labels, _GROUP_LABELS))
         internal, external = [], []
         for a in (node.get("status") or {}).get("addresses") or ():
             ip = canonical_ip(a.get("address"))
@@ -237,6 +242,7 @@ def nodes_table(objs: Iterable[Any], t: dt.datetime) -> pa.Table:
             cols["region"].append(fixed[2])
             cols["provider"].append(fixed[3])
             cols["instance_type"].append(fixed[4])
+            cols["node_group"].append(fixed[5])
     return _table(S.INV_NODES, cols, t)
 
 
@@ -309,7 +315,7 @@ def _slim_service(o: Obj) -> Obj:
 
 
 def _slim_node(o: Obj) -> Obj:
-    return {"metadata": _slim_md(_md(o), _ZONE_LABELS + _REGION_LABELS + _TYPE_LABELS),
+    return {"metadata": _slim_md(_md(o), _ZONE_LABELS + _REGION_LABELS + _TYPE_LABELS + _GROUP_LABELS),
             "spec": {"providerID": (o.get("spec") or {}).get("providerID")},
             "status": {"addresses": (o.get("status") or {}).get("addresses")}}
 

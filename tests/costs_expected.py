@@ -73,11 +73,13 @@ def service_savings(df: pd.DataFrame) -> dict[str, float]:
 
 
 def month_egress(lake: Path, month: str) -> tuple[int, float]:
-    """Tiered internet-egress bytes (tx) and their cost in `month` (YYYY-MM), every namespace."""
+    """Tiered internet-egress bytes (tx) in `month` (YYYY-MM), every namespace, and the tiered
+    part of their cost as the job wrote it: cost_usd less the NAT / endpoint processing, the
+    only other charge an internet-egress row carries."""
     df = cost_flows(lake)
     eg = df[(df.traffic_class == "internet_egress") & df.date.str.startswith(month)
             & ~df.rate_card.fillna("").str.startswith("rule:")]
-    return int(eg.tx_bytes.sum()), float(eg.cost_usd.sum())
+    return int(eg.tx_bytes.sum()), float((eg.cost_usd - eg.processing_cost_usd.fillna(0.0)).sum())
 
 
 def backends_everywhere(df: pd.DataFrame) -> dict[str, bool]:

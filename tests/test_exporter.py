@@ -206,3 +206,50 @@ def test_a_spool_disk_that_refuses_writes_keeps_windows_in_memory_until_it_recov
     assert sorted(got) == sorted(rels)
     for i, rel in enumerate(rels):
         assert got[rel].equals(S.conform(flows(i), S.RAW_FLOWS))
+
+
+def _nowhere_to_write(tmp_path):
+    """A spool whose disk refuses writes and a lake that is down: windows stay in memory."""
+    import os
+    import shutil
+
+    lake_dir = tmp_path / "lake"
+    lake = open_lake(str(lake_dir))
+    metrics = Metrics()
+    spool_dir = tmp_path / "spool"
+    spool = Spool(str(spool_dir), 1 << 30, metrics=metrics)
+    shutil.rmtree(lake_dir)
+    lake_dir.write_text("not a directory")
+    os.rmdir(spool_dir)
+    spool_dir.write_text("broken disk")
+    return lake, lake_dir, spool, spool_dir, metrics
+
+
+def test_windows_in_memory_are_visible_and_dropped_with_one_line_after_the_grace(tmp_path, caplog):
+    lake, _, spool, _, metrics = _nowhere_to_write(tmp_path)
+    exp = Exporter(lake, spool, metrics, backoff_initial=0.05, backoff_max=0.2).start()
+    for i in range(2):
+        exp.submit_raw("raw/flows", "node-a", T0 + dt.timedelta(minutes=i), flows(i, rows=3))
+    assert metrics.memory_windows.get() == 2 and metrics.memory_bytes.get() > 0
+    t0 = time.monotonic()
+    assert exp.close(timeout=0.5, memory_timeout=2.5) == 2      # kept trying for the grace ...
+    assert 2.3 < time.monotonic() - t0 < 6
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "dropped" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("dropped 2 window(s) (6 rows, ")  # ... then says what it lost
+
+
+def test_a_disk_that_recovers_within_the_grace_loses_nothing(tmp_path):
+    import threading
+
+    lake, lake_dir, spool, spool_dir, metrics = _nowhere_to_write(tmp_path)
+    exp = Exporter(lake, spool, metrics, backoff_initial=0.05, backoff_max=0.2).start()
+    rel = exp.submit_raw("raw/flows", "node-a", T0, flows(1))
+
+    def recover():
+        time.sleep(1.0)
+        spool_dir.unlink()
+        spool_dir.mkdir()
+
+    threading.Thread(target=recover).start()
+    assert exp.close(timeout=0.5, memory_timeout=10) == 1        # in the spool: it uploads at the next start
+    assert spool.pending() == [rel] and metrics.memory_windows.get() == 0

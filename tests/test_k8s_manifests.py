@@ -687,7 +687,37 @@ def test_dockerfile_pins_and_sources(name):
         # side by side and the package is installed in place (editable), not into site-packages.
         assert ("COPY", "bpf/ bpf/") in instrs and ("COPY", "node_agent/ node_agent/") in instrs
         assert '-e ".[agent]"' in runs
+        # the accounter's compact state is compiled in the image (setup.py), and checked there
+        assert "setup.py" in next(a for i, a in instrs if i == "COPY" and "pyproject.toml" in a)
+        assert "import node_agent._cttable" in runs
         assert ("ENTRYPOINT", '["netmon-agent"]') in instrs
     else:
         assert image == "rayproject/ray" and tag == f"{constraint('ray')}-py311"
         assert [a for i, a in instrs if i == "USER"][-1] == "1000"
+
+
+def test_cost_job_cells_fit_the_workers(rendered):
+    """The cell size the driver is given (NETMON_CELL_ROWS on the head, where the entrypoint
+    runs) makes cells whose declared memory lets every worker CPU run one at a time: worker
+    memory minus its object store holds num-cpus cells. The CLI accepts the value."""
+    from jobs import cells as CL
+    from jobs.cli import _parser
+
+    _, objs = rendered
+    spec = one(objs, "RayCronJob", "netmon-cost")["spec"]["jobTemplate"]["rayClusterSpec"]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    rows = int(env_of(head, objs)["NETMON_CELL_ROWS"])
+    assert _parser().parse_args(["cost", "--lake", "/x", "--cell-rows", str(rows)]).cell_rows == rows
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"   # cells run on workers only
+    units = {"Mi": 1 << 20, "Gi": 1 << 30}
+    for group in spec["workerGroupSpecs"]:
+        [c] = group["template"]["spec"]["containers"]
+        res = c["resources"]
+        assert res["requests"] == res["limits"], group["groupName"]
+        mem = res["limits"]["memory"]
+        mem_bytes = int(mem[:-2]) * units[mem[-2:]]
+        cpus = int(group["rayStartParams"]["num-cpus"])
+        assert cpus == int(res["limits"]["cpu"])
+        store = int(group["rayStartParams"]["object-store-memory"])
+        assert store <= mem_bytes // 3
+        assert cpus * CL.memory_for(rows) <= mem_bytes - store, (group["groupName"], rows)

@@ -134,6 +134,8 @@ def test_egress_tier_position_counts_the_whole_month(executed, costed_lake):
     assert row.egress_bytes == tx
     assert row.egress_gb == pytest.approx(tx / X.GB)
     assert row.month_cost_usd == pytest.approx(cost, abs=1e-9)      # the job's own tiered charge
-    # two simulated hours of 3 nodes stay in AWS's free first 100 GB
-    assert (row.rate_card, row.tier_from_gb, row.tier_to_gb, row.per_gb_usd) == ("aws/us-east-1", 0.0, 100.0, 0.0)
-    assert row.gb_to_next_tier == pytest.approx(100.0 - tx / X.GB)
+    # two simulated hours of 3 nodes stay in AWS's free first 100 GB of the month, at the
+    # bottom of the first tier ($0.09/GB up to 10 TB), so the marginal rate is still $0
+    assert (row.rate_card, row.tier_from_gb, row.tier_to_gb, row.per_gb_usd) == ("aws/us-east-1", 0.0, 10240.0, 0.0)
+    assert (row.free_gb, row.free_used_gb) == (100.0, pytest.approx(tx / X.GB))
+    assert row.gb_to_next_tier == pytest.approx(10240.0 - tx / X.GB)

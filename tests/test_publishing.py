@@ -248,3 +248,14 @@ def test_a_damaged_lease_is_replaced_with_a_larger_token(local):
     b = lock.acquire(local, keepalive=False)
     assert b.token > 1000 * a.token
     b.release()
+
+
+def test_rollup_tables_are_their_date_partitions(local):
+    for day in (1, 2, 3):
+        when = dt.datetime(2026, 3, day, tzinfo=UTC)
+        local.write_table(S.cost_file_path("costs/namespace_hourly", when), S.COST_NAMESPACE_HOURLY.empty_table())
+    got = catalog.current_files(local, "namespace_hourly", dt.date(2026, 3, 2), dt.date(2026, 3, 3))
+    assert [f.split("/date=")[1][:10] for f in got] == ["2026-03-02", "2026-03-03"]
+    assert len(catalog.current_files(local, "costs/namespace_hourly")) == 3
+    with pytest.raises(ValueError, match="unknown table 'costs/nope'"):
+        catalog.current_files(local, "nope")

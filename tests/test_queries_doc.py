@@ -103,7 +103,7 @@ def test_query_parses_in_each_dialect(engine, name):
 #: sqlglot type -> Arrow type of the column in the lake: Athena `timestamp` and Trino
 #: `timestamp(6) with time zone` both read the files' UTC microsecond timestamps
 _TYPES = {"TEXT": pa.string(), "VARCHAR": pa.string(), "BIGINT": pa.int64(), "INT": pa.int32(),
-          "SMALLINT": pa.int16(), "DOUBLE": pa.float64(), "DATE": pa.date32()}
+          "SMALLINT": pa.int16(), "DOUBLE": pa.float64(), "DATE": pa.date32(), "BOOLEAN": pa.bool_()}
 _TS = {"athena": "TIMESTAMP", "trino": "TIMESTAMPTZ"}
 
 

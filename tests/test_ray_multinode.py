@@ -32,7 +32,8 @@ from netns import make_pair, sh
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RANGES = os.path.join(REPO, "jobs", "fixtures")
 BIN = os.path.dirname(sys.executable)
-SEED, NODES, HOURS = 5, 3, 4
+SEED, NODES, HOURS = 5, 3, 2
+CELL_ROWS = 3000  # several cells per hour, so both Ray nodes get cells
 GCS_PORT, S3_PORT = 6379, 5000
 TABLES = ("costs/flows", "costs/namespace_hourly", "costs/workload_daily")
 
@@ -81,7 +82,7 @@ def _tails(tmp: str) -> str:
 def _cost_cli(prefix: list[str], lake_url: str, cfg: str, *extra: str, env: dict) -> subprocess.CompletedProcess:
     r = subprocess.run([*prefix, sys.executable, "-m", "jobs", "cost", "--lake", lake_url, "--config", cfg,
                         "--ip-ranges", RANGES, *extra], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=900)
+                       timeout=1500)
     assert r.returncode == 0, f"cost job failed:\n{r.stdout}\n{r.stderr[-4000:]}"
     return r
 
@@ -203,11 +204,11 @@ def test_cost_job_runs_on_a_two_node_ray_cluster(cluster, tmp_path):
     url = "s3://netmon-bench/lake"
     r = subprocess.run(_in(a, sys.executable, "-m", "jobs", "simulate", "--lake", url, "--s3-endpoint", cluster["s3"],
                            "--nodes", str(NODES), "--hours", str(HOURS), "--seed", str(SEED)),
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
 
     r = _cost_cli(_in(a), url, str(cfg), "--s3-endpoint", cluster["s3"], "--ray-address", cluster["address"],
-                  env=env)
+                  "--cell-rows", str(CELL_ROWS), env=env)
     assert f"{HOURS} hour(s) computed" in r.stdout
     line = next(x for x in r.stderr.splitlines() if x.startswith("cost: tasks per Ray node: "))
     per_node = {ip: (node_id, int(n)) for ip, node_id, n in re.findall(r"([\d.]+) ([0-9a-f]{20,}) (\d+)", line)}
@@ -217,7 +218,7 @@ def test_cost_job_runs_on_a_two_node_ray_cluster(cluster, tmp_path):
 
     # a local run over the same lake (the same task functions, in this process) gives the same tables
     R.run_cost_job(R.JobOptions(lake_url=local.url, config_path=str(cfg), ip_ranges_dir=RANGES, executor="inline",
-                                progress=None))
+                                cell_rows=CELL_ROWS, progress=None))
     copy = open_lake(str(tmp_path / "from-s3"))
     r = subprocess.run(_in(a, sys.executable, "-c", COPY_OUT, url, cluster["s3"], copy.url, *TABLES),
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

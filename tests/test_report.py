@@ -4,6 +4,7 @@ rendered DOM equals the cost tables computed independently (tests/costs_expected
 Also the read side it stands on (jobs/costview.py): date pruning and the egress tier position."""
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 import re
@@ -18,7 +19,7 @@ import pytest
 import costs_expected as X
 from jobs import costview
 from jobs.report import usd
-from jobs.pricing import RATE_KEYS, RateCards
+from jobs.pricing import RateCards, default_cards
 from lake.storage import open_lake
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,7 +183,8 @@ def test_figures_in_the_rendered_page_equal_the_cost_tables(page, two_day_lake, 
     tx, cost = X.month_egress(two_day_lake, "2026-01")
     (tier,) = dom.tables["tiers"]
     assert float(tier[3][1]) == pytest.approx(tx / X.GB, rel=1e-12)
-    assert float(tier[7][1]) == pytest.approx(cost, abs=1e-9)
+    assert float(tier[4][1]) == pytest.approx(min(tx / X.GB, 100.0), rel=1e-12)   # AWS: 100 GB free a month
+    assert float(tier[8][1]) == pytest.approx(cost, abs=1e-9)
 
 
 def test_dollars_are_shown_to_the_cent_or_below_a_dollar_to_four_places():
@@ -218,21 +220,20 @@ def test_cost_files_prune_by_date(two_day_lake):
     assert con.execute("SELECT COUNT(*) FROM cost_flows").fetchone()[0] == (want.date == DAY2).sum()
 
 
-def test_egress_tier_position_with_a_small_free_tier(two_day_lake):
-    """A card whose free tier is 1 GB puts the simulated month in its second tier: the position
-    and the month's charge follow from the byte count by hand."""
-    cards = RateCards({"aws": {"default": {
-        **{k: {"per_gb": 0, "unit_bytes": X.GB, "source": "test"} for k in RATE_KEYS},
-        "internet_egress": {"unit_bytes": X.GB, "source": "test",
-                            "tiers": [{"up_to_gb": 1, "per_gb": 0}, {"up_to_gb": 1000, "per_gb": 0.09},
-                                      {"up_to_gb": None, "per_gb": 0.05}]}}}})
+def test_egress_tier_position_with_a_small_free_allowance(two_day_lake):
+    """The AWS cards with a free allowance of 1 GB put the simulated month past it: the
+    position and the month's charge follow from the byte count by hand."""
+    docs = copy.deepcopy(default_cards().docs)
+    docs["aws"]["free_allowance"] = {**docs["aws"].get("free_allowance", {}), "gb": 1}
+    cards = RateCards(docs)
     lake = open_lake(str(two_day_lake), create_bucket=False)
     (pos,) = costview.egress_tier_position(lake, dt.date.fromisoformat(DAY2), cards)
     tx, _ = X.month_egress(two_day_lake, "2026-01")
     g = tx / X.GB
     assert g > 1
-    assert (pos["tier_from_gb"], pos["tier_to_gb"], pos["per_gb_usd"]) == (1.0, 1000.0, 0.09)
-    assert pos["gb_to_next_tier"] == pytest.approx(1000 - g)
+    assert (pos["rate_card"], pos["free_gb"], pos["free_used_gb"]) == ("aws/us-east-1", 1.0, 1.0)
+    assert (pos["tier_from_gb"], pos["tier_to_gb"], pos["per_gb_usd"]) == (0.0, 10240.0, 0.09)
+    assert pos["gb_to_next_tier"] == pytest.approx(10240 - g)
     assert pos["month_cost_usd"] == pytest.approx((g - 1) * 0.09, rel=1e-9)
     # through the first day only: less egress, the same month
     (first,) = costview.egress_tier_position(lake, dt.date.fromisoformat(DAY1), cards)
@@ -247,9 +248,12 @@ def test_notebook_views_and_report_read_an_s3_lake(two_day_lake, moto_s3, tmp_pa
     url = "s3://netmon-explore-test/lake"
     s3 = open_lake(url, s3_endpoint=moto_s3.endpoint)
     local = open_lake(str(two_day_lake), create_bucket=False)
-    for table in ("flows", "namespace_hourly", "workload_daily"):
-        for path in costview.cost_files(local, table):
-            s3.write_table(local.rel(path), local.read_table(path))
+    # the cost tables and the job's records (readers see the hours the records commit)
+    for top in ("costs", "_state"):
+        for f in (two_day_lake / top).rglob("*"):
+            if f.is_file():
+                s3.write_bytes(f.relative_to(two_day_lake).as_posix(), f.read_bytes())
+    assert costview.lake_dates(s3) == costview.lake_dates(local)
     d2 = dt.date.fromisoformat(DAY2)
     got = costview.connect(s3, d2, d2).execute(
         "SELECT traffic_class, SUM(cost_usd) FROM cost_flows GROUP BY 1").fetchall()
