@@ -159,6 +159,7 @@ class AutoCollector(Collector):
         self._next_check = 0.0
         self._warned = False
         self._st = {"datapath_checks": 0, "datapath_switches": 0}
+        self._held_ended: list = []   # ended while the start-up sample ran, for the first drain
 
     # ------------------------------------------------------------------ start-up
     def open(self) -> None:
@@ -168,7 +169,10 @@ class AutoCollector(Collector):
             m = Measure(self.netns)
             m.begin(_sum(ct.dump()))
             time.sleep(self.sample_seconds)
-            m.ended_ct = _sum(ct.drain_ended())
+            # the connections that ended while sampling are handed to the accounter with its
+            # first drain: their DESTROY counters continue a restored state (no lost bytes)
+            ended = list(ct.drain_ended())
+            m.ended_ct = _sum(ended)
             verdict = m.finish(_sum(ct.dump()), pinned_dataplanes(self.bpffs))
         except BaseException:
             ct.close()
@@ -179,6 +183,7 @@ class AutoCollector(Collector):
                                      and self._ebpf_factory is not None)
         if not use_ebpf:
             self.inner = ct
+            self._held_ended = ended
             log.info("datapath: conntrack sees pod traffic (%s): conntrack collector", verdict.describe()
                      if verdict.blind is not None else "no traffic to judge by; " + verdict.describe())
         elif self.mode == "conntrack":
@@ -239,6 +244,8 @@ class AutoCollector(Collector):
 
     def drain_ended(self):
         out = self.inner.drain_ended()
+        if self._held_ended:
+            out, self._held_ended = self._held_ended + list(out), []
         if self._measure is not None:
             self._measure.ended_ct += _sum(out)
         return out

@@ -112,8 +112,9 @@ def test_restart_under_traffic_loses_nothing_and_counts_nothing_twice(tmp_path, 
         env = dict(os.environ)
         agent = AgentProc(a, args, log, env)
         agent.wait_for("agent running")
-        # 6 connections, 1 chunk every 0.25 s for ~9 s: they span the kill and the downtime
-        client = a.popen(PY, "-c", LONG_CLIENT, "6", "36", "0.25", "1400", stdout=subprocess.PIPE, text=True)
+        # 6 connections, 1 chunk every 0.25 s for ~15 s: they span the kill, the downtime and the
+        # restarted agent's start-up (imports, the 2 s datapath sample), so they end under it
+        client = a.popen(PY, "-c", LONG_CLIENT, "6", "60", "0.25", "1400", stdout=subprocess.PIPE, text=True)
         procs.append(client)
         assert client.stdout.readline().strip() == "started"
         agent.wait_for(r"window \S+: [1-9]\d* rows", timeout=20, count=2)   # windows with traffic, state saved
@@ -125,7 +126,7 @@ def test_restart_under_traffic_loses_nothing_and_counts_nothing_twice(tmp_path, 
         assert os.path.exists(spool / "accounter.state")
         time.sleep(2.0)                                                      # downtime: traffic goes on
         # a connection opened while no agent runs, still open when it is back
-        late = a.popen(PY, "-c", LONG_CLIENT, "1", "12", "0.25", "900", stdout=subprocess.PIPE, text=True)
+        late = a.popen(PY, "-c", LONG_CLIENT, "1", "24", "0.25", "900", stdout=subprocess.PIPE, text=True)
         procs.append(late)
         assert late.stdout.readline().strip() == "started"
         agent = AgentProc(a, args, log, env)
@@ -150,8 +151,8 @@ def test_restart_under_traffic_loses_nothing_and_counts_nothing_twice(tmp_path, 
     assert len(names) == len(set(names))
     assert (txb, txp) == counters["tx"], text
     assert (rxb, rxp) == counters["rx"], text
-    # 7 connections of at least 36 * 1400 (or 12 * 900) payload bytes each went through
-    assert txb > 6 * 36 * 1400 + 12 * 900
+    # 7 connections of at least 60 * 1400 (or 24 * 900) payload bytes each went through
+    assert txb > 6 * 60 * 1400 + 24 * 900
 
 
 @pytest.mark.privileged
