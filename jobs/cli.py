@@ -173,18 +173,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Terminated:
         print("error: terminated (SIGTERM)", file=sys.stderr)
-        return 143
+        return _terminated()
     except SystemExit as exc:
         # Ray's own SIGTERM handler (active while it starts, and in some of its code paths)
         # exits with the signal number after stopping its processes: report it the same way
         if exc.code != signal.SIGTERM:
             raise
         print("error: terminated (SIGTERM)", file=sys.stderr)
-        return 143
+        return _terminated()
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return rc
+
+
+def _terminated() -> int:
+    """143 after SIGTERM. With Ray loaded in this process (its local cluster already shut down
+    by the executor), exit at once: Ray's core worker, torn down again at interpreter exit after
+    its own failure-signal handler saw the SIGTERM, aborts the process (status -6)."""
+    if "ray" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143)
+    return 143
 
 
 def _main_thread() -> bool:

@@ -114,6 +114,9 @@ class RayExecutor:
         # The driver reports the first failed task as one line; the other tasks' errors would
         # otherwise be printed as tracebacks when their results are dropped.
         os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+        # The driver's core worker would otherwise install a native handler that prints a stack
+        # dump on SIGTERM: the job answers SIGTERM itself, in one line (jobs/cli.py).
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         import ray  # noqa: PLC0415
         self.ray = ray
         self.started = False
