@@ -188,13 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _terminated() -> int:
-    """143 after SIGTERM. With Ray loaded in this process (its local cluster already shut down
-    by the executor), exit at once: Ray's core worker, torn down again at interpreter exit after
-    its own failure-signal handler saw the SIGTERM, aborts the process (status -6)."""
-    if "ray" in sys.modules:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(143)
+    """143 after SIGTERM (the executor has shut the job's local Ray down on the way out)."""
     return 143
 
 

