@@ -23,9 +23,13 @@ still matches, and otherwise rebuilds the state from those hours' files (a cold 
 every hour cost before).
 
 A late DNS file for hour K changes the answers hours K .. K + lookback could pick. Hour K is
-recomputed (the file is one of its inputs); later, already-costed hours are not (the same as
-before the state was carried): their stored states no longer match their digest, so any
-later recomputation of them starts cold and picks the late answers up.
+recomputed (the file is one of its inputs), and its new state is rolled forward through the
+later hours (`tasks.roll_dns`): each later hour's state is rebuilt from the previous one and
+its own files, and the names of its committed cost rows are looked up again; only rows whose
+dst_domain or dst_cname change are re-costed (jobs/rename.py), only parts holding such rows
+are rewritten, and only hours with such parts are committed again. The roll stops at the
+first hour whose state comes out unchanged (the hours after it see the same state as
+before), and at the lookback's end.
 """
 from __future__ import annotations
 
@@ -100,6 +104,20 @@ def reduce_answers(answers: pa.Table, boundary: dt.datetime, lookback: dt.timede
     first[1:] = (c[1:] != c[:-1]) | (i[1:] != i[:-1])
     keep = np.sort(idx[order[first]])
     return t.take(pa.array(np.concatenate([keep, late]).astype(np.int64)))
+
+
+_STATE_KEY = ["client_ip", "ip", "seen_at", "domain", "window_end", "node", "ttl_s"]
+
+
+def same_state(a: pa.Table | None, b: pa.Table | None) -> bool:
+    """Whether two DNS states hold the same answers (in any order; metadata ignored)."""
+    if a is None or b is None:
+        return False
+    a, b = S.conform(a, S.RAW_DNS), S.conform(b, S.RAW_DNS)
+    if a.num_rows != b.num_rows:
+        return False
+    key = [(k, "ascending") for k in _STATE_KEY]
+    return a.sort_by(key).equals(b.sort_by(key))
 
 
 def with_digest(state: pa.Table, digest: str) -> pa.Table:

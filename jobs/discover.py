@@ -62,6 +62,10 @@ class Plan:
     records: dict[dt.datetime, "C.HourRecord"]      # current records of the computed and re-tiered hours
     #: hour -> the DNS files (winners) and their signatures: what a carried DNS state depends on
     dns_sigs: dict[dt.datetime, dict[str, st.FileSig]] = field(default_factory=dict)
+    #: hours after a computed hour, up to the DNS lookback, that are not computed themselves: a
+    #: changed DNS state of the computed hour is rolled through them (jobs/context.py); those
+    #: with a record have it in `records`
+    roll: list[dt.datetime] = field(default_factory=list)
 
 
 def _date_dirs(lake: Lake, rel: str) -> list[dt.date]:
@@ -195,7 +199,7 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     # DNS for the computed hours' lookback: the candidate dates' listing plus earlier dates
     dns_days = set()
     for h in compute:
-        dns_days |= _days(h - dns_lookback - HOUR, h + HOUR)
+        dns_days |= _days(h - dns_lookback - HOUR, h + dns_lookback + 2 * HOUR)
     extra = [d for d in dns_days if d not in set(cand_days)]
     dns_files, dns_winners, dup_dns = _identity_winners(
         dns_infos + _list_dates(lake, "raw/dns", [d for d in extra if d in set(raw_days)]), lake, quarantined,
@@ -214,6 +218,16 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
         for t, p_ in items:
             inv_by_hour.setdefault(st.hour_of(t), {k: [] for k in inv})[kind].append(p_)
     dns_sorted = sorted(dns_winners)
+    computed = set(compute)
+    # a computed hour's DNS state may change the names of the later hours within the lookback:
+    # the DNS files those hours' states and lookups read (rolled by the driver, jobs/run.py)
+    lb_h = _lookback_hours(dns_lookback)
+    last = max([*records, *dns_winners], default=None)  # nothing to roll into beyond it
+    roll = sorted(x for x in {h + k * HOUR for h in compute for k in range(1, lb_h + 2)} - computed
+                  if last is not None and x <= last)
+    for rh in roll:
+        for dh in dns_sorted[bisect.bisect_left(dns_sorted, rh - lb_h * HOUR):bisect.bisect_right(dns_sorted, rh + HOUR)]:
+            dns_chunks[dh] = dns_winners[dh]
     for h in compute:
         lo_dns = h - dns_lookback - HOUR
         dns_hours = dns_sorted[bisect.bisect_left(dns_sorted, lo_dns):bisect.bisect_right(dns_sorted, h + HOUR)]
@@ -230,7 +244,6 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     # break in a month's chain of tier states.
     ledgers: dict[str, st.EgressLedger] = {}
     retier: set[dt.datetime] = set()
-    computed = set(compute)
     months = {st.month_of(h) for h in compute} | set(also_months)
     if not ranged and candidates:
         months.add(st.month_of(candidates[-1]))
@@ -245,13 +258,18 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
         later = ledger.hours_after(first) + ([first] if first not in computed and
                                              st.hour_id(first) in ledger.entries else [])
         retier.update(h for h in later if h not in computed)
-    records = {h: r for h, r in records.items() if h in computed or h in retier}
-    records.update(C.read_records(lake, [h for h in retier if h not in records]))
+    roll_set = set(roll)
+    records = {h: r for h, r in records.items() if h in computed or h in retier or h in roll_set}
+    records.update(C.read_records(lake, [h for h in retier | roll_set if h not in records]))
     retier = {h for h in retier if h in records}
     return Plan(compute=compute, retier=sorted(retier), files=files, specs=specs,
                 dns_chunks=dns_chunks, inv_chunks=inv_chunks,
                 duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers, records=records,
-                dns_sigs={h: {p_: dns_files[h][p_] for p_ in dns_winners[h]} for h in dns_chunks})
+                dns_sigs={h: {p_: dns_files[h][p_] for p_ in dns_winners[h]} for h in dns_chunks}, roll=roll)
+
+
+def _lookback_hours(lookback: dt.timedelta) -> int:
+    return int(-(-lookback.total_seconds() // 3600))
 
 
 def _select_snapshots(items: list[tuple[dt.datetime, str]], lo: dt.datetime, hi: dt.datetime) -> list[str]:

@@ -84,6 +84,8 @@ class RunResult:
     task_nodes: dict[str, int] = field(default_factory=dict)
     #: computed hours costed with an inventory gap -> the inventory kinds missing
     inventory_gaps: dict[dt.datetime, list[str]] = field(default_factory=dict)
+    #: committed hours whose cost rows took new DNS names (a late raw/dns file before them)
+    hours_renamed: list[dt.datetime] = field(default_factory=list)
 
     @property
     def rows_per_s(self) -> float:
@@ -132,7 +134,7 @@ def _run_leased(opts: JobOptions, lake: Lake, lease, cfg, ranges_dir, t0) -> Run
               f"{len(p.duplicates)} duplicate upload(s) skipped", file=out, flush=True)
     d = _Driver(lake, lease, opts, p, cfg, ranges_dir, lookback)
     task_nodes: dict[str, int] = {}
-    todo = sorted(set(p.compute) | set(p.retier))
+    todo = sorted(set(p.compute) | set(p.retier) | set(p.roll))
     if todo or recovered.committed:
         lease.publishing(sorted(set(todo) | set(recovered.hours)))
         ex = InlineExecutor() if opts.executor == "inline" else RayExecutor(opts.ray_address, opts.num_cpus)
@@ -160,7 +162,7 @@ def _run_leased(opts: JobOptions, lake: Lake, lease, cfg, ranges_dir, t0) -> Run
         seen.add(q["path"])
     results = [r for rs in d.results.values() for r in rs]
     return RunResult(
-        hours_computed=p.compute, hours_retiered=sorted(d.retiered),
+        hours_computed=p.compute, hours_retiered=sorted(d.retiered), hours_renamed=sorted(d.renamed),
         rows_in=sum(r["rows_in"] for r in results), rows_out=sum(r["rows_out"] for r in results),
         files_read=sum(r["files_read"] for r in results), duplicates=p.duplicates, quarantined=quarantined,
         seconds=time.monotonic() - t0, summary=sm.merge([r["summary"] for r in results]), cells=len(results),
@@ -216,9 +218,11 @@ class _Driver:
         self.token = lease.token
         self.results: dict[dt.datetime, list[dict]] = {}
         self.retiered: set[dt.datetime] = set()
+        self.renamed: set[dt.datetime] = set()
+        self.rolled: dict[dt.datetime, list] = {}   # rolled hour -> per committed part: rename result or None
         self.committed: dict[dt.datetime, C.HourRecord] = {}
         self.bad: list[dict] = []
-        for m in {st.month_of(h) for h in p.compute + p.retier} - set(p.ledgers):
+        for m in {st.month_of(h) for h in p.compute + p.retier + p.roll} - set(p.ledgers):
             p.ledgers[m] = st.EgressLedger.load(lake, m)
         from jobs import pricing  # noqa: PLC0415
         self.cards = pricing.RateCards.for_config(cfg)  # the cards the cells price with
@@ -255,12 +259,34 @@ class _Driver:
                              cold=cold, prev_digest=self._digest(h - HOUR), digest=self._digest(h),
                              lookback=self.lookback)
 
+    def _roll_spec(self, h: dt.datetime) -> T.RollSpec:
+        rec = self.p.records.get(h)
+        parts = [(rel, C.staged(self.token, C.part_path(h, self.token, _cell_of(rel))))
+                 for rel in (rec.parts.get(C.FLOWS, []) if rec else [])]
+        return T.RollSpec(hour=h, dns_own=self.p.dns_chunks.get(h, []), dns_next=self.p.dns_chunks.get(h + HOUR, []),
+                          digest=self._digest(h), lookback=self.lookback, parts=parts)
+
+    def _submit_rolls(self, h: dt.datetime, state_ref, info_ref, roll_futs: dict) -> None:
+        """After computed hour `h`: roll its DNS state through the following hours that are not
+        computed (each task returns at once when the state before it came out unchanged)."""
+        roll = set(self.p.roll)
+        nxt = h + HOUR
+        while nxt in roll:
+            refs = self.ex.submit(T.roll_dns, self.url, self.ep, self._roll_spec(nxt), self.cfg, self.ranges_dir,
+                                  self.ex.arg(state_ref), self.ex.arg(info_ref), num_returns=2,
+                                  memory=CL.memory_for(self.opts.cell_rows))
+            roll_futs[nxt] = refs[1]
+            state_ref, info_ref = refs
+            nxt += HOUR
+
     # -- the run
     def run(self, ex, extra_days=()) -> None:
         self.ex = ex
         cells = self._cells()
         computed = set(self.p.compute)
-        todo = sorted(computed | set(self.p.retier))
+        roll = set(self.p.roll)
+        # rolled hours with a record may need a new commit (their names); the others only a state
+        todo = sorted(computed | set(self.p.retier) | {h for h in roll if h in self.p.records})
         progress = Progress(self.opts.progress, len(todo))
         capacity = ex.capacity()
         queue = list(self.p.compute)
@@ -269,6 +295,7 @@ class _Driver:
         done_cells: dict[dt.datetime, list[dict]] = {}
         waiting: list[tuple[dt.datetime, list, dict]] = []  # settled hours whose parts are being re-tiered
         bad_refs: list = []
+        roll_futs: dict[dt.datetime, Any] = {}   # rolled hour -> its info future
         settled = 0
 
         def submit_more():
@@ -278,9 +305,10 @@ class _Driver:
                 prev = chain.get(h - HOUR)
                 handed = (ex.arg(prev[1]), ex.arg(prev[2])) if prev else (None, None)
                 refs = ex.submit(T.build_context, self.url, self.ep, self._context_spec(h), self.cfg, *handed,
-                                 num_returns=4, memory=CL.BASE_BYTES)
+                                 num_returns=5, memory=CL.BASE_BYTES)
                 chain[h] = refs
                 bad_refs.append(refs[3])
+                self._submit_rolls(h, refs[1], refs[4], roll_futs)
                 est = self._ledger(h).state_before(h)  # exact once the previous hour is settled
                 for c in cells[h]:
                     staged = C.staged(self.token, C.part_path(h, self.token, c.index))
@@ -292,6 +320,14 @@ class _Driver:
                     del chain[old]
 
         def hour_ready(h) -> bool:
+            if h in roll:  # its roll must be submitted (with its computed hour) and done
+                if h not in roll_futs or not ex.ready([roll_futs[h]], 0):
+                    return False
+                if h not in self.rolled:
+                    info = ex.get(roll_futs[h])
+                    self.rolled[h] = info["parts"]
+                    self.bad += info["quarantined"]
+                return True
             return h not in computed or (h in done_cells and len(done_cells[h]) == len(cells[h]))
 
         while settled < len(todo) or waiting:
@@ -307,9 +343,15 @@ class _Driver:
                 if len(ex.ready(item[1], 0)) == len(item[1]):
                     waiting.remove(item)
                     progress.hour_done(self._commit(*item))
-            pending = list(cell_futs) + [f for w in waiting for f in w[1]]
+            pending = list(cell_futs) + [f for w in waiting for f in w[1]] + \
+                [f for h, f in roll_futs.items() if h not in self.rolled]
             if pending:
                 ex.wait_any(pending, 1.0)
+        for h, f in roll_futs.items():  # rolls through hours without a record: their states only
+            if h not in self.rolled:
+                info = ex.get(f)
+                self.rolled[h] = info["parts"]
+                self.bad += info["quarantined"]
         for b in bad_refs:
             self.bad += ex.get(b)
         for r in self.results.values():
@@ -345,18 +387,22 @@ class _Driver:
         ledger = self._ledger(h)
         rec = self.p.records[h]
         before = ledger.state_before(h)
+        rels = rec.parts.get(C.FLOWS, [])
+        renamed = self.rolled.get(h) or [None] * len(rels)  # parts re-named by a DNS roll (staged)
+        parts = [(rel, C.part_path(h, self.token, _cell_of(rel))) for rel in rels]
         if tiers.same_state(rec.tier_state_before, before):
-            return h, [], {"skip": True}
+            if not any(renamed):
+                return h, [], {"skip": True}
+            return h, [], {"parts": parts, "renamed": renamed}
         vols = tiers.from_list(rec.tier_volumes)
         rates, after = tiers.window_rates(vols, before, self.cards)
         tiers.set_pending(ledger, h, vols, before, after)
-        futs, parts = [], []
-        for rel in rec.parts.get(C.FLOWS, []):
-            final = C.part_path(h, self.token, _cell_of(rel))
-            futs.append(self.ex.submit(T.retier_part, self.url, self.ep, rel, C.staged(self.token, final), rates,
+        futs = []
+        for (rel, final), rn in zip(parts, renamed):
+            src = rn["part"] if rn else rel   # a re-named part is re-tiered in place, in staging
+            futs.append(self.ex.submit(T.retier_part, self.url, self.ep, src, C.staged(self.token, final), rates,
                                        memory=CL.memory_for(self.opts.cell_rows)))
-            parts.append((rel, final))
-        return h, futs, {"parts": parts, "before": before, "after": after, "vols": vols}
+        return h, futs, {"parts": parts, "renamed": renamed, "before": before, "after": after, "vols": vols}
 
     # -- committing
     def _commit(self, h: dt.datetime, futs: list, info: dict) -> int:
@@ -384,13 +430,18 @@ class _Driver:
                 tier_state_after=e["tier_state_after"])
             self.results[h] = results
             rows = rec.rows_out
-        else:  # a committed hour re-tiered: only its rewritten parts change
+        else:  # a committed hour re-tiered or re-named: only its rewritten parts change
             old = self.p.records[h]
-            changed = {rel: final for (rel, final), g in zip(info["parts"], got) if g is not None}
+            retiered = got or [None] * len(info["parts"])
+            changed, deltas = {}, []
+            for (rel, final), rn, g in zip(info["parts"], info["renamed"], retiered):
+                deltas += [x["delta"] for x in (rn, g) if x is not None]
+                if rn is not None or g is not None:
+                    changed[rel] = final
             oldp = _read_partials(self.lake, old)
             partials = None
             if oldp is not None:
-                partials = {name: ru.combine([oldp[name]] + [g["delta"][name] for g in got if g is not None])
+                partials = {name: ru.combine([oldp[name]] + [d[name] for d in deltas])
                             for name, ru in pt.ROLLUPS.items()}
             rec = C.HourRecord(
                 hour=h, inputs=old.inputs, rows_in=old.rows_in, rows_out=old.rows_out, kept_bytes=old.kept_bytes,
@@ -398,8 +449,10 @@ class _Driver:
                 parts={C.FLOWS: sorted(changed.get(rel, rel) for rel, _ in info["parts"])},
                 tier_volumes=e["tier_volumes"], tier_state_before=e["tier_state_before"],
                 tier_state_after=e["tier_state_after"])
-            if changed:
+            if any(g is not None for g in retiered):
                 self.retiered.add(h)
+            if any(info["renamed"]):
+                self.renamed.add(h)
             rows = 0
         rec = _publish_hour(self.lake, self.lease, rec, partials)
         ledger.set_record(rec)

@@ -4,6 +4,8 @@
   and the DNS state at the end of the hour, handed to the next hour's context
 - `cost_cell`: one cell (jobs/cells.py): read, check, quarantine, resolve, classify, price
   (tiered egress at a provisional rate), write its staged part, return a small summary
+- `roll_dns`: a later, already committed hour after its previous hour's DNS state changed:
+  its new state, and its parts re-named where a name changes (jobs/rename.py)
 - `retier_part`: swap a part's tier rates for the settled ones (only `cost_usd` changes)
 - `rollup_day`: a date's rollups from its hours' partials
 """
@@ -95,7 +97,8 @@ def _prev_state(lake: Lake, spec: ContextSpec, handed: pa.Table | None, bad: lis
 
 def build_context(lake_url: str, endpoint: str | None, spec: ContextSpec, cfg, handed_state, handed_own):
     """Returns (the hour's pipeline Context without IP ranges, the DNS state at the end of the
-    hour, the next hour's DNS rows, quarantined/skipped files)."""
+    hour, the next hour's DNS rows, quarantined/skipped files, {"changed": whether that state
+    differs from the one stored before}: the later hours' names may have moved)."""
     from jobs import pipeline  # noqa: PLC0415
     lake = _lake(lake_url, endpoint)
     bad: list[dict] = []
@@ -108,8 +111,66 @@ def build_context(lake_url: str, endpoint: str | None, spec: ContextSpec, cfg, h
         bad += b
     ctx = pipeline.build_context(inv, pa.concat_tables([prev, own, nxt]), cfg, None)
     state = cx.reduce_answers(pa.concat_tables([prev, own]), spec.hour + HOUR, spec.lookback)
+    changed = not cx.same_state(_stored_state(lake, spec.hour), state)
     lake.write_table(cx.state_path(spec.hour), cx.with_digest(state, spec.digest))
-    return ctx, state, nxt, bad
+    return ctx, state, nxt, bad, {"changed": changed}
+
+
+def _stored_state(lake: Lake, hour: dt.datetime) -> pa.Table | None:
+    """The DNS state stored for the end of `hour` (None: missing or unreadable)."""
+    rel = cx.state_path(hour)
+    try:
+        return lake.read_table(rel) if lake.exists(rel) else None
+    except Exception:  # noqa: BLE001 - unreadable: as if missing
+        return None
+
+
+@dataclasses.dataclass
+class RollSpec:
+    """A committed (or empty) hour the previous hour's changed DNS state is rolled through."""
+    hour: dt.datetime
+    dns_own: list[str]
+    dns_next: list[str]
+    digest: str                 # digest of the state this hour leaves
+    lookback: dt.timedelta
+    parts: list[tuple[str, str]]  # (committed part, staged name of its replacement)
+
+
+def roll_dns(lake_url: str, endpoint: str | None, spec: RollSpec, cfg, ranges_dir: str | None, prev_state,
+             prev: dict):
+    """`prev_state`: the new DNS state at the end of the previous hour; `prev["changed"]`:
+    whether it differs from the stored one (if not, nothing here can change: returns at once).
+    Returns (the DNS state at the end of this hour, {"changed": whether it differs from the
+    stored one, "parts": [rename result or None per part], "quarantined": [...]})."""
+    if not prev.get("changed"):
+        return None, {"hour": spec.hour, "changed": False, "parts": [None] * len(spec.parts), "quarantined": []}
+    from jobs import pipeline  # noqa: PLC0415
+    from jobs import rename as RN  # noqa: PLC0415
+    from jobs.dns import DnsIndex  # noqa: PLC0415
+    lake = _lake(lake_url, endpoint)
+    bad: list[dict] = []
+    prev_state = S.conform(prev_state, S.RAW_DNS)
+    own = _load_dns(lake, spec.dns_own, bad)
+    state = cx.reduce_answers(pa.concat_tables([prev_state, own]), spec.hour + HOUR, spec.lookback)
+    changed = not cx.same_state(_stored_state(lake, spec.hour), state)
+    lake.write_table(cx.state_path(spec.hour), cx.with_digest(state, spec.digest))
+    out: list[dict | None] = []
+    if spec.parts:
+        nxt = _load_dns(lake, spec.dns_next, bad)
+        index = DnsIndex(pa.concat_tables([prev_state, own, nxt]), cfg.dns_lookback_s)
+        ctx = pipeline.build_context({}, None, cfg, _ip_ranges(ranges_dir))
+        for src, dst in spec.parts:
+            old = lake.read_table(src)
+            got = RN.rename(old, index, ctx)
+            if got is None:
+                out.append(None)
+                continue
+            new, renamed, recosted = got
+            lake.write_table(dst, new.replace_schema_metadata(old.schema.metadata))
+            old = S.conform(old, S.COST_FLOWS)
+            out.append({"part": dst, "renamed": renamed, "recosted": recosted, "summary": sm.partial(new),
+                        "delta": pt.delta(pt.partials(old), pt.partials(new))})
+    return state, {"hour": spec.hour, "changed": changed, "parts": out, "quarantined": bad}
 
 
 # ----------------------------------------------------------------------------- cells
