@@ -22,6 +22,7 @@ time order, carrying month-to-date offsets per (provider, region).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -53,6 +54,20 @@ class Context:
     cards: RateCards
     rules: PrefixTable | None
     subnets: PrefixTable | None = None
+    #: the inventory as validity intervals (jobs/intervals.py); when set, pods/services/nodes/
+    #: endpoints hold its kinds (snapshot times and distinct rows) instead of the snapshots
+    intervals: object | None = None
+
+
+def compact(ctx: Context) -> Context:
+    """The context with its inventory snapshots replaced by validity intervals: the same
+    lookups, the form an hour's context is shared in (jobs/intervals.py)."""
+    from jobs import intervals as IV  # noqa: PLC0415
+    if ctx.intervals is not None:
+        return ctx
+    iv = IV.from_snapshots(ctx.pods, ctx.services, ctx.nodes, ctx.endpoints)
+    return dataclasses.replace(ctx, pods=iv.pods, services=iv.services, nodes=iv.nodes, endpoints=iv.endpoints,
+                               intervals=iv)
 
 
 def build_context(inventory_tables: dict[str, pa.Table], dns: pa.Table | None, config: JobConfig,

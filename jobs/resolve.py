@@ -238,6 +238,94 @@ class Inventory:
         a = self.node_by_ip(self.nodes.snap, ip_ids)
         return np.where(a >= 0, a, self.hostnet_by_ip(self.pods.snap, ip_ids))
 
+    def pod_row_by_name(self, snap: np.ndarray, ns_d, ns_code: np.ndarray, pod_d, pod_code: np.ndarray) -> np.ndarray:
+        """Pod row per (snapshot, namespace code, pod name code), -1 where none (the agent
+        named a pod the IP lookup did not find); the last row of a snapshot wins."""
+        P = self.pods.table
+        inv_pod_code, inv_ns_code = ids_in(P.column("name"), pod_d), ids_in(P.column("namespace"), ns_d)
+        n_pod = max(len(pod_d), 1)
+        key = np.where((inv_pod_code >= 0) & (inv_ns_code >= 0), inv_ns_code * n_pod + inv_pod_code, -1)
+        by_name = KeyLookup(self.pods.local, key, self.pods.rows, self.pods.n, (len(ns_d) + 1) * n_pod)
+        return by_name(snap, np.where((ns_code >= 0) & (pod_code >= 0), ns_code * n_pod + pod_code, -1))
+
+
+class _Kind:
+    """One kind's distinct rows (`table`), the snapshots the batch's windows pick (`used`,
+    global indices) and each row's position among them (`snap`, -1 without any)."""
+
+    def __init__(self, kind, codes: np.ndarray, uniq: np.ndarray):
+        self.table = kind.table
+        g = kind.snap_of(uniq)
+        self.used = np.unique(g[g >= 0])
+        local = np.searchsorted(self.used, g) if len(self.used) else np.zeros(len(g), np.int64)
+        self.snap = np.where(g >= 0, local, -1)[codes] if len(g) else np.zeros(0, np.int64)
+
+
+class _Keyed:
+    """An interval lookup called like KeyLookup: (position in `kind.used` per row, key ids
+    into a per-call dictionary) -> payload. The (snapshot x key) answers are computed once,
+    for the few snapshots a batch uses, then gathered per row."""
+
+    def __init__(self, lookup, dictionary: pa.Array, kind: _Kind):
+        self.lookup, self.used = lookup, kind.used
+        self.map = ids_in(dictionary, lookup.keys) if len(dictionary) else np.zeros(0, np.int64)
+        self.dense = None
+
+    def __call__(self, snap: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        n_key, n_snap = len(self.map), len(self.used)
+        ok = (snap >= 0) & (ids >= 0)
+        if n_key == 0 or n_snap == 0:
+            return np.full(len(ids), -1, np.int64)
+        if n_key * n_snap > (1 << 22):  # too many to tabulate: search per row
+            kc = np.where(ok, self.map[np.maximum(ids, 0)], -1)
+            return self.lookup.query(np.where(ok, self.used[np.maximum(snap, 0)], -1), kc)
+        if self.dense is None:
+            self.dense = self.lookup.query(np.repeat(self.used, n_key), np.tile(self.map, n_snap))
+        return np.where(ok, self.dense[np.maximum(snap, 0) * n_key + np.maximum(ids, 0)], -1)
+
+
+class IntervalInventory(Inventory):
+    """Inventory's lookups over the hour's validity intervals (jobs/intervals.py): the same
+    rows, found by interval instead of by (snapshot, key) over every snapshot's rows."""
+
+    def __init__(self, ctx, t: pa.Table, ipd: pa.Array, node_dict: pa.Array | None = None):
+        iv = ctx.intervals
+        codes, uniq, self.we = window_codes(t)
+        self.pods, self.nodes = _Kind(iv.pods, codes, uniq), _Kind(iv.nodes, codes, uniq)
+        self.services, self.endpoints = _Kind(iv.services, codes, uniq), _Kind(iv.endpoints, codes, uniq)
+        self._iv = iv
+        P, N, E = self.pods.table, self.nodes.table, self.endpoints.table
+        names = [iv.names] + ([_single(node_dict).cast(pa.string())] if node_dict is not None else [])
+        self.names = pc.unique(pa.concat_arrays(names).drop_null())  # the context's names keep their ids
+        self.pod_node = ids_in(P.column("node"), self.names)
+        self.pod_by_ip = _Keyed(iv.pods.lookups["by_ip"], ipd, self.pods)
+        self.hostnet_by_ip = _Keyed(iv.pods.lookups["hostnet_by_ip"], ipd, self.pods)
+        self.node_by_name = _Keyed(iv.nodes.lookups["by_name"], self.names, self.nodes)
+        self.node_by_ip = _Keyed(iv.nodes.lookups["by_ip"], ipd, self.nodes)
+        self.svc_by_ip = _Keyed(iv.services.lookups["by_ip"], ipd, self.services)
+        self.ep_by_ip = _Keyed(iv.endpoints.lookups["by_ip"], ipd, self.endpoints)
+        self.ep_node = ids_in(E.column("node"), self.names)
+        fill = lambda col, v: pc.fill_null(_single(col).cast(pa.string()), v)  # noqa: E731
+        self.node_zone = _single(N.column("zone")).cast(pa.string())
+        self.node_region = fill(N.column("region"), ctx.config.region)
+        self.node_provider = pc.utf8_lower(fill(N.column("provider"), ctx.config.provider))
+
+    def pod_row_by_name(self, snap, ns_d, ns_code, pod_d, pod_code) -> np.ndarray:
+        from jobs.intervals import nsname_keys  # noqa: PLC0415
+        lk = self._iv.pods.lookups["by_name"]
+        keys = nsname_keys(ns_d, ns_code, pod_d, pod_code)
+        used = self.pods.used
+        g = np.where(snap >= 0, used[np.maximum(snap, 0)] if len(used) else -1, -1)
+        return lk.query(g, ids_in(keys, lk.keys))
+
+
+def inventory(ctx, t: pa.Table, ipd: pa.Array, node_dict: pa.Array | None = None) -> Inventory:
+    """The lookups for a batch: over the context's validity intervals when it has them, else
+    over its snapshots."""
+    if getattr(ctx, "intervals", None) is not None:
+        return IntervalInventory(ctx, t, ipd, node_dict)
+    return Inventory(ctx, t, ipd, node_dict)
+
 
 # ------------------------------------------------------------------ orient
 
@@ -250,7 +338,7 @@ def orient(t: pa.Table, ctx) -> pa.Table:
         return t
     ipd, ids = shared_ip_dictionary(t)
     inb_idx = np.flatnonzero(direction)
-    inv = Inventory(ctx, t.select(["window_end"]).take(pa.array(inb_idx)), ipd)
+    inv = inventory(ctx, t.select(["window_end"]).take(pa.array(inb_idx)), ipd)
     src = ids["src_ip"][inb_idx]
     owner = inv.node_by_ip(inv.nodes.snap, src)  # a node's own address (relays SNAT to it)
     cluster = (inv.pod_by_ip(inv.pods.snap, src) >= 0) | (inv.node_ip_owner(src) >= 0)
@@ -316,7 +404,7 @@ def resolve(t: pa.Table, ctx) -> pa.Table:
     ipd, ids = shared_ip_dictionary(t)
     sid, did, oid = ids["src_ip"], ids["dst_ip"], ids["orig_dst_ip"]
     node_dict, node_codes = dict_parts(t.column("node"))
-    inv = Inventory(ctx, t, ipd, node_dict)
+    inv = inventory(ctx, t, ipd, node_dict)
     P, N, Sv, E = inv.pods.table, inv.nodes.table, inv.services.table, inv.endpoints.table
     psnap, nsnap, ssnap, esnap = inv.pods.snap, inv.nodes.snap, inv.services.snap, inv.endpoints.snap
 
@@ -340,11 +428,7 @@ def resolve(t: pa.Table, ctx) -> pa.Table:
     other = np.flatnonzero(raw & ~agree & ~src_is_node)
     if len(other) and P.num_rows:
         # the agent named a pod the IP lookup did not find: find it by namespace/name
-        n_pod = max(len(pod_d), 1)
-        key = np.where((inv_pod_code >= 0) & (inv_ns_code >= 0), inv_ns_code * n_pod + inv_pod_code, -1)
-        by_name = KeyLookup(inv.pods.local, key, inv.pods.rows, inv.pods.n, (len(ns_d) + 1) * n_pod)
-        qk = np.where(ns_code[other] >= 0, ns_code[other] * n_pod + pod_code[other], -1)
-        w_row[other] = by_name(psnap[other], qk)
+        w_row[other] = inv.pod_row_by_name(psnap[other], ns_d, ns_code[other], pod_d, pod_code[other])
     w_row = np.where(src_is_node, -1, w_row)
     app = ~src_is_node
     cfg = ctx.config

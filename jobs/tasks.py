@@ -109,7 +109,8 @@ def build_context(lake_url: str, endpoint: str | None, spec: ContextSpec, cfg, h
     for kind in S.INVENTORY_KINDS:
         inv[kind], b = load.read_inventory(lake, spec.inventory.get(kind, []), kind)
         bad += b
-    ctx = pipeline.build_context(inv, pa.concat_tables([prev, own, nxt]), cfg, None)
+    # shared in the compact form: inventory as validity intervals (jobs/intervals.py)
+    ctx = pipeline.compact(pipeline.build_context(inv, pa.concat_tables([prev, own, nxt]), cfg, None))
     state = cx.reduce_answers(pa.concat_tables([prev, own]), spec.hour + HOUR, spec.lookback)
     changed = not cx.same_state(_stored_state(lake, spec.hour), state)
     lake.write_table(cx.state_path(spec.hour), cx.with_digest(state, spec.digest))
