@@ -22,6 +22,16 @@ of the hours it depends on ([H - lookback, H]); the next run starts from it when
 still matches, and otherwise rebuilds the state from those hours' files (a cold start, what
 every hour cost before).
 
+The inventory is carried the same way, in its compact form: an hour's context holds its
+snapshots as validity intervals (jobs/intervals.py), and what the next hour needs of the
+snapshots before it is only the latest one (every window of the next hour ends after it) and
+the times of the last hour's snapshots (inventory gaps, jobs/load.py). That is the
+**inventory state at the end of hour H** (`inventory_state`), handed to the next hour's
+context and persisted at `_state/context/inventory/<kind>/date=D/HH.parquet` with a digest of
+the snapshot files it stands for (names, from the listing); the next hour then reads only its
+own snapshot files. Without a usable state an hour reads the snapshots discovery selected for
+it, as before (a cold start). Either way a window resolves against the same snapshot.
+
 A late DNS file for hour K changes the answers hours K .. K + lookback could pick. Hour K is
 recomputed (the file is one of its inputs), and its new state is rolled forward through the
 later hours (`tasks.roll_dns`): each later hour's state is rebuilt from the previous one and
@@ -118,6 +128,56 @@ def same_state(a: pa.Table | None, b: pa.Table | None) -> bool:
         return False
     key = [(k, "ascending") for k in _STATE_KEY]
     return a.sort_by(key).equals(b.sort_by(key))
+
+
+def inventory_state_path(kind: str, hour: dt.datetime) -> str:
+    """Where the inventory state (one kind) at the end of `hour` is kept."""
+    return f"{S.STATE_DIR}/context/inventory/{kind}/date={hour:%Y-%m-%d}/{hour:%H}.parquet"
+
+
+TIMES_META = b"netmon.snapshot_times"
+INV_LOOKBACK = dt.timedelta(hours=1)  # snapshot times kept for the next hour's gap check
+
+
+def inventory_state(snaps, earlier: np.ndarray | None, boundary: dt.datetime) -> tuple[pa.Table, np.ndarray]:
+    """One kind's state at `boundary` from its Snapshots (jobs/inventory.py) and the times of
+    earlier snapshots it no longer holds: (rows of the latest snapshot before the boundary,
+    times of the snapshots in the hour before it and of that latest one)."""
+    b_us = int(S.as_utc(boundary).timestamp() * 1_000_000)
+    times = np.unique(np.concatenate([np.asarray(earlier if earlier is not None else [], np.int64),
+                                      snaps.times.astype(np.int64)]))
+    j = int(np.searchsorted(snaps.times, b_us, side="left")) - 1
+    keep = (times >= b_us - int(INV_LOOKBACK.total_seconds() * 1_000_000)) & (times < b_us)
+    if j < 0:
+        return snaps.table.slice(0, 0), times[keep]
+    rows = snaps.table.slice(int(snaps.bounds[j]), int(snaps.bounds[j + 1] - snaps.bounds[j]))
+    return rows, np.unique(np.append(times[keep], snaps.times[j]))
+
+
+def inventory_digest(index: dict[str, list], hour: dt.datetime) -> str:
+    """Digest of the snapshot files the inventory state at the end of `hour` stands for: per
+    kind, those named in the hour and the latest named before its end (`index`: kind ->
+    sorted (time, path), discovery's listing)."""
+    h = hashlib.sha256(b"inventory\n")
+    end = hour + HOUR
+    for kind in S.INVENTORY_KINDS:
+        items = index.get(kind, [])
+        before = [p for t, p in items if t < end]
+        mine = [p for t, p in items if hour <= t < end]
+        for rel in sorted(set(mine + before[-1:])):
+            h.update(f"{kind}\t{rel}\n".encode())
+    return h.hexdigest()
+
+
+def with_times(table: pa.Table, times: np.ndarray, digest: str) -> pa.Table:
+    meta = dict(table.schema.metadata or {})
+    meta[TIMES_META] = json.dumps([int(x) for x in times]).encode()
+    return with_digest(table.replace_schema_metadata(meta), digest)
+
+
+def times_of(table: pa.Table) -> np.ndarray:
+    raw = (table.schema.metadata or {}).get(TIMES_META)
+    return np.array(json.loads(raw) if raw else [], np.int64)
 
 
 def with_digest(state: pa.Table, digest: str) -> pa.Table:

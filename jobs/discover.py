@@ -66,6 +66,8 @@ class Plan:
     #: changed DNS state of the computed hour is rolled through them (jobs/context.py); those
     #: with a record have it in `records`
     roll: list[dt.datetime] = field(default_factory=list)
+    #: kind -> (snapshot time from the name, path) of the listed inventory snapshots, by time
+    inv_index: dict[str, list[tuple[dt.datetime, str]]] = field(default_factory=dict)
 
 
 def _date_dirs(lake: Lake, rel: str) -> list[dt.date]:
@@ -265,7 +267,8 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     return Plan(compute=compute, retier=sorted(retier), files=files, specs=specs,
                 dns_chunks=dns_chunks, inv_chunks=inv_chunks,
                 duplicates=dup_flows + dup_dns, quarantined=quarantined, ledgers=ledgers, records=records,
-                dns_sigs={h: {p_: dns_files[h][p_] for p_ in dns_winners[h]} for h in dns_chunks}, roll=roll)
+                dns_sigs={h: {p_: dns_files[h][p_] for p_ in dns_winners[h]} for h in dns_chunks}, roll=roll,
+                inv_index=inv)
 
 
 def _lookback_hours(lookback: dt.timedelta) -> int:

@@ -156,8 +156,27 @@ def _keyed(values) -> tuple[pa.Array, np.ndarray]:
     return keys, ids_in(values, keys)
 
 
-def from_snapshots(pods: Snapshots, services: Snapshots, nodes: Snapshots, endpoints: Snapshots) -> Intervals:
-    """The interval form of the four kinds' snapshots (tie-breaks as resolve.Inventory's)."""
+def from_snapshots(pods: Snapshots, services: Snapshots, nodes: Snapshots, endpoints: Snapshots,
+                   earlier: dict[str, np.ndarray] | None = None) -> Intervals:
+    """The interval form of the four kinds' snapshots (tie-breaks as resolve.Inventory's).
+    `earlier`: per kind, times of snapshots before the first one given whose rows are not
+    needed (a carried state: the windows to resolve all end after its latest snapshot); they
+    only count for inventory gaps (jobs/load.py), no lookup ever lands on them."""
+    out = _from_snapshots(pods, services, nodes, endpoints)
+    for kind, times in (earlier or {}).items():
+        k = getattr(out, kind)
+        first = k.times[0] if len(k.times) else np.iinfo(np.int64).max
+        times = np.unique(np.asarray(times, np.int64))
+        times = times[times < first]
+        if len(times) == 0:
+            continue
+        k.times = np.concatenate([times, k.times])
+        for lk in k.lookups.values():
+            lk.start, lk.stop, lk.n_snap = lk.start + len(times), lk.stop + len(times), lk.n_snap + len(times)
+    return out
+
+
+def _from_snapshots(pods: Snapshots, services: Snapshots, nodes: Snapshots, endpoints: Snapshots) -> Intervals:
     P, N, Sv, E = pods.table, nodes.table, services.table, endpoints.table
     names = pc.unique(pa.concat_arrays([c.combine_chunks().cast(pa.string()) for c in
                                         (N.column("name"), P.column("node"), E.column("node"))]).drop_null())

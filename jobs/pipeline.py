@@ -59,13 +59,14 @@ class Context:
     intervals: object | None = None
 
 
-def compact(ctx: Context) -> Context:
+def compact(ctx: Context, earlier: dict | None = None) -> Context:
     """The context with its inventory snapshots replaced by validity intervals: the same
-    lookups, the form an hour's context is shared in (jobs/intervals.py)."""
+    lookups, the form an hour's context is shared in (jobs/intervals.py). `earlier`: per kind,
+    times of snapshots before the given ones (a carried state), for inventory gaps only."""
     from jobs import intervals as IV  # noqa: PLC0415
     if ctx.intervals is not None:
         return ctx
-    iv = IV.from_snapshots(ctx.pods, ctx.services, ctx.nodes, ctx.endpoints)
+    iv = IV.from_snapshots(ctx.pods, ctx.services, ctx.nodes, ctx.endpoints, earlier)
     return dataclasses.replace(ctx, pods=iv.pods, services=iv.services, nodes=iv.nodes, endpoints=iv.endpoints,
                                intervals=iv)
 

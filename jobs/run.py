@@ -178,6 +178,12 @@ def _gaps(results: list[dict]) -> list[str]:
     return sorted({k for r in results for k in r.get("inventory_gap", [])})
 
 
+def _snapshot_hour(rel: str) -> dt.datetime:
+    """The hour an inventory snapshot file is named in (its snapshot_time's hour)."""
+    stamp = rel.rsplit("-", 1)[-1].split(".", 1)[0]
+    return st.hour_of(dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC))
+
+
 def _cell_of(part: str) -> int:
     """The cell number in a part's name (`part-<token>-<cell>.parquet`; older `part-0`: 0)."""
     stem = part.rsplit("/", 1)[-1].split(".", 1)[0]
@@ -254,10 +260,13 @@ class _Driver:
             for kind, files in p.inv_chunks[ih].items():
                 inv[kind] += files
         cold = [p.dns_chunks.get(dh, []) for dh in cx.dns_hours_for(h - HOUR, self.lookback)]
+        inv_new = {k: [f for f in sorted(v) if _snapshot_hour(f) >= h] for k, v in inv.items()}
         return T.ContextSpec(hour=h, inventory={k: sorted(v) for k, v in inv.items()},
                              dns_own=p.dns_chunks.get(h, []), dns_next=p.dns_chunks.get(h + HOUR, []),
                              cold=cold, prev_digest=self._digest(h - HOUR), digest=self._digest(h),
-                             lookback=self.lookback)
+                             lookback=self.lookback, inv_new=inv_new,
+                             inv_prev_digest=cx.inventory_digest(p.inv_index, h - HOUR),
+                             inv_digest=cx.inventory_digest(p.inv_index, h))
 
     def _roll_spec(self, h: dt.datetime) -> T.RollSpec:
         rec = self.p.records.get(h)
@@ -303,9 +312,9 @@ class _Driver:
             while queue and len(cell_futs) < 2 * capacity:
                 h = queue.pop(0)
                 prev = chain.get(h - HOUR)
-                handed = (ex.arg(prev[1]), ex.arg(prev[2])) if prev else (None, None)
+                handed = (ex.arg(prev[1]), ex.arg(prev[2]), ex.arg(prev[5])) if prev else (None, None, None)
                 refs = ex.submit(T.build_context, self.url, self.ep, self._context_spec(h), self.cfg, *handed,
-                                 num_returns=5, memory=CL.BASE_BYTES)
+                                 num_returns=6, memory=CL.BASE_BYTES)
                 chain[h] = refs
                 bad_refs.append(refs[3])
                 self._submit_rolls(h, refs[1], refs[4], roll_futs)

@@ -67,6 +67,10 @@ class ContextSpec:
     prev_digest: str                         # digest the stored state of hour - 1 must carry
     digest: str                              # digest of the state this hour leaves
     lookback: dt.timedelta
+    #: kind -> the hour's own snapshot files and later ones (read when an inventory state is carried)
+    inv_new: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    inv_prev_digest: str = ""                # digest the stored inventory state of hour - 1 must carry
+    inv_digest: str = ""                     # digest of the inventory state this hour leaves
 
 
 def _load_dns(lake: Lake, files: list[str], bad: list[dict]) -> pa.Table:
@@ -95,26 +99,60 @@ def _prev_state(lake: Lake, spec: ContextSpec, handed: pa.Table | None, bad: lis
     return state, "cold"
 
 
-def build_context(lake_url: str, endpoint: str | None, spec: ContextSpec, cfg, handed_state, handed_own):
-    """Returns (the hour's pipeline Context without IP ranges, the DNS state at the end of the
-    hour, the next hour's DNS rows, quarantined/skipped files, {"changed": whether that state
-    differs from the one stored before}: the later hours' names may have moved)."""
+def _prev_inventory(lake: Lake, spec: ContextSpec, handed) -> dict | None:
+    """The inventory state at the end of the previous hour (kind -> (rows, times)): handed
+    over in this run, else the stored one if its digest matches, else None (a cold start)."""
+    if handed is not None:
+        return handed
+    if not spec.inv_prev_digest:
+        return None
+    out = {}
+    for kind in S.INVENTORY_KINDS:
+        rel = cx.inventory_state_path(kind, spec.hour - HOUR)
+        try:
+            t = lake.read_table(rel) if lake.exists(rel) else None
+        except Exception:  # noqa: BLE001 - unreadable: cold start
+            t = None
+        if t is None or cx.digest_of(t) != spec.inv_prev_digest:
+            return None
+        out[kind] = (S.conform(t, S.TABLES[f"inventory/{kind}"].schema), cx.times_of(t))
+    return out
+
+
+def build_context(lake_url: str, endpoint: str | None, spec: ContextSpec, cfg, handed_state, handed_own,
+                  handed_inv=None):
+    """Returns (the hour's pipeline Context without IP ranges, its inventory as validity
+    intervals; the DNS state at the end of the hour; the next hour's DNS rows;
+    quarantined/skipped files; {"changed": whether the DNS state differs from the one stored
+    before: the later hours' names may have moved}; the inventory state at the end of the hour)."""
     from jobs import pipeline  # noqa: PLC0415
+    from jobs.inventory import Snapshots  # noqa: PLC0415
     lake = _lake(lake_url, endpoint)
     bad: list[dict] = []
     prev, _how = _prev_state(lake, spec, handed_state, bad)
     own = handed_own if handed_own is not None else _load_dns(lake, spec.dns_own, bad)
     nxt = _load_dns(lake, spec.dns_next, bad)
-    inv = {}
+    carried = _prev_inventory(lake, spec, handed_inv)
+    files = spec.inventory if carried is None else spec.inv_new  # carried: only this hour's and later
+    inv, earlier = {}, {}
     for kind in S.INVENTORY_KINDS:
-        inv[kind], b = load.read_inventory(lake, spec.inventory.get(kind, []), kind)
+        inv[kind], b = load.read_inventory(lake, files.get(kind, []), kind)
         bad += b
+        if carried is not None:
+            rows, earlier[kind] = carried[kind]
+            inv[kind] = pa.concat_tables([rows, inv[kind]])
+    base = pipeline.build_context(inv, pa.concat_tables([prev, own, nxt]), cfg, None)
+    inv_state = {kind: cx.inventory_state(getattr(base, kind), earlier.get(kind), spec.hour + HOUR)
+                 for kind in S.INVENTORY_KINDS}
     # shared in the compact form: inventory as validity intervals (jobs/intervals.py)
-    ctx = pipeline.compact(pipeline.build_context(inv, pa.concat_tables([prev, own, nxt]), cfg, None))
+    ctx = pipeline.compact(base, earlier)
     state = cx.reduce_answers(pa.concat_tables([prev, own]), spec.hour + HOUR, spec.lookback)
     changed = not cx.same_state(_stored_state(lake, spec.hour), state)
     lake.write_table(cx.state_path(spec.hour), cx.with_digest(state, spec.digest))
-    return ctx, state, nxt, bad, {"changed": changed}
+    if spec.inv_digest:
+        for kind, (rows, times) in inv_state.items():
+            lake.write_table(cx.inventory_state_path(kind, spec.hour), cx.with_times(rows, times, spec.inv_digest))
+    return ctx, state, nxt, bad, {"changed": changed}, inv_state
 
 
 def _stored_state(lake: Lake, hour: dt.datetime) -> pa.Table | None:

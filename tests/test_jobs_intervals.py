@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import load
+from jobs import state as st
+from jobs import tasks as T
 from jobs import pipeline as PL
 from jobs import run as R
 from jobs.config import JobConfig
@@ -109,16 +111,51 @@ def test_empty_and_missing_kinds_resolve_alike():
 
 
 def test_a_simulated_lake_costs_the_same_with_either_form(tmp_path, monkeypatch):
+    """One run with intervals carried hour to hour, two runs carrying through the stored state,
+    and today's form (every selected snapshot's rows, nothing carried): the same rows."""
     lake = open_lake(str(tmp_path / "lake"))
-    simulate(lake, nodes=4, hours=2, seed=11, flows_per_node_window=40, workers=1)
-    shutil.copytree(lake.root, tmp_path / "twin")
-    twin = open_lake(str(tmp_path / "twin"))
+    simulate(lake, nodes=4, hours=3, seed=11, flows_per_node_window=30, workers=1)
+    hours = sorted({st.hour_of(S.parse_raw_file_name(lake.rel(i.path))[2]) for i in lake.list_files("raw/flows")})
+    assert len(hours) == 3
+    # the snapshotter was down across both hour boundaries: the first windows of hours 1 and 2
+    # resolve against the last snapshot of the hour before (the carried state), and the gaps show
+    dropped = 0
+    for i in lake.list_files("inventory"):
+        stamp = dt.datetime.strptime(i.path.rsplit("-", 1)[-1][:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+        if any(h <= stamp < h + dt.timedelta(minutes=12) for h in hours[1:]):
+            lake.fs.delete_file(i.path)
+            dropped += 1
+    assert dropped >= 8
+    for name in ("split", "twin"):
+        shutil.copytree(lake.root, tmp_path / name)
+    split, twin = open_lake(str(tmp_path / "split")), open_lake(str(tmp_path / "twin"))
     opts = dict(executor="inline", progress=None, cell_rows=20_000)
-    R.run_cost_job(R.JobOptions(lake_url=lake.url, **opts))
-    monkeypatch.setattr(PL, "compact", lambda ctx: ctx)   # today's form: every snapshot's rows
-    R.run_cost_job(R.JobOptions(lake_url=twin.url, **opts))
+    carried = []
+    real = T._prev_inventory
+
+    def spy(lk, spec, handed):
+        got = real(lk, spec, handed)
+        carried.append((spec.hour, handed is not None, got))
+        return got
+
+    monkeypatch.setattr(T, "_prev_inventory", spy)
+    res = R.run_cost_job(R.JobOptions(lake_url=lake.url, **opts))
+    assert sorted(res.inventory_gaps) == hours[1:]
+    assert [(h, hd, r is not None) for h, hd, r in carried] == [(hours[0], False, False), (hours[1], True, True),
+                                                               (hours[2], True, True)]
+    carried.clear()
+    R.run_cost_job(R.JobOptions(lake_url=split.url, end=hours[1], **opts))
+    R.run_cost_job(R.JobOptions(lake_url=split.url, **opts))
+    # the second run starts hour 1 from the inventory state stored by the first
+    assert [(h, hd, r is not None) for h, hd, r in carried] == [(hours[0], False, False), (hours[1], False, True),
+                                                               (hours[2], True, True)]
+    monkeypatch.setattr(T, "_prev_inventory", lambda lk, spec, handed: None)
+    monkeypatch.setattr(PL, "compact", lambda ctx, earlier=None: ctx)   # today's form
+    ref = R.run_cost_job(R.JobOptions(lake_url=twin.url, **opts))
+    assert ref.inventory_gaps == res.inventory_gaps
     key = [(k, "ascending") for k in ("window_start", "src_node", "src_ip", "dst_ip", "dst_port", "tx_bytes", "rx_bytes")]
-    a, b = all_costs(lake).sort_by(key), all_costs(twin).sort_by(key)
+    a, b, c = (all_costs(x).sort_by(key) for x in (lake, split, twin))
     assert a.num_rows > 10_000
-    assert_close(a, b, "intervals vs snapshots")
+    assert_close(a, c, "intervals vs snapshots")
+    assert_close(b, c, "intervals carried across runs vs snapshots")
     assert set(a["dst_kind"].to_pylist()) >= {"pod", "service", "node", "external"}
