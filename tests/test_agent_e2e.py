@@ -245,8 +245,8 @@ class AgentProc:
         self.log.close()
 
 
-def setup_namespaces() -> tuple[Netns, Netns]:
-    a, b = make_pair("nmag")
+def setup_namespaces(prefix: str = "nmag") -> tuple[Netns, Netns]:
+    a, b = make_pair(prefix)
     try:
         for ns in (a, b):
             ns.enable_conntrack()
