@@ -140,17 +140,20 @@ def test_ebpf_mode_never_sees_the_encapsulation():
         assert re.search(rf":4789\s.*cgroup:(\S*:{ino:x}\b|\S*/{os.path.basename(cg.path)}\b)", ss), ss
         eb.open()
         _p, tx0 = nft_counter(n1, "dpo", "inner_tx")
+        _p, rx0 = nft_counter(n1, "dpo", "inner_rx")
         _p, outer0 = nft_counter(n1, "dpo", "outer")
         for ns in (p1, n1):       # from a pod, and from the node itself (over the overlay)
             subprocess.run(ns.cmd(sys.executable, "-c", code), preexec_fn=cg.enter, check=True, timeout=30)
         time.sleep(0.3)
         _p, tx1 = nft_counter(n1, "dpo", "inner_tx")
+        _p, rx1 = nft_counter(n1, "dpo", "inner_rx")
         _p, outer1 = nft_counter(n1, "dpo", "outer")
         assert outer1 - outer0 > 2 * 200_000      # the outer datagrams did pass node 1's stack
         flows = {(socket.inet_ntop(socket.AF_INET, s.src), socket.inet_ntop(socket.AF_INET, s.dst), s.proto, s.dport): s
                  for s in eb.dump()}
         assert set(flows) == {(POD1, POD2, 6, 9000), ("10.244.0.1", POD2, 6, 9000)}, flows   # no UDP 4789
-        assert flows[(POD1, POD2, 6, 9000)].orig_bytes == tx1 - tx0    # the pod's bytes, as forwarded
+        pod = flows[(POD1, POD2, 6, 9000)]
+        assert (pod.orig_bytes, pod.reply_bytes) == (tx1 - tx0, rx1 - rx0)   # the pod's bytes, as forwarded
     finally:
         eb.close()
         sink.close()
