@@ -87,3 +87,86 @@ def test_inter_region_pairs_one_builder_for_gcp_and_azure():
     az = {"eastus": "northamerica", "westus": "northamerica", "brazilsouth": "southamerica"}
     assert build._pairs("eastus", az, build._az_pair_rate, 0.02) == {"brazilsouth": 0.05}
     assert build._pairs("brazilsouth", az, build._az_pair_rate, 0.16) == {}
+
+
+# ---------------------------------------------------------------- GCP Premium egress by destination
+
+DEST_CFG = {"provider": "gcp", "region": "us-central1", "egress_destinations": [
+    {"cidr": "203.0.113.0/24", "destination": "australia"},
+    {"domain": "*.cn", "destination": "china"},
+    {"cidr": "198.51.100.0/24", "destination": "china"}]}
+
+
+def _gcp_world(region="us-central1", zone="us-central1-a"):
+    w = World().node("n-a", "10.0.1.10", zone, region=region, provider="gcp")
+    w.pod("app-1", "shop", "n-a", "10.0.1.21").snapshot(0)
+    w.flow("10.0.1.21", "203.0.113.9", node="n-a", tx=2 * GIB, rx=GIB)      # Australia by CIDR
+    w.flow("10.0.1.21", "192.0.2.44", node="n-a", tx=3 * GIB)               # worldwide
+    w.flow("10.0.1.21", "192.0.2.77", node="n-a", tx=GIB)                   # China by its name
+    w.dns("10.0.1.21", "shop.example.cn", "192.0.2.77", -1)
+    return w
+
+
+def _tiered(w, cfg):
+    from jobs.pipeline import _cards_for
+    cards = _cards_for(cfg)
+    costs = cost_flows(w.raw(), build_context(w.inventory(), w.dns_table(), cfg, None, cards))
+    from jobs.pricing import apply_egress_tiers, tier_pools
+    pools = dict(zip(costs.column("dst_ip").to_pylist(), tier_pools(costs, cards)[0].to_pylist()))
+    tiered, offsets = apply_egress_tiers(costs, {}, cards)
+    return {r["dst_ip"]: r for r in tiered.to_pylist()}, pools, offsets
+
+
+def test_gcp_premium_egress_is_priced_by_the_destination_group_the_config_maps():
+    cfg = JobConfig.from_dict(DEST_CFG)
+    rows, pools, offsets = _tiered(_gcp_world(), cfg)
+    # first TiB of each pool: Australia $0.19/GiB, China $0.23/GiB, worldwide $0.12/GiB; inbound free
+    assert rows["203.0.113.9"]["cost_usd"] == pytest.approx(2 * 0.19)
+    assert rows["192.0.2.77"]["cost_usd"] == pytest.approx(1 * 0.23)
+    assert rows["192.0.2.44"]["cost_usd"] == pytest.approx(3 * 0.12)
+    assert pools == {"203.0.113.9": "gcp/us-central1@australia/internet_egress",
+                     "192.0.2.77": "gcp/us-central1@china/internet_egress",
+                     "192.0.2.44": "gcp/us-central1/internet_egress"}
+    assert offsets == {("gcp", "us-central1@australia"): 2 * GIB, ("gcp", "us-central1@china"): GIB,
+                       ("gcp", "us-central1"): 3 * GIB}
+    assert rows["203.0.113.9"]["usage_type"] == "Network Internet Data Transfer Out from us-central1 to Australia"
+    assert rows["192.0.2.44"]["usage_type"] == "Network Internet Data Transfer Out from us-central1"
+    assert {r["rate_card"] for r in rows.values()} == {"gcp/us-central1"}
+
+
+def test_without_a_destination_map_everything_is_worldwide_even_from_australia():
+    rows, pools, _ = _tiered(_gcp_world("australia-southeast1", "australia-southeast1-a"),
+                             JobConfig.from_dict({"provider": "gcp", "region": "australia-southeast1"}))
+    # Premium is priced by destination: an Australian source pays the worldwide $0.12 (was $0.19)
+    assert [rows[ip]["cost_usd"] for ip in ("203.0.113.9", "192.0.2.44", "192.0.2.77")] == [
+        pytest.approx(2 * 0.12), pytest.approx(3 * 0.12), pytest.approx(0.12)]
+    assert set(pools.values()) == {"gcp/australia-southeast1/internet_egress"}
+
+
+def test_destination_pools_climb_their_own_tiers():
+    cfg = JobConfig.from_dict(DEST_CFG)
+    w = World().node("n-a", "10.0.1.10", "us-central1-a", region="us-central1", provider="gcp")
+    w.pod("app-1", "shop", "n-a", "10.0.1.21").snapshot(0)
+    w.flow("10.0.1.21", "203.0.113.9", node="n-a", tx=1500 * GIB)   # Australia: 1024 x 0.19 + 476 x 0.18
+    w.flow("10.0.1.21", "192.0.2.44", node="n-a", tx=1000 * GIB)    # worldwide, still the first TiB
+    rows, _, _ = _tiered(w, cfg)
+    assert rows["203.0.113.9"]["cost_usd"] == pytest.approx(1024 * 0.19 + 476 * 0.18)
+    assert rows["192.0.2.44"]["cost_usd"] == pytest.approx(1000 * 0.12)
+
+
+def test_destination_map_applies_only_to_cards_priced_by_destination_and_is_checked():
+    cfg = JobConfig.from_dict(dict(DEST_CFG, provider="aws", region="us-east-1"))
+    w = World().node("n-a", "10.0.1.10", "us-east-1a")
+    w.pod("app-1", "shop", "n-a", "10.0.1.21").snapshot(0)
+    w.flow("10.0.1.21", "203.0.113.9", node="n-a", tx=200 * GB)
+    rows, pools, _ = _tiered(w, cfg)
+    # AWS prices egress by the source region: 100 GB free, then $0.09
+    assert rows["203.0.113.9"]["cost_usd"] == pytest.approx(100 * 0.09)
+    assert pools == {"203.0.113.9": "aws/us-east-1/internet_egress"}
+    from jobs.config import ConfigError
+    bad = JobConfig.from_dict({"egress_destinations": [{"cidr": "203.0.113.0/24", "destination": "mars"}]})
+    from jobs.pipeline import _cards_for
+    with pytest.raises(ConfigError, match=r"egress_destinations\[0\].destination: no rate card prices egress to 'mars'"):
+        bad.check_cards(_cards_for(bad))
+    with pytest.raises(ConfigError, match=r"egress_destinations\[0\]: give one of cidr or domain"):
+        JobConfig.from_dict({"egress_destinations": [{"destination": "china"}]})

@@ -125,13 +125,18 @@ GCP_INTRA = {"northamerica": 0.02, "europe": 0.02, "asia": 0.05, "oceania": 0.08
 GCP_INTER = {frozenset(("northamerica", "europe")): 0.05}
 GCP_INTER_DEFAULT = 0.08
 GCP_INTER_OCEANIA = 0.15
-#: Premium tier internet egress to worldwide destinations (excluding China and Australia),
-#: $/GiB by monthly volume, GCP_NET "Premium Tier pricing"; from Oceania sources higher.
+#: Premium tier internet egress, $/GiB by monthly volume (TiB = 1024 GiB), GCP_NET "Premium Tier
+#: pricing". Priced by *destination* (https://cloud.google.com/network-tiers/pricing: "current
+#: destination-based pricing for Premium Tier"; THIRD_GCP_PREMIUM: worldwide $0.12, China $0.23,
+#: Australia $0.19 for the first TiB): worldwide (excluding China and Australia) from every source
+#: region, China and Australia as destination groups. The job knows a destination's group only
+#: from config.egress_destinations (docs/costing.md); without it every destination is worldwide.
 GCP_PREMIUM = [(1024, 0.12), (10240, 0.11), (None, 0.08)]
+GCP_PREMIUM_TO = {"china": [(1024, 0.23), (10240, 0.22), (None, 0.20)],
+                  "australia": [(1024, 0.19), (10240, 0.18), (None, 0.15)]}
 #: Private Service Connect consumer data processing, $/GiB (GCP_PSC); per region where it differs
 GCP_PSC_DEFAULT = 0.01
 GCP_PSC_RATES: dict[str, float] = {}
-GCP_PREMIUM_OCEANIA = [(1024, 0.19), (10240, 0.18), (None, 0.15)]
 
 # ---------------------------------------------------------------------------------- Azure
 AZ_EXCLUDE = ("Global", "att", "sgx", "usgov", "china")
@@ -307,8 +312,14 @@ def build_gcp(data: dict) -> dict:
         pairs = _pairs(region, continent, _gcp_pair_rate, default)
         regions[region] = {
             "code": region, "continent": cont,
-            "internet_egress": {"unit_bytes": U, "source": GCP_NET, "tiers": _curve(GCP_PREMIUM_OCEANIA if cont == "oceania" else GCP_PREMIUM),
-                                "note": "Premium tier (the default) to worldwide destinations excluding China and Australia; TiB = 1024 GiB"},
+            "internet_egress": {"unit_bytes": U, "source": GCP_NET, "tiers": _curve(GCP_PREMIUM),
+                                "note": "Premium tier (the default) to worldwide destinations excluding China and Australia; TiB = 1024 GiB; "
+                                        "first TiB checked 2026-12-01 against " + THIRD_GCP_PREMIUM + " (a third-party transcription)"},
+            "internet_egress_by_destination": {
+                d: {"unit_bytes": U, "source": GCP_NET, "tiers": _curve(t),
+                    "note": f"Premium tier to destinations in {d.capitalize()} (config.egress_destinations says which); "
+                            "first TiB checked 2026-12-01 against " + THIRD_GCP_PREMIUM + " (a third-party transcription)"}
+                for d, t in GCP_PREMIUM_TO.items()},
             "internet_egress_standard": {"unit_bytes": U, "source": GCP_NET, "data": DATASET, "tiers": _tiers(eg[region]),
                                          "note": "Standard network tier (network_tier: standard in the job config)"},
             "cross_zone": rate(z["egress_per_gb"], U, GCP_NET, ingress_per_gb=_r6(z["ingress_per_gb"]), data=DATASET,
@@ -330,6 +341,7 @@ def build_gcp(data: dict) -> dict:
         "usage_types": {
             "cross_zone": "Network Inter Zone Data Transfer Out", "inter_region": "Network Inter Region Data Transfer Out from {src} to {dst}",
             "internet_egress": "Network Internet Data Transfer Out from {src}", "nat_gateway": "Cloud NAT Data Processing",
+            "internet_egress_to": "Network Internet Data Transfer Out from {src} to {dst}",
             "private_link": "Private Service Connect Consumer Data Processing", "peering": "Network Inter Zone Data Transfer Out",
             "regional_public": "Network Inter Zone Data Transfer Out",
             "source": "https://cloud.google.com/skus (SKU descriptions of the Networking service)",
