@@ -170,3 +170,18 @@ def test_destination_map_applies_only_to_cards_priced_by_destination_and_is_chec
         bad.check_cards(_cards_for(bad))
     with pytest.raises(ConfigError, match=r"egress_destinations\[0\]: give one of cidr or domain"):
         JobConfig.from_dict({"egress_destinations": [{"destination": "china"}]})
+
+
+def test_azure_australia_central_is_billing_zone_1():
+    cards = RateCards.load()
+    ac, ae = cards.card("azure", "australiacentral"), cards.card("azure", "australiaeast")
+    assert ac.tiers[0] == (10240, 0.087) and ae.tiers[0] == (10240, 0.12)
+    # 200 GB (10^9 bytes) out of Australia Central: the first 100 GB free, then Zone 1's $0.087
+    w = World().node("n-a", "10.0.1.10", "australiacentral-1", region="australiacentral", provider="azure")
+    w.pod("app-1", "shop", "n-a", "10.0.1.21").snapshot(0)
+    w.flow("10.0.1.21", "192.0.2.44", node="n-a", tx=200 * 10**9)
+    from jobs.pricing import apply_egress_tiers
+    costs = cost_flows(w.raw(), build_context(w.inventory(), w.dns_table(), JobConfig.from_dict(
+        {"provider": "azure", "region": "australiacentral"}), None, cards))
+    (row,) = apply_egress_tiers(costs, {}, cards)[0].to_pylist()
+    assert row["cost_usd"] == pytest.approx(100 * 0.087)

@@ -155,6 +155,11 @@ AZ_CONTINENT = [
 #: (TB = 1024 GB), by Azure's billing zone (AZ_BW: Zone 1 North America and Europe; Zone 2 Asia
 #: Pacific, Japan, Australia, India, Korea; Zone 3 Brazil, South Africa, Middle East).
 AZ_ZONE = {"northamerica": 1, "europe": 1, "asia": 2, "oceania": 2, "southamerica": 3, "africa": 3, "middleeast": 3}
+#: regions whose billing zone is not their continent's: Azure lists Australia Central and
+#: Australia Central 2 in Zone 1 (checked 2026-12-01 against THIRD_AZ_ZONES, which quotes Azure's
+#: zone list; the card before put them in Zone 2 with the other Australian regions)
+THIRD_AZ_ZONES = "https://winticloud.ch/azure-networking-costs/"
+AZ_ZONE_OF_REGION = {"australiacentral": 1, "australiacentral2": 1}
 AZ_EGRESS = {1: [(10240, 0.087), (51200, 0.083), (153600, 0.07), (None, 0.05)],
              2: [(10240, 0.12), (51200, 0.085), (153600, 0.082), (None, 0.08)],
              3: [(10240, 0.181), (51200, 0.175), (153600, 0.17), (None, 0.16)]}
@@ -383,7 +388,7 @@ def build_azure(data: dict) -> dict:
     regions = {}
     for region in names:
         cont = continent[region]
-        zone = AZ_ZONE[cont]
+        zone = AZ_ZONE_OF_REGION.get(region, AZ_ZONE[cont])
         pairs = _pairs(region, continent, _az_pair_rate, AZ_INTRA[cont])
         block = {
             "code": region, "continent": cont, "billing_zone": zone,
