@@ -185,3 +185,45 @@ def test_azure_australia_central_is_billing_zone_1():
         {"provider": "azure", "region": "australiacentral"}), None, cards))
     (row,) = apply_egress_tiers(costs, {}, cards)[0].to_pylist()
     assert row["cost_usd"] == pytest.approx(100 * 0.087)
+
+
+def test_cost_job_and_tier_report_keep_destination_pools_apart(tmp_path):
+    """End to end through the cost job: the destination map of the config prices the rows, and
+    the month's tier report (costview) shows one line per destination pool with its charge."""
+    import pyarrow as pa
+    from jobs import costview
+    from jobs import run as R
+    from jobs.config import load_config
+    from jobs.pipeline import _cards_for
+    from lake import schema as S
+    from lake.storage import open_lake
+    from lake.writer import write_inventory, write_raw
+    from test_bench_baseline import H0, MIN, RANGES, _dns, _flows
+
+    lake = open_lake(str(tmp_path / "lake"))
+    when = H0 - 5 * MIN
+    write_inventory(lake, "nodes", when, pa.table({
+        "snapshot_time": pa.array([when], S.TS), "name": ["g1"], "internal_ip": ["10.1.0.1"],
+        "zone": ["us-central1-a"], "region": ["us-central1"], "provider": ["gcp"]}))
+    write_inventory(lake, "pods", when, pa.table({
+        "snapshot_time": pa.array([when], S.TS), "name": ["app-1"], "namespace": ["shop"], "node": ["g1"],
+        "ip": ["10.0.1.1"], "host_network": [False], "workload_kind": ["Deployment"], "workload_name": ["app"],
+        "phase": ["Running"]}))
+    for kind in ("services", "endpoints"):
+        write_inventory(lake, kind, when, pa.table({"snapshot_time": pa.array([], S.TS)}))
+    write_raw(lake, "raw/dns", "g1", H0, _dns(H0, "g1", [("10.0.1.1", "shop.example.cn", "192.0.2.77", H0)]))
+    write_raw(lake, "raw/flows", "g1", H0, _flows(H0, "g1", [
+        ("outbound", "10.0.1.1", "203.0.113.9", "203.0.113.9", 2 * GIB, 0, "app-1", "shop"),
+        ("outbound", "10.0.1.1", "192.0.2.44", "192.0.2.44", 3 * GIB, 0, "app-1", "shop"),
+        ("outbound", "10.0.1.1", "192.0.2.77", "192.0.2.77", GIB, 0, "app-1", "shop")]))
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(DEST_CFG))
+    R.run_cost_job(R.JobOptions(lake_url=lake.url, config_path=str(cfg_path), ip_ranges_dir=str(RANGES),
+                                executor="inline", progress=None))
+    rows = pa.concat_tables([lake.read_table(lake.rel(i.path)) for i in lake.list_files("costs/flows")]).to_pylist()
+    assert {r["dst_ip"]: r["cost_usd"] for r in rows} == pytest.approx(
+        {"203.0.113.9": 2 * 0.19, "192.0.2.44": 3 * 0.12, "192.0.2.77": 0.23})
+    report = costview.egress_tier_position(lake, H0.date(), _cards_for(load_config(str(cfg_path))))
+    assert {r["rate_card"]: r["month_cost_usd"] for r in report} == pytest.approx(
+        {"gcp/us-central1@australia": 0.38, "gcp/us-central1": 0.36, "gcp/us-central1@china": 0.23})
+    assert {r["rate_card"]: r["per_gb_usd"] for r in report}["gcp/us-central1@australia"] == 0.19
