@@ -227,3 +227,18 @@ def test_cost_job_and_tier_report_keep_destination_pools_apart(tmp_path):
     assert {r["rate_card"]: r["month_cost_usd"] for r in report} == pytest.approx(
         {"gcp/us-central1@australia": 0.38, "gcp/us-central1": 0.36, "gcp/us-central1@china": 0.23})
     assert {r["rate_card"]: r["per_gb_usd"] for r in report}["gcp/us-central1@australia"] == 0.19
+
+
+def test_bad_destination_tiers_are_a_clear_error():
+    from jobs.pricing import RateCardError
+    docs = _docs()
+    bad = copy.deepcopy(docs)
+    bad["gcp"]["regions"]["us-central1"]["internet_egress_by_destination"] = [0.19]
+    with pytest.raises(RateCardError, match="gcp/us-central1: internet_egress_by_destination must map"):
+        RateCards(bad)
+    bad = copy.deepcopy(docs)
+    bad["gcp"]["regions"]["us-central1"]["internet_egress_by_destination"]["china"]["tiers"][0]["per_gb"] = 23
+    with pytest.raises(RateCardError, match=r"internet_egress_by_destination.china.tiers\[0\].per_gb 23 is outside"):
+        RateCards(bad)
+    with pytest.raises(RateCardError, match="no internet egress tiers to destination 'mars'"):
+        RateCards(docs).card("gcp", "us-central1@mars")
