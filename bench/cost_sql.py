@@ -31,8 +31,8 @@ from lake.schema import TRAFFIC_CLASSES
 
 #: classes whose dollars this SQL prices as the job does: all of them (NAT gateways per node
 #: selector, public cloud_api rates, inter-region pair rates both ways, peering's zone and region
-#: rules, transit-gateway processing). Not in SQL (a config using them is refused): GCP egress
-#: by destination group (egress_destinations) and IPv6 node CIDRs in NAT selectors.
+#: rules, transit-gateway processing, GCP egress by destination group). Not in SQL (a config
+#: using them is refused): IPv6 node CIDRs in NAT selectors.
 PRICED_ALIKE = frozenset(TRAFFIC_CLASSES)
 
 PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7",
@@ -46,7 +46,8 @@ def _key(net) -> str:
 
 def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, str]]) -> list[tuple]:
     """Small reference tables (IP-range prefixes, user rules, rate cards, tier macros): untimed.
-    Returns (provider, region, tier macro, free allowance bytes) per pool."""
+    Returns (provider, region, tier macro, free allowance bytes, destination group or None) per
+    pool."""
     import pyarrow as pa  # noqa: PLC0415
 
     from jobs import ipranges, pricing  # noqa: PLC0415
@@ -115,6 +116,16 @@ def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, 
                    SELECT fam, plen, k::UHUGEINT AS k, arg_max(zone, rnk) AS zone, arg_max(region, rnk) AS region,
                           max(rnk) AS rnk
                    FROM subnets_src GROUP BY fam, plen, k""")
+    # egress destination groups by CIDR (config.egress_destinations; the longest prefix wins)
+    dests = [d for d in getattr(cfg, "egress_destinations", ()) if d.cidr]
+    dnets = [ipaddress.ip_network(d.cidr, strict=False) for d in dests]
+    con.register("dest_src", pa.table({
+        "fam": pa.array([n.version for n in dnets], pa.int8()), "plen": pa.array([n.prefixlen for n in dnets], pa.int16()),
+        "k": pa.array([_key(n) for n in dnets], pa.string()), "dest": pa.array([d.destination for d in dests], pa.string()),
+        "rnk": pa.array([n.prefixlen * (1 << 32) + i for i, n in enumerate(dnets)], pa.int64())}))
+    con.execute("""CREATE OR REPLACE TEMP TABLE dest_nets AS
+                   SELECT fam, plen, k::UHUGEINT AS k, arg_max(dest, rnk) AS dest, max(rnk) AS rnk
+                   FROM dest_src GROUP BY fam, plen, k""")
     priv = [ipaddress.ip_network(c) for c in PRIVATE]
     con.register("private_src", pa.table({"fam": pa.array([n.version for n in priv], pa.int8()),
                                           "plen": pa.array([n.prefixlen for n in priv], pa.int16()),
@@ -123,7 +134,8 @@ def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, 
     con.execute("""CREATE OR REPLACE TEMP TABLE plens AS
                    SELECT DISTINCT fam, plen FROM (SELECT fam, plen FROM ranges UNION ALL SELECT fam, plen FROM rules
                                                    UNION ALL SELECT fam, plen FROM private_nets
-                                                   UNION ALL SELECT fam, plen FROM subnets)""")
+                                                   UNION ALL SELECT fam, plen FROM subnets
+                                                   UNION ALL SELECT fam, plen FROM dest_nets)""")
     from jobs.pipeline import _cards_for  # noqa: PLC0415 - the job's cards for this config
     cards = _cards_for(cfg)
     rate_rows, tiers, unit = [], [], {}
@@ -143,18 +155,21 @@ def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, 
                 r = zero
             rate_rows.append((prov, region, card.name, c, r.out, r.inn) + extra)
         unit[(prov, region)] = card.rates[S.TRAFFIC_CLASSES[0]].unit_bytes
-        # F(x): the cost of the month's first x bytes, piecewise linear over the card's tiers
-        lo, terms = 0.0, []
-        for up_to_gb, per_gb in card.tiers:
-            hi = None if up_to_gb is None else up_to_gb * card.egress_unit
-            per_byte = per_gb / card.egress_unit
-            seg = f"greatest(0.0, x - {lo!r})" if hi is None else f"greatest(0.0, least(x, {hi!r}) - {lo!r})"
-            if per_byte:
-                terms.append(f"{per_byte!r} * {seg}")
-            lo = hi if hi is not None else lo
-        fname = f"tier_{len(tiers)}"
-        con.execute(f"CREATE OR REPLACE TEMP MACRO {fname}(x) AS ({' + '.join(terms) or '0.0'})")
-        tiers.append((prov, region, fname, int(card.free_bytes())))
+        # F(x): the cost of the month's first x bytes, piecewise linear over the card's tiers (and
+        # over each destination group's tiers, for cards that price egress by destination)
+        used_dests = {d.destination for d in getattr(cfg, "egress_destinations", ())}
+        for dest, curve in [(None, card.tiers)] + sorted((d, t) for d, t in card.dest_tiers.items() if d in used_dests):
+            lo, terms = 0.0, []
+            for up_to_gb, per_gb in curve:
+                hi = None if up_to_gb is None else up_to_gb * card.egress_unit
+                per_byte = per_gb / card.egress_unit
+                seg = f"greatest(0.0, x - {lo!r})" if hi is None else f"greatest(0.0, least(x, {hi!r}) - {lo!r})"
+                if per_byte:
+                    terms.append(f"{per_byte!r} * {seg}")
+                lo = hi if hi is not None else lo
+            fname = f"tier_{len(tiers)}"
+            con.execute(f"CREATE OR REPLACE TEMP MACRO {fname}(x) AS ({' + '.join(terms) or '0.0'})")
+            tiers.append((prov, region, fname, int(card.free_bytes()), dest))
     names = ("provider", "region", "card", "cls", "out_b", "in_b", "rp_out", "rp_in", "nat_out", "tgw_out",
              "szfree", "gp_out", "gp_in", "free_all", "free_list")
     types = [pa.string()] * 4 + [pa.float64()] * 6 + [pa.bool_(), pa.float64(), pa.float64(), pa.bool_(),
@@ -225,9 +240,18 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple], node_cols: set[st
     # the provider's account-wide free allowance covers its month's first tiered bytes of any
     # region, in (window_start, pool) order: a row's free part comes from the provider's running sum
     tier_case = " ".join(
-        f"WHEN src_provider = '{p}' AND src_region = '{r}' THEN {f}(cum) - "
+        f"WHEN src_provider = '{p}' AND src_region = '{r}' AND egress_dest IS NOT DISTINCT FROM "
+        f"{'NULL' if d is None else _q(d)} THEN {f}(cum) - "
         f"{f}(cum - tx_bytes + least(tx_bytes, greatest(0.0, {a}.0 - (pcum - tx_bytes))))"
-        for p, r, f, a in tiers) or "WHEN false THEN 0.0"
+        for p, r, f, a, d in tiers) or "WHEN false THEN 0.0"
+    # destination groups: a CIDR first, then the first domain glob that matches
+    priced_dest = sorted({(p, r, d) for p, r, _, _, d in tiers if d is not None})
+    dom_dest = " ".join(f"WHEN rtrim(lower(dst_domain), '.') GLOB {_q(d.domain)} THEN {_q(d.destination)}"
+                        for d in getattr(cfg, "egress_destinations", ()) if d.domain)
+    dest_sql = (f"CASE WHEN traffic_class <> 'internet_egress' THEN NULL WHEN cidr_dest IS NOT NULL THEN cidr_dest "
+                f"{dom_dest} END")
+    dest_ok = " OR ".join(f"(src_provider = {_q(p)} AND src_region = {_q(r)} AND dest0 = {_q(d)})"
+                          for p, r, d in priced_dest) or "false"
     inv = lambda kind: (f"(SELECT *, filename AS fn, file_row_number AS rn FROM read_parquet("  # noqa: E731
                         f"'{L}/inventory/{kind}/*/*.parquet', filename = true, file_row_number = true))")
     last = "fn DESC, rn DESC"  # the job's lookups: the last row (in file, row order) wins a key
@@ -407,6 +431,7 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple], node_cols: set[st
           su AS (SELECT ek.ip, arg_max(x.zone, x.rnk) AS zone, arg_max(x.region, x.rnk) AS region
                  FROM ek JOIN subnets x USING (fam, plen, k) GROUP BY ek.ip),
           pv AS (SELECT DISTINCT ek.ip FROM ek JOIN private_nets USING (fam, plen, k)),
+          de AS (SELECT ek.ip, arg_max(x.dest, x.rnk) AS dest FROM ek JOIN dest_nets x USING (fam, plen, k) GROUP BY ek.ip),
           dst AS (
             SELECT d.sk, d.dst_ip, d.orig_dst_ip, d.dst_kind, d.dst_node,
               CASE d.dst_kind WHEN 'service' THEN svc_ns WHEN 'pod' THEN dp_ns WHEN 'endpoint' THEN ep_ns END
@@ -424,13 +449,14 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple], node_cols: set[st
               rg.provider AS dst_cloud_provider, rg.service AS dst_cloud_service, rg.region AS dst_cloud_region,
               coalesce(rk.known, false) AS range_known,
               ru.cls AS rule_cls, ru.rate AS rule_rate, ru.label AS rule_label, pv.ip IS NOT NULL AS private,
-              d.dst_ip IN ('169.254.169.254', 'fd00:ec2::254', '168.63.129.16') AS imds
+              d.dst_ip IN ('169.254.169.254', 'fd00:ec2::254', '168.63.129.16') AS imds, de.dest AS cidr_dest
             FROM dk2 d
             LEFT JOIN node_name dn ON dn.t = d.ns AND dn.name = d.dst_node
             LEFT JOIN rg ON d.dst_kind = 'external' AND rg.ip = d.dst_ip
             LEFT JOIN ru ON d.dst_kind = 'external' AND ru.ip = d.dst_ip
             LEFT JOIN pv ON d.dst_kind = 'external' AND pv.ip = d.dst_ip
             LEFT JOIN su ON d.dst_kind = 'external' AND su.ip = d.dst_ip
+            LEFT JOIN de ON d.dst_kind = 'external' AND de.ip = d.dst_ip
             LEFT JOIN range_known rk ON rk.provider = rg.provider AND rk.region = rg.region),
           -- DNS as of the window end, only for destinations DNS ever answered (a semi-join)
           dq AS (SELECT DISTINCT src_ip, dst_ip, window_end FROM f WHERE dst_ip IN (SELECT ip FROM dns)),
@@ -458,7 +484,7 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple], node_cols: set[st
               d.dst_node, d.dst_zone, d.dst_region0, d.subnet_src_region, d.range_known, dom.domain AS dst_domain,
               d.dst_cloud_provider, d.dst_cloud_service, d.dst_cloud_region,
               f.dst_ip, f.dst_port, f.proto, f.tx_bytes, f.rx_bytes, f.tx_packets, f.rx_packets,
-              d.rule_cls, d.rule_rate, d.rule_label, d.private, d.imds, sn.nat AS src_nat
+              d.rule_cls, d.rule_rate, d.rule_label, d.private, d.imds, sn.nat AS src_nat, d.cidr_dest
             FROM f
             JOIN src s ON s.sk = f.sk AND s.src_ip IS NOT DISTINCT FROM f.src_ip
                       AND s.src_pod IS NOT DISTINCT FROM f.src_pod AND s.src_namespace IS NOT DISTINCT FROM f.src_namespace
@@ -508,7 +534,8 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple], node_cols: set[st
             SELECT c.*, r.card, r.unit, r.out_b, r.in_b, r.rp_out, r.rp_in, r.nat_out, r.tgw_out, r.szfree,
               r.gp_out, r.gp_in, r.free_all, r.free_list, ir.per_byte AS ir_out, ib.per_byte AS ir_back,
               c.dst_kind = 'external' AND c.dst_ip IS NOT NULL AND NOT c.private AND NOT coalesce(c.imds, false)
-                AS public
+                AS public,
+              {dest_sql} AS dest0
             FROM cls c LEFT JOIN rates r ON r.provider = c.src_provider AND r.region = c.src_region
                                          AND r.cls = c.traffic_class
             LEFT JOIN inter ir ON c.traffic_class IN ('cross_region', 'peering', 'transit_gateway')
@@ -517,7 +544,8 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple], node_cols: set[st
                  AND ib.provider = c.src_provider AND ib.a = c.dst_region AND ib.b = c.src_region),
           priced AS (
             SELECT p0.* EXCLUDE (card, unit, out_b, in_b, rp_out, rp_in, nat_out, tgw_out, szfree, gp_out, gp_in,
-                                 free_all, free_list, ir_out, ir_back, public, src_nat),
+                                 free_all, free_list, ir_out, ir_back, public, src_nat, cidr_dest, dest0),
+              CASE WHEN {dest_ok} THEN dest0 END AS egress_dest,
               CASE WHEN rule_rate IS NOT NULL THEN (tx_bytes + rx_bytes) / unit * rule_rate
                    ELSE coalesce(CASE
                      WHEN traffic_class IN ('same_zone', 'cross_zone', 'imds', 'k8s_control_plane', 'load_balancer',
@@ -555,7 +583,7 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple], node_cols: set[st
           -- (untiered rows share one partition with constant sort keys: no real sort for them)
           t AS (SELECT *, CASE WHEN tiered THEN sum(tx_bytes) OVER (
                             PARTITION BY tiered, CASE WHEN tiered THEN src_provider END,
-                                         CASE WHEN tiered THEN src_region END,
+                                         CASE WHEN tiered THEN src_region END, CASE WHEN tiered THEN egress_dest END,
                                          CASE WHEN tiered THEN date_trunc('month', window_start) END
                             ORDER BY CASE WHEN tiered THEN window_start END, CASE WHEN tiered THEN src_ip END,
                                      CASE WHEN tiered THEN dst_ip END, CASE WHEN tiered THEN dst_port END,
@@ -564,7 +592,8 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple], node_cols: set[st
                           CASE WHEN tiered THEN sum(tx_bytes) OVER (
                             PARTITION BY tiered, CASE WHEN tiered THEN src_provider END,
                                          CASE WHEN tiered THEN date_trunc('month', window_start) END
-                            ORDER BY CASE WHEN tiered THEN window_start END, CASE WHEN tiered THEN src_region END,
+                            ORDER BY CASE WHEN tiered THEN window_start END,
+                                     CASE WHEN tiered THEN src_region || coalesce('@' || egress_dest, '') END,
                                      CASE WHEN tiered THEN src_ip END, CASE WHEN tiered THEN dst_ip END,
                                      CASE WHEN tiered THEN dst_port END, CASE WHEN tiered THEN proto END
                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)::DOUBLE END AS pcum
@@ -602,8 +631,6 @@ def run(lake: Path, out: Path, cfg, ranges_dir: Path | None, memory_limit_mib: i
     seconds (timed part), per-statement seconds, rows in/out and the peak spill in bytes."""
     import duckdb  # noqa: PLC0415
 
-    if getattr(cfg, "egress_destinations", ()):
-        raise ValueError("bench/cost_sql.py: egress_destinations (GCP egress by destination) is not in the SQL")
     shutil.rmtree(out, ignore_errors=True)
     tmp = tmp or out.parent / f"{out.name}-tmp"
     shutil.rmtree(tmp, ignore_errors=True)

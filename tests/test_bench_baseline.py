@@ -258,3 +258,42 @@ def test_sql_baseline_prices_nat_cloud_services_regions_and_peering_as_the_job(t
     assert_same_classes(ours, sql)  # rows, bytes and dollars of every class
     sql_by_dst = {(r["src_ip"], r["dst_ip"]): r["cost_usd"] for r in sql.to_pylist()}
     assert sql_by_dst == pytest.approx({k: r["cost_usd"] for k, r in by_dst.items()}, abs=1e-12)
+
+
+DEST_CFG = {"provider": "gcp", "region": "us-central1", "egress_destinations": [
+    {"cidr": "203.0.113.0/24", "destination": "australia"},
+    {"domain": "*.cn", "destination": "china"},
+    {"cidr": "198.51.100.0/24", "destination": "china"}]}
+
+
+def dest_lake(root: Path):
+    """One GCP node sending to Australia (by CIDR), China (by name) and elsewhere (worldwide)."""
+    lake = open_lake(str(root))
+    when = H0 - 5 * MIN
+    write_inventory(lake, "nodes", when, pa.table({
+        "snapshot_time": pa.array([when], S.TS), "name": ["g1"], "internal_ip": ["10.1.0.1"],
+        "zone": ["us-central1-a"], "region": ["us-central1"], "provider": ["gcp"]}))
+    write_inventory(lake, "pods", when, pa.table({
+        "snapshot_time": pa.array([when], S.TS), "name": ["app-1"], "namespace": ["shop"], "node": ["g1"],
+        "ip": ["10.0.1.1"], "host_network": [False], "workload_kind": ["Deployment"], "workload_name": ["app"],
+        "phase": ["Running"]}))
+    for kind in ("services", "endpoints"):
+        write_inventory(lake, kind, when, pa.table({"snapshot_time": pa.array([], S.TS)}))
+    write_raw(lake, "raw/dns", "g1", H0, _dns(H0, "g1", [("10.0.1.1", "shop.example.cn", "192.0.2.77", H0)]))
+    write_raw(lake, "raw/flows", "g1", H0, _flows(H0, "g1", [
+        ("outbound", "10.0.1.1", "203.0.113.9", "203.0.113.9", 2 * GIB, 0, "app-1", "shop"),
+        ("outbound", "10.0.1.1", "192.0.2.44", "192.0.2.44", 3 * GIB, 0, "app-1", "shop"),
+        ("outbound", "10.0.1.1", "192.0.2.77", "192.0.2.77", GIB, 0, "app-1", "shop")]))
+    return lake
+
+
+def test_sql_baseline_prices_gcp_egress_by_destination_as_the_job(tmp_path):
+    lake = dest_lake(tmp_path / "lake")
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(__import__("json").dumps(DEST_CFG))
+    ours = job_rows(lake, str(cfg_path))
+    sql = sql_rows(lake, load_config(str(cfg_path)), tmp_path / "sql")
+    want = {"203.0.113.9": 2 * 0.19, "192.0.2.44": 3 * 0.12, "192.0.2.77": 0.23}  # Australia, worldwide, China
+    assert {r["dst_ip"]: r["cost_usd"] for r in ours.to_pylist()} == pytest.approx(want)
+    assert {r["dst_ip"]: r["cost_usd"] for r in sql.to_pylist()} == pytest.approx(want)
+    assert_same_classes(ours, sql)

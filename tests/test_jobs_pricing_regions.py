@@ -195,27 +195,10 @@ def test_cost_job_and_tier_report_keep_destination_pools_apart(tmp_path):
     from jobs import run as R
     from jobs.config import load_config
     from jobs.pipeline import _cards_for
-    from lake import schema as S
-    from lake.storage import open_lake
-    from lake.writer import write_inventory, write_raw
-    from test_bench_baseline import H0, MIN, RANGES, _dns, _flows
+    from test_bench_baseline import DEST_CFG as CFG, H0, RANGES, dest_lake
+    assert CFG == DEST_CFG
 
-    lake = open_lake(str(tmp_path / "lake"))
-    when = H0 - 5 * MIN
-    write_inventory(lake, "nodes", when, pa.table({
-        "snapshot_time": pa.array([when], S.TS), "name": ["g1"], "internal_ip": ["10.1.0.1"],
-        "zone": ["us-central1-a"], "region": ["us-central1"], "provider": ["gcp"]}))
-    write_inventory(lake, "pods", when, pa.table({
-        "snapshot_time": pa.array([when], S.TS), "name": ["app-1"], "namespace": ["shop"], "node": ["g1"],
-        "ip": ["10.0.1.1"], "host_network": [False], "workload_kind": ["Deployment"], "workload_name": ["app"],
-        "phase": ["Running"]}))
-    for kind in ("services", "endpoints"):
-        write_inventory(lake, kind, when, pa.table({"snapshot_time": pa.array([], S.TS)}))
-    write_raw(lake, "raw/dns", "g1", H0, _dns(H0, "g1", [("10.0.1.1", "shop.example.cn", "192.0.2.77", H0)]))
-    write_raw(lake, "raw/flows", "g1", H0, _flows(H0, "g1", [
-        ("outbound", "10.0.1.1", "203.0.113.9", "203.0.113.9", 2 * GIB, 0, "app-1", "shop"),
-        ("outbound", "10.0.1.1", "192.0.2.44", "192.0.2.44", 3 * GIB, 0, "app-1", "shop"),
-        ("outbound", "10.0.1.1", "192.0.2.77", "192.0.2.77", GIB, 0, "app-1", "shop")]))
+    lake = dest_lake(tmp_path / "lake")
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(DEST_CFG))
     R.run_cost_job(R.JobOptions(lake_url=lake.url, config_path=str(cfg_path), ip_ranges_dir=str(RANGES),
