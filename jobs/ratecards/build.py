@@ -76,9 +76,10 @@ THIRD_AWS_PAIR = "https://www.redresscompliance.com/aws-inter-region-transfer-co
 # region: (billing code used in usage types, inter-region transfer out $/GB to other regions,
 #          NAT gateway data processing $/GB). Sources: AWS_EC2 ("Data Transfer OUT From Amazon
 # EC2 To ... another AWS Region"), AWS_VPC (NAT gateway), AWS_CODES (region codes).
-# Checked 2026-12-01: NAT us-east-1/us-east-2 $0.045 (AWS_VPC_EXAMPLE), ap-southeast-1 $0.059
-# (THIRD_AWS_NAT); the other NAT and inter-region figures are the 2024 reading of AWS_EC2 /
-# AWS_VPC, whose per-region tables are rendered by script and could not be re-read here.
+# Checked 2026-12-01 (VERIFIED_AWS_NAT): NAT us-east-1/us-east-2 $0.045, eu-west-1 $0.048,
+# eu-west-2 $0.05, ap-northeast-1 $0.062, ap-southeast-1 $0.059; the other NAT and the
+# inter-region figures are the 2024 reading of AWS_EC2 / AWS_VPC, whose per-region tables are
+# rendered by script and could not be re-read here.
 AWS = {
     "us-east-1": ("USE1", 0.02, 0.045), "us-east-2": ("USE2", 0.02, 0.045),
     "us-west-1": ("USW1", 0.02, 0.048), "us-west-2": ("USW2", 0.02, 0.045),
@@ -105,7 +106,13 @@ AWS_PAIRS = {("us-east-1", "us-east-2"): 0.01}
 #: differ from AWS_PL_DEFAULT; none is known to, so the table is empty until a page says so.
 AWS_PL_DEFAULT = 0.01
 AWS_PL_RATES: dict[str, float] = {}
-VERIFIED_AWS_NAT = {"us-east-1": AWS_VPC_EXAMPLE, "us-east-2": AWS_VPC_EXAMPLE, "ap-southeast-1": THIRD_AWS_NAT}
+#: AWS's price list offer file of a region (the figures behind the pricing pages, usage types
+#: such as EUW2-NatGateway-Bytes); read here only through third-party verbatim extracts
+AWS_OFFER = "https://pricing.us-east-1.amazonaws.com/offers/v1.0/aws/AmazonEC2/current/{}/index.json"
+#: NAT gateway figures checked 2026-12-01: region -> (page, read through a third party)
+VERIFIED_AWS_NAT = {"us-east-1": (AWS_OFFER.format("us-east-1"), True), "us-east-2": (AWS_VPC_EXAMPLE, False),
+                    "eu-west-1": (AWS_OFFER.format("eu-west-1"), True), "eu-west-2": (AWS_OFFER.format("eu-west-2"), True),
+                    "ap-northeast-1": (AWS_OFFER.format("ap-northeast-1"), True), "ap-southeast-1": (THIRD_AWS_NAT, True)}
 #: services whose transfer with EC2 in the same region is free (AWS_REGIONAL lists S3, Glacier,
 #: DynamoDB, SES, SQS, Kinesis, ECR, SNS, SimpleDB); ip-ranges.json names S3 and DYNAMODB, the
 #: others live in the AMAZON catch-all ranges. Other in-region public addresses (EC2 public or
@@ -259,7 +266,8 @@ def build_aws(data: dict) -> dict:
             "inter_region": rate(out_rate, U, AWS_EC2, to=pairs,
                                  note="transfer out to another AWS region, by the sending region; inbound is free"),
             "nat_gateway": rate(nat, U, AWS_VPC, note=_checked(
-                "NAT gateway data processing, both directions, on top of transfer", VERIFIED_AWS_NAT.get(region))),
+                "NAT gateway data processing, both directions, on top of transfer",
+                *VERIFIED_AWS_NAT.get(region, (None, False)))),
             "private_link": rate(AWS_PL_RATES.get(region, AWS_PL_DEFAULT), U, AWS_PL, note=_checked(
                 "interface endpoint data processing, both directions, first PB a month in the region "
                 "(then $0.006, over 5 PB $0.004: not modelled)", AWS_PL_TABLE if region not in AWS_PL_RATES else None)),
