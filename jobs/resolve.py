@@ -263,25 +263,24 @@ class _Kind:
 
 class _Keyed:
     """An interval lookup called like KeyLookup: (position in `kind.used` per row, key ids
-    into a per-call dictionary) -> payload. The (snapshot x key) answers are computed once,
-    for the few snapshots a batch uses, then gathered per row."""
+    into a per-call dictionary) -> payload. The intervals holding the batch's few snapshots
+    become one KeyLookup over (snapshot, key id): integer indexing per row, as before."""
 
     def __init__(self, lookup, dictionary: pa.Array, kind: _Kind):
-        self.lookup, self.used = lookup, kind.used
-        self.map = ids_in(dictionary, lookup.keys) if len(dictionary) else np.zeros(0, np.int64)
-        self.dense = None
+        used = kind.used
+        kid = ids_in(lookup.keys, dictionary) if len(lookup.keys) else np.zeros(0, np.int64)
+        ik = kid[lookup.key] if len(lookup.key) else np.zeros(0, np.int64)
+        snaps, keys, pays = [], [], []
+        for u, g in enumerate(used):  # a key has at most one interval holding a snapshot
+            idx = np.flatnonzero((ik >= 0) & (lookup.start <= g) & (lookup.stop > g))
+            snaps.append(np.full(len(idx), u, np.int64))
+            keys.append(ik[idx])
+            pays.append(lookup.payload[idx])
+        cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)  # noqa: E731
+        self.kl = KeyLookup(cat(snaps), cat(keys), cat(pays), len(used), len(dictionary))
 
     def __call__(self, snap: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        n_key, n_snap = len(self.map), len(self.used)
-        ok = (snap >= 0) & (ids >= 0)
-        if n_key == 0 or n_snap == 0:
-            return np.full(len(ids), -1, np.int64)
-        if n_key * n_snap > (1 << 22):  # too many to tabulate: search per row
-            kc = np.where(ok, self.map[np.maximum(ids, 0)], -1)
-            return self.lookup.query(np.where(ok, self.used[np.maximum(snap, 0)], -1), kc)
-        if self.dense is None:
-            self.dense = self.lookup.query(np.repeat(self.used, n_key), np.tile(self.map, n_snap))
-        return np.where(ok, self.dense[np.maximum(snap, 0) * n_key + np.maximum(ids, 0)], -1)
+        return self.kl(snap, ids)
 
 
 class IntervalInventory(Inventory):
