@@ -116,7 +116,7 @@ def _cost(args) -> int:
     print(sm.format_summary(res.summary, hours=len(res.hours_computed), retiered=len(res.hours_retiered),
                             rows_in=res.rows_in, files=res.files_read, quarantined=res.quarantined,
                             duplicates=len(res.duplicates), seconds=res.seconds,
-                            inventory_gaps=res.inventory_gaps))
+                            inventory_gaps=res.inventory_gaps, renamed=len(res.hours_renamed)))
     return 0
 
 

@@ -77,10 +77,11 @@ def human_bytes(n: float) -> str:
 
 def format_summary(s: Summary, *, hours: int, retiered: int, rows_in: int, files: int,
                    quarantined: list[dict], duplicates: int, seconds: float,
-                   inventory_gaps: dict | None = None) -> str:
+                   inventory_gaps: dict | None = None, renamed: int = 0) -> str:
     rate = rows_in / seconds if seconds > 0 else 0.0
+    again = f", {renamed} re-named (late DNS answers)" if renamed else ""
     lines = [
-        f"cost job: {hours} hour(s) computed, {retiered} re-tiered; {files} file(s), "
+        f"cost job: {hours} hour(s) computed, {retiered} re-tiered{again}; {files} file(s), "
         f"{rows_in:,} raw rows -> {s.rows:,} cost rows in {seconds:.1f}s ({rate:,.0f} rows/s)",
         f"total: {human_bytes(s.total_bytes)}, ${s.total_cost:,.4f}",
     ]
