@@ -39,7 +39,9 @@ its own files, and the names of its committed cost rows are looked up again; onl
 dst_domain or dst_cname change are re-costed (jobs/rename.py), only parts holding such rows
 are rewritten, and only hours with such parts are committed again. The roll stops at the
 first hour whose state comes out unchanged (the hours after it see the same state as
-before), and at the lookback's end.
+before), and at the lookback's end. Not re-named: hour K-1's windows that end in hour K and
+could pick a late answer of hour K (only an answer seen exactly at the hour boundary, with the
+agent's aligned 60 s windows).
 """
 from __future__ import annotations
 
