@@ -203,6 +203,7 @@ def main() -> int:
                     help="distinct destination ports (= flow keys); entries/dports source ports each "
                          "(default: every entry its own flow, the worst case for memory)")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--netns-prefix", default="bench", help="name prefix of the namespaces made")
     ap.add_argument("--pyroute2", action="store_true", help="also time pyroute2's parser (slow)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--pyroute2-worker", action="store_true", help=argparse.SUPPRESS)
@@ -226,7 +227,7 @@ def main() -> int:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from netns import make_pair
 
-    a, b = make_pair("bench")
+    a, b = make_pair(args.netns_prefix)
     procs = []
     try:
         a.enable_conntrack()

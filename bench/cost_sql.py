@@ -10,7 +10,10 @@ Written as one would write it for production rather than as a strawman:
 - the job's tie-breaks: the last row in (file, row) order wins a lookup key, Running pods before
   others; endpoints by the smallest (namespace, service, port) (nulls first, as the job's sort
   leaves them last-written); equal DNS instants by the greatest domain; node IPs: internal
-  before external.
+  before external;
+- pricing as the job prices: a small table of each card's per-byte rates by (provider, region,
+  class), an inter-region matrix by (provider, sending region, receiving region) joined for both
+  directions, the NAT gateway of each node row computed once in the node lookup.
 `run(...)` executes it on a connection with the given memory limit and returns timings and
 the peak spill (bytes in DuckDB's temporary directory).
 """
@@ -24,11 +27,13 @@ import threading
 import time
 from pathlib import Path
 
-#: classes whose dollars this SQL prices as the job does. Not (yet) in SQL: NAT gateways per node
-#: group, public cloud_api rates (EC2 $0.01 each way), inter-region pair rates, peering's
-#: same-zone rule and transit-gateway processing; rows, bytes and classes match for every class.
-PRICED_ALIKE = frozenset({"same_zone", "cross_zone", "unknown", "imds", "external_private", "k8s_control_plane",
-                          "load_balancer", "private_link"})
+from lake.schema import TRAFFIC_CLASSES
+
+#: classes whose dollars this SQL prices as the job does: all of them (NAT gateways per node
+#: selector, public cloud_api rates, inter-region pair rates both ways, peering's zone and region
+#: rules, transit-gateway processing, GCP egress by destination group). Not in SQL (a config
+#: using them is refused): IPv6 node CIDRs in NAT selectors.
+PRICED_ALIKE = frozenset(TRAFFIC_CLASSES)
 
 PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7",
            "fe80::/10")
@@ -41,10 +46,11 @@ def _key(net) -> str:
 
 def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, str]]) -> list[tuple]:
     """Small reference tables (IP-range prefixes, user rules, rate cards, tier macros): untimed.
-    Returns (provider, region, tier macro, free allowance bytes) per pool."""
+    Returns (provider, region, tier macro, free allowance bytes, destination group or None) per
+    pool."""
     import pyarrow as pa  # noqa: PLC0415
 
-    from jobs import ipranges  # noqa: PLC0415
+    from jobs import ipranges, pricing  # noqa: PLC0415
     from lake import schema as S  # noqa: PLC0415
 
     rows = []  # cloud ranges in load order: later entries win ties, as in jobs/ipaddr.PrefixTable
@@ -110,6 +116,16 @@ def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, 
                    SELECT fam, plen, k::UHUGEINT AS k, arg_max(zone, rnk) AS zone, arg_max(region, rnk) AS region,
                           max(rnk) AS rnk
                    FROM subnets_src GROUP BY fam, plen, k""")
+    # egress destination groups by CIDR (config.egress_destinations; the longest prefix wins)
+    dests = [d for d in getattr(cfg, "egress_destinations", ()) if d.cidr]
+    dnets = [ipaddress.ip_network(d.cidr, strict=False) for d in dests]
+    con.register("dest_src", pa.table({
+        "fam": pa.array([n.version for n in dnets], pa.int8()), "plen": pa.array([n.prefixlen for n in dnets], pa.int16()),
+        "k": pa.array([_key(n) for n in dnets], pa.string()), "dest": pa.array([d.destination for d in dests], pa.string()),
+        "rnk": pa.array([n.prefixlen * (1 << 32) + i for i, n in enumerate(dnets)], pa.int64())}))
+    con.execute("""CREATE OR REPLACE TEMP TABLE dest_nets AS
+                   SELECT fam, plen, k::UHUGEINT AS k, arg_max(dest, rnk) AS dest, max(rnk) AS rnk
+                   FROM dest_src GROUP BY fam, plen, k""")
     priv = [ipaddress.ip_network(c) for c in PRIVATE]
     con.register("private_src", pa.table({"fam": pa.array([n.version for n in priv], pa.int8()),
                                           "plen": pa.array([n.prefixlen for n in priv], pa.int16()),
@@ -118,53 +134,124 @@ def setup(con, cfg, ranges_dir: Path | None, providers_regions: list[tuple[str, 
     con.execute("""CREATE OR REPLACE TEMP TABLE plens AS
                    SELECT DISTINCT fam, plen FROM (SELECT fam, plen FROM ranges UNION ALL SELECT fam, plen FROM rules
                                                    UNION ALL SELECT fam, plen FROM private_nets
-                                                   UNION ALL SELECT fam, plen FROM subnets)""")
+                                                   UNION ALL SELECT fam, plen FROM subnets
+                                                   UNION ALL SELECT fam, plen FROM dest_nets)""")
     from jobs.pipeline import _cards_for  # noqa: PLC0415 - the job's cards for this config
     cards = _cards_for(cfg)
     rate_rows, tiers, unit = [], [], {}
+    zero = pricing.Rate(0.0, 1 << 30)
     for prov, region in providers_regions:
         card = cards.card(prov, region)
+        R = card.rates
+        free = card.free_services
+        gp = R.get("global_peering")
+        extra = (R["regional_public"].out, R["regional_public"].inn, R["nat_gateway"].out, R["transit_gateway"].out,
+                 R["peering"].same_zone_free, gp.out if gp else None, gp.inn if gp else None, "*" in free, list(free))
+        # each class's own (out, in) rate: the card's rate of that name; peering and transit
+        # gateways use the peering rate (plus processing), cross_region is the `inter` table's
         for c in S.TRAFFIC_CLASSES:
-            if c != "internet_egress":
-                rate_rows.append((prov, region, card.name, c, card.per_byte(c)))
-        rate_rows.append((prov, region, card.name, "internet_egress",
-                          card.per_byte("nat_gateway") if cfg.nat_gateway else 0.0))
+            r = R.get({"transit_gateway": "peering"}.get(c, c), zero)
+            if c in ("internet_egress", "cross_region"):
+                r = zero
+            rate_rows.append((prov, region, card.name, c, r.out, r.inn) + extra)
         unit[(prov, region)] = card.rates[S.TRAFFIC_CLASSES[0]].unit_bytes
-        # F(x): the cost of the month's first x bytes, piecewise linear over the card's tiers
-        lo, terms = 0.0, []
-        for up_to_gb, per_gb in card.tiers:
-            hi = None if up_to_gb is None else up_to_gb * card.egress_unit
-            per_byte = per_gb / card.egress_unit
-            seg = f"greatest(0.0, x - {lo!r})" if hi is None else f"greatest(0.0, least(x, {hi!r}) - {lo!r})"
-            if per_byte:
-                terms.append(f"{per_byte!r} * {seg}")
-            lo = hi if hi is not None else lo
-        fname = f"tier_{len(tiers)}"
-        con.execute(f"CREATE OR REPLACE TEMP MACRO {fname}(x) AS ({' + '.join(terms) or '0.0'})")
-        tiers.append((prov, region, fname, int(card.free_bytes())))
-    con.register("rates_src", pa.table({
-        "provider": pa.array([r[0] for r in rate_rows], pa.string()),
-        "region": pa.array([r[1] for r in rate_rows], pa.string()),
-        "card": pa.array([r[2] for r in rate_rows], pa.string()),
-        "cls": pa.array([r[3] for r in rate_rows], pa.string()),
-        "per_byte": pa.array([r[4] for r in rate_rows], pa.float64()),
-        "unit": pa.array([float(unit[(r[0], r[1])]) for r in rate_rows], pa.float64()),
-    }))
+        # F(x): the cost of the month's first x bytes, piecewise linear over the card's tiers (and
+        # over each destination group's tiers, for cards that price egress by destination)
+        used_dests = {d.destination for d in getattr(cfg, "egress_destinations", ())}
+        for dest, curve in [(None, card.tiers)] + sorted((d, t) for d, t in card.dest_tiers.items() if d in used_dests):
+            lo, terms = 0.0, []
+            for up_to_gb, per_gb in curve:
+                hi = None if up_to_gb is None else up_to_gb * card.egress_unit
+                per_byte = per_gb / card.egress_unit
+                seg = f"greatest(0.0, x - {lo!r})" if hi is None else f"greatest(0.0, least(x, {hi!r}) - {lo!r})"
+                if per_byte:
+                    terms.append(f"{per_byte!r} * {seg}")
+                lo = hi if hi is not None else lo
+            fname = f"tier_{len(tiers)}"
+            con.execute(f"CREATE OR REPLACE TEMP MACRO {fname}(x) AS ({' + '.join(terms) or '0.0'})")
+            tiers.append((prov, region, fname, int(card.free_bytes()), dest))
+    names = ("provider", "region", "card", "cls", "out_b", "in_b", "rp_out", "rp_in", "nat_out", "tgw_out",
+             "szfree", "gp_out", "gp_in", "free_all", "free_list")
+    types = [pa.string()] * 4 + [pa.float64()] * 6 + [pa.bool_(), pa.float64(), pa.float64(), pa.bool_(),
+                                                     pa.list_(pa.string())]
+    cols = {n: pa.array([r[i] for r in rate_rows], t) for i, (n, t) in enumerate(zip(names, types))}
+    cols["unit"] = pa.array([float(unit[(r[0], r[1])]) for r in rate_rows], pa.float64())
+    con.register("rates_src", pa.table(cols))
     con.execute("CREATE OR REPLACE TEMP TABLE rates AS SELECT * FROM rates_src")
+    # inter-region transfer out per byte, by (provider, sending region, receiving region): the
+    # sending region's card (or the fallback's) over every region a row can name
+    inter = []
+    for prov in sorted({p for p, _ in providers_regions} & set(cards.docs)):
+        regs = sorted(set(cards.regions(prov)) | {r for p, r in providers_regions if p == prov})
+        for a in regs:
+            try:
+                ca = cards.card(prov, a)
+            except pricing.UnknownRegionError:
+                continue
+            inter += [(prov, a, b, ca.rates["inter_region"].to_region(b)) for b in regs if b != a]
+    con.register("inter_src", pa.table({"provider": pa.array([r[0] for r in inter], pa.string()),
+                                        "a": pa.array([r[1] for r in inter], pa.string()),
+                                        "b": pa.array([r[2] for r in inter], pa.string()),
+                                        "per_byte": pa.array([r[3] for r in inter], pa.float64())}))
+    con.execute("CREATE OR REPLACE TEMP TABLE inter AS SELECT * FROM inter_src")
     return tiers
 
 
-def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
-    """The timed SQL, in order: small lookup tables, then one COPY statement."""
+def _q(v: str) -> str:
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def nat_sql(cfg) -> tuple[str, str]:
+    """(the NAT gateway index of a node row, the index for a node missing from the inventory) as
+    SQL over node_name's columns: the first gateway whose selector matches; never a node with an
+    external IP (docs/costing.md, NAT gateways). Node CIDRs match IPv4 internal addresses."""
+    gws = cfg.nat_gateways
+    if not gws:
+        return "NULL::INTEGER", "NULL::INTEGER"
+    whens = []
+    for i, g in enumerate(gws):
+        conds = ["true"] if g.all else []
+        for cidr in g.node_cidrs:
+            net = ipaddress.ip_network(cidr, strict=False)
+            if net.version != 4:
+                raise ValueError(f"bench/cost_sql.py: NAT gateway {g.name}: IPv6 node CIDR {cidr} is not in the SQL")
+            shift = 32 - net.prefixlen
+            conds.append(f"(ip4 IS NOT NULL AND ip4 >> {shift} = {int(net.network_address) >> shift})")
+        conds += [f"name GLOB {_q(pat)}" for pat in g.nodes]
+        if g.node_groups:
+            conds.append(f"node_group IN ({', '.join(_q(x) for x in g.node_groups)})")
+        if g.zones:
+            conds.append(f"zone IN ({', '.join(_q(x) for x in g.zones)})")
+        whens.append(f"WHEN {' OR '.join(conds) or 'false'} THEN {i}")
+    default = next((i for i, g in enumerate(gws) if g.all), None)
+    return (f"CASE WHEN external_ip IS NOT NULL THEN NULL {' '.join(whens)} END",
+            "NULL::INTEGER" if default is None else str(default))
+
+
+def statements(lake: Path, out: Path, cfg, tiers: list[tuple], node_cols: set[str] | None = None) -> list[str]:
+    """The timed SQL, in order: small lookup tables, then one COPY statement. `node_cols`: the
+    columns inventory/nodes has (older lakes lack node_group)."""
     L = str(lake)
+    node_cols = node_cols if node_cols is not None else {"node_group", "external_ip"}
+    nat_of, nat_default = nat_sql(cfg)
+    eps = ", ".join(_q(e) for e in cfg.gateway_endpoints) or "NULL"
     lookback = int(cfg.dns_lookback_s * 1_000_000)
     region, provider = cfg.region.replace("'", "''"), cfg.provider.lower().replace("'", "''")
     # the provider's account-wide free allowance covers its month's first tiered bytes of any
     # region, in (window_start, pool) order: a row's free part comes from the provider's running sum
     tier_case = " ".join(
-        f"WHEN src_provider = '{p}' AND src_region = '{r}' THEN {f}(cum) - "
+        f"WHEN src_provider = '{p}' AND src_region = '{r}' AND egress_dest IS NOT DISTINCT FROM "
+        f"{'NULL' if d is None else _q(d)} THEN {f}(cum) - "
         f"{f}(cum - tx_bytes + least(tx_bytes, greatest(0.0, {a}.0 - (pcum - tx_bytes))))"
-        for p, r, f, a in tiers) or "WHEN false THEN 0.0"
+        for p, r, f, a, d in tiers) or "WHEN false THEN 0.0"
+    # destination groups: a CIDR first, then the first domain glob that matches
+    priced_dest = sorted({(p, r, d) for p, r, _, _, d in tiers if d is not None})
+    dom_dest = " ".join(f"WHEN rtrim(lower(dst_domain), '.') GLOB {_q(d.domain)} THEN {_q(d.destination)}"
+                        for d in getattr(cfg, "egress_destinations", ()) if d.domain)
+    dest_sql = (f"CASE WHEN traffic_class <> 'internet_egress' THEN NULL WHEN cidr_dest IS NOT NULL THEN cidr_dest "
+                f"{dom_dest} END")
+    dest_ok = " OR ".join(f"(src_provider = {_q(p)} AND src_region = {_q(r)} AND dest0 = {_q(d)})"
+                          for p, r, d in priced_dest) or "false"
     inv = lambda kind: (f"(SELECT *, filename AS fn, file_row_number AS rn FROM read_parquet("  # noqa: E731
                         f"'{L}/inventory/{kind}/*/*.parquet', filename = true, file_row_number = true))")
     last = "fn DESC, rn DESC"  # the job's lookups: the last row (in file, row order) wins a key
@@ -202,10 +289,16 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
             WHERE name IS NOT NULL AND namespace IS NOT NULL
             QUALIFY row_number() OVER (PARTITION BY t, namespace, name ORDER BY {last}) = 1""",
         f"""CREATE OR REPLACE TEMP TABLE node_name AS
-            SELECT snapshot_time AS t, name, zone, coalesce(region, '{region}') AS region,
-                   lower(coalesce(provider, '{provider}')) AS provider
-            FROM {inv('nodes')} WHERE name IS NOT NULL
-            QUALIFY row_number() OVER (PARTITION BY snapshot_time, name ORDER BY {last}) = 1""",
+            SELECT t, name, zone, region, provider, {nat_of} AS nat FROM (
+              SELECT snapshot_time AS t, name, zone, coalesce(region, '{region}') AS region,
+                     lower(coalesce(provider, '{provider}')) AS provider,
+                     {'node_group' if 'node_group' in node_cols else 'NULL::VARCHAR AS node_group'},
+                     {'external_ip' if 'external_ip' in node_cols else 'NULL::VARCHAR AS external_ip'},
+                     CASE WHEN regexp_full_match(internal_ip, '[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+')
+                          THEN list_reduce(list_transform(string_split(internal_ip, '.'), lambda x: x::UBIGINT),
+                                           lambda a, b: a * 256 + b) END AS ip4
+              FROM {inv('nodes')} WHERE name IS NOT NULL
+              QUALIFY row_number() OVER (PARTITION BY snapshot_time, name ORDER BY {last}) = 1)""",
         f"""CREATE OR REPLACE TEMP TABLE node_ip AS
             SELECT t, ip, name FROM (
                 SELECT snapshot_time AS t, internal_ip AS ip, name, 2 AS pri, fn, rn
@@ -277,7 +370,8 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
             LEFT JOIN pod_ip sp ON sp.t = s.ps AND sp.ip = k.src_ip
             LEFT JOIN pod_name pn ON pn.t = s.ps AND pn.namespace = k.src_namespace AND pn.name = k.src_pod),
           src_node AS (
-            SELECT k.sk, k.node, n.zone, n.region, n.provider
+            SELECT k.sk, k.node, n.zone, n.region, n.provider,
+                   CASE WHEN n.name IS NULL THEN {nat_default} ELSE n.nat END AS nat
             FROM (SELECT DISTINCT sk, node FROM f) k JOIN sets s USING (sk)
             LEFT JOIN node_name n ON n.t = s.ns AND n.name = k.node),
           -- destinations, once per (snapshot set, address, dialed address)
@@ -337,6 +431,7 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
           su AS (SELECT ek.ip, arg_max(x.zone, x.rnk) AS zone, arg_max(x.region, x.rnk) AS region
                  FROM ek JOIN subnets x USING (fam, plen, k) GROUP BY ek.ip),
           pv AS (SELECT DISTINCT ek.ip FROM ek JOIN private_nets USING (fam, plen, k)),
+          de AS (SELECT ek.ip, arg_max(x.dest, x.rnk) AS dest FROM ek JOIN dest_nets x USING (fam, plen, k) GROUP BY ek.ip),
           dst AS (
             SELECT d.sk, d.dst_ip, d.orig_dst_ip, d.dst_kind, d.dst_node,
               CASE d.dst_kind WHEN 'service' THEN svc_ns WHEN 'pod' THEN dp_ns WHEN 'endpoint' THEN ep_ns END
@@ -354,13 +449,14 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
               rg.provider AS dst_cloud_provider, rg.service AS dst_cloud_service, rg.region AS dst_cloud_region,
               coalesce(rk.known, false) AS range_known,
               ru.cls AS rule_cls, ru.rate AS rule_rate, ru.label AS rule_label, pv.ip IS NOT NULL AS private,
-              d.dst_ip IN ('169.254.169.254', 'fd00:ec2::254', '168.63.129.16') AS imds
+              d.dst_ip IN ('169.254.169.254', 'fd00:ec2::254', '168.63.129.16') AS imds, de.dest AS cidr_dest
             FROM dk2 d
             LEFT JOIN node_name dn ON dn.t = d.ns AND dn.name = d.dst_node
             LEFT JOIN rg ON d.dst_kind = 'external' AND rg.ip = d.dst_ip
             LEFT JOIN ru ON d.dst_kind = 'external' AND ru.ip = d.dst_ip
             LEFT JOIN pv ON d.dst_kind = 'external' AND pv.ip = d.dst_ip
             LEFT JOIN su ON d.dst_kind = 'external' AND su.ip = d.dst_ip
+            LEFT JOIN de ON d.dst_kind = 'external' AND de.ip = d.dst_ip
             LEFT JOIN range_known rk ON rk.provider = rg.provider AND rk.region = rg.region),
           -- DNS as of the window end, only for destinations DNS ever answered (a semi-join)
           dq AS (SELECT DISTINCT src_ip, dst_ip, window_end FROM f WHERE dst_ip IN (SELECT ip FROM dns)),
@@ -388,7 +484,7 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
               d.dst_node, d.dst_zone, d.dst_region0, d.subnet_src_region, d.range_known, dom.domain AS dst_domain,
               d.dst_cloud_provider, d.dst_cloud_service, d.dst_cloud_region,
               f.dst_ip, f.dst_port, f.proto, f.tx_bytes, f.rx_bytes, f.tx_packets, f.rx_packets,
-              d.rule_cls, d.rule_rate, d.rule_label, d.private, d.imds
+              d.rule_cls, d.rule_rate, d.rule_label, d.private, d.imds, sn.nat AS src_nat, d.cidr_dest
             FROM f
             JOIN src s ON s.sk = f.sk AND s.src_ip IS NOT DISTINCT FROM f.src_ip
                       AND s.src_pod IS NOT DISTINCT FROM f.src_pod AND s.src_namespace IS NOT DISTINCT FROM f.src_namespace
@@ -432,20 +528,62 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
                    WHEN same_cloud THEN CASE WHEN internal_class = 'cross_region' THEN 'cross_region' ELSE 'cloud_api' END
                    ELSE 'internet_egress' END AS traffic_class
             FROM r3),
-          priced AS (
-            SELECT c.*,
-              CASE WHEN c.rule_rate IS NOT NULL THEN (c.tx_bytes + c.rx_bytes) / r.unit * c.rule_rate
-                   ELSE (c.tx_bytes + c.rx_bytes) * coalesce(r.per_byte, 0.0) END AS base_cost,
-              CASE WHEN c.rule_rate IS NOT NULL THEN c.rule_label ELSE coalesce(r.card, 'none') END AS rate_card,
-              c.traffic_class = 'internet_egress' AND c.rule_rate IS NULL AS tiered
+          -- price: each class by the source's card (docs/costing.md §6); `out_b`/`in_b` are the
+          -- class's per-byte rates out of the sender and into the receiver
+          p0 AS (
+            SELECT c.*, r.card, r.unit, r.out_b, r.in_b, r.rp_out, r.rp_in, r.nat_out, r.tgw_out, r.szfree,
+              r.gp_out, r.gp_in, r.free_all, r.free_list, ir.per_byte AS ir_out, ib.per_byte AS ir_back,
+              c.dst_kind = 'external' AND c.dst_ip IS NOT NULL AND NOT c.private AND NOT coalesce(c.imds, false)
+                AS public,
+              {dest_sql} AS dest0
             FROM cls c LEFT JOIN rates r ON r.provider = c.src_provider AND r.region = c.src_region
-                                         AND r.cls = c.traffic_class),
+                                         AND r.cls = c.traffic_class
+            LEFT JOIN inter ir ON c.traffic_class IN ('cross_region', 'peering', 'transit_gateway')
+                 AND ir.provider = c.src_provider AND ir.a = c.src_region AND ir.b = c.dst_region
+            LEFT JOIN inter ib ON c.traffic_class = 'cross_region'
+                 AND ib.provider = c.src_provider AND ib.a = c.dst_region AND ib.b = c.src_region),
+          priced AS (
+            SELECT p0.* EXCLUDE (card, unit, out_b, in_b, rp_out, rp_in, nat_out, tgw_out, szfree, gp_out, gp_in,
+                                 free_all, free_list, ir_out, ir_back, public, src_nat, cidr_dest, dest0),
+              CASE WHEN {dest_ok} THEN dest0 END AS egress_dest,
+              CASE WHEN rule_rate IS NOT NULL THEN (tx_bytes + rx_bytes) / unit * rule_rate
+                   ELSE coalesce(CASE
+                     WHEN traffic_class IN ('same_zone', 'cross_zone', 'imds', 'k8s_control_plane', 'load_balancer',
+                                            'external_private', 'unknown')
+                       -- the source pays tx out and rx in; an in-cluster destination its own end
+                       THEN tx_bytes * out_b + rx_bytes * in_b
+                            + CASE WHEN dst_kind <> 'external' THEN rx_bytes * out_b + tx_bytes * in_b ELSE 0.0 END
+                     WHEN traffic_class = 'cloud_api'
+                       THEN CASE WHEN public AND NOT (free_all OR coalesce(list_contains(free_list, dst_cloud_service), false))
+                                 THEN tx_bytes * rp_out + rx_bytes * rp_in
+                                 ELSE tx_bytes * out_b + rx_bytes * in_b END
+                     WHEN traffic_class = 'cross_region'
+                       THEN tx_bytes * coalesce(ir_out, 0.0) + rx_bytes * coalesce(ir_back, 0.0)
+                     WHEN traffic_class IN ('peering', 'transit_gateway')
+                       THEN CASE WHEN dst_region IS NULL OR dst_region = src_region
+                                 THEN CASE WHEN szfree AND src_zone = dst_zone THEN 0.0
+                                           ELSE tx_bytes * out_b + rx_bytes * in_b END
+                                 WHEN gp_out IS NOT NULL THEN tx_bytes * gp_out + rx_bytes * gp_in
+                                 ELSE tx_bytes * coalesce(ir_out, 0.0) END
+                            + CASE WHEN traffic_class = 'transit_gateway' THEN tx_bytes * tgw_out ELSE 0.0 END
+                     WHEN traffic_class = 'private_link' THEN (tx_bytes + rx_bytes) * out_b
+                     ELSE 0.0 END, 0.0)
+                     -- NAT gateway processing: outbound to public addresses from nodes behind one,
+                     -- not to services a gateway endpoint of the source region serves
+                     + CASE WHEN src_nat IS NOT NULL AND direction = 'outbound' AND public
+                                 AND traffic_class IN ('internet_egress', 'cloud_api', 'cross_region')
+                                 AND NOT coalesce(upper(dst_cloud_service) IN ({eps})
+                                                  AND dst_cloud_region = src_region, false)
+                            THEN (tx_bytes + rx_bytes) * coalesce(nat_out, 0.0) ELSE 0.0 END END AS base_cost,
+              CASE WHEN rule_rate IS NOT NULL THEN rule_label ELSE coalesce(card, 'none') END AS rate_card,
+              traffic_class = 'internet_egress' AND rule_rate IS NULL AS tiered
+            FROM p0),
           -- monthly egress tiers: F(cum_after) - F(cum_before), rows in (window_start, src_ip,
           -- dst_ip, dst_port, proto) order per card and month
           -- (untiered rows share one partition with constant sort keys: no real sort for them)
           t AS (SELECT *, CASE WHEN tiered THEN sum(tx_bytes) OVER (
                             PARTITION BY tiered, CASE WHEN tiered THEN src_provider END,
-                                         CASE WHEN tiered THEN src_region END,
+                                         CASE WHEN tiered THEN src_region END, CASE WHEN tiered THEN egress_dest END,
                                          CASE WHEN tiered THEN date_trunc('month', window_start) END
                             ORDER BY CASE WHEN tiered THEN window_start END, CASE WHEN tiered THEN src_ip END,
                                      CASE WHEN tiered THEN dst_ip END, CASE WHEN tiered THEN dst_port END,
@@ -454,7 +592,8 @@ def statements(lake: Path, out: Path, cfg, tiers: list[tuple]) -> list[str]:
                           CASE WHEN tiered THEN sum(tx_bytes) OVER (
                             PARTITION BY tiered, CASE WHEN tiered THEN src_provider END,
                                          CASE WHEN tiered THEN date_trunc('month', window_start) END
-                            ORDER BY CASE WHEN tiered THEN window_start END, CASE WHEN tiered THEN src_region END,
+                            ORDER BY CASE WHEN tiered THEN window_start END,
+                                     CASE WHEN tiered THEN src_region || coalesce('@' || egress_dest, '') END,
                                      CASE WHEN tiered THEN src_ip END, CASE WHEN tiered THEN dst_ip END,
                                      CASE WHEN tiered THEN dst_port END, CASE WHEN tiered THEN proto END
                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)::DOUBLE END AS pcum
@@ -506,7 +645,9 @@ def run(lake: Path, out: Path, cfg, ranges_dir: Path | None, memory_limit_mib: i
     pr = con.execute(f"SELECT DISTINCT lower(coalesce(provider, '{cfg.provider}')), coalesce(region, '{cfg.region}') "
                      f"FROM read_parquet('{lake}/inventory/nodes/*/*.parquet')").fetchall()
     tiers = setup(con, cfg, ranges_dir, sorted(set(pr)))
-    stmts = statements(lake, out, cfg, tiers)
+    node_cols = {r[0] for r in con.execute(
+        f"DESCRIBE SELECT * FROM read_parquet('{lake}/inventory/nodes/*/*.parquet')").fetchall()}
+    stmts = statements(lake, out, cfg, tiers, node_cols)
     spill, stop = [0], threading.Event()
 
     def watch():

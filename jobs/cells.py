@@ -74,6 +74,12 @@ def make_cells(hour_inputs: dict[dt.datetime, list[tuple[str, int]]], max_rows: 
     return out
 
 
+def _footer_rows(lake, rel: str) -> int:
+    import pyarrow.parquet as pq  # noqa: PLC0415
+    with lake.fs.open_input_file(lake.path(rel)) as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
 def rows_per_byte(lake, files: list[tuple[str, int]], sample: int = 4) -> float:
     """Rows per stored byte of raw flow files, from the footers of up to `sample` of them
     (the largest: small files are dominated by the footer itself)."""
@@ -83,8 +89,7 @@ def rows_per_byte(lake, files: list[tuple[str, int]], sample: int = 4) -> float:
     rows = size = 0
     for rel, n_bytes in picked:
         try:
-            with lake.fs.open_input_file(lake.path(rel)) as f:
-                rows += pq.ParquetFile(f).metadata.num_rows
+            rows += lake.call(lambda rel=rel: _footer_rows(lake, rel), f"reading {rel}")
             size += n_bytes
         except Exception:  # noqa: BLE001 - unreadable files are the cells' to quarantine
             continue

@@ -164,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             rc = _cost(args)
     except Exception as exc:  # noqa: BLE001 - every failure is one line
+        signalled = _signalled(exc)
+        if isinstance(signalled, Terminated):
+            print("error: terminated (SIGTERM)", file=sys.stderr)
+            return _terminated()
+        if isinstance(signalled, KeyboardInterrupt):
+            print("error: interrupted", file=sys.stderr)
+            return 130
         if os.environ.get("NETMON_DEBUG"):
             raise
         if isinstance(exc, _error_types()):
@@ -189,6 +196,18 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return rc
+
+
+def _signalled(exc: BaseException) -> BaseException | None:
+    """The SIGTERM or Ctrl-C behind `exc`: a signal that lands while Ray's compiled code runs
+    surfaces as that code's SystemError, with the signal's exception as its context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (Terminated, KeyboardInterrupt)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _terminated() -> int:

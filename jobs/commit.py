@@ -169,7 +169,7 @@ def newest_recorded_hour(lake: Lake) -> dt.datetime | None:
     one's records), whatever the lake's age."""
     sel = pafs.FileSelector(lake.path(HOURS_DIR), recursive=False, allow_not_found=True)
     days = []
-    for info in lake.fs.get_file_info(sel):
+    for info in lake.call(lambda: lake.fs.get_file_info(sel), f"listing {HOURS_DIR}/"):
         name = posixpath.basename(info.path.rstrip("/"))
         if info.type == pafs.FileType.Directory and name.startswith("date="):
             try:
@@ -233,7 +233,7 @@ def _move(lake: Lake, src_rel: str, dst_rel: str) -> None:
         os.makedirs(posixpath.dirname(dst), exist_ok=True)
         os.replace(lake.path(src_rel), dst)
     else:
-        lake.fs.copy_file(lake.path(src_rel), dst)
+        lake.call(lambda: lake.fs.copy_file(lake.path(src_rel), dst), f"copying {src_rel} to {dst_rel}")
         lake.delete(src_rel)
 
 
@@ -298,6 +298,7 @@ class Recovered:
     hours: list[dt.datetime]        # hours the dead run was publishing (rolled forward or left)
     committed: list[dt.datetime]    # of those, hours whose record the dead run had written
     staging_removed: list[int]      # tokens whose staging was deleted
+    temporaries_removed: list[str] = field(default_factory=list)  # a killed run's half-written files
 
 
 def recover(lake: Lake, lease) -> Recovered:
@@ -317,12 +318,27 @@ def recover(lake: Lake, lease) -> Recovered:
             committed.append(h)
         roll_forward(lake, rec)
     removed = []
-    for info in lake.fs.get_file_info(pafs.FileSelector(lake.path(STAGING_DIR), allow_not_found=True)):
+    sel = pafs.FileSelector(lake.path(STAGING_DIR), allow_not_found=True)
+    for info in lake.call(lambda: lake.fs.get_file_info(sel), f"listing {STAGING_DIR}/"):
         name = posixpath.basename(info.path)
         if info.type == pafs.FileType.Directory and name.isdigit() and int(name) != lease.token:
-            lake.fs.delete_dir(info.path)
+            lake.call(lambda p=info.path: lake.fs.delete_dir(p), f"deleting {lake.rel(info.path)}/")
             removed.append(int(name))
-    return Recovered(hours=hours, committed=committed, staging_removed=sorted(removed))
+    temps = []
+    if prev and not prev.get("released"):
+        # a run killed between writing a temporary and renaming it (local lakes only): its
+        # state files and the days it was publishing
+        days = sorted({h.date() for h in hours})
+        temps = lake.sweep_temporaries([S.STATE_DIR] + [f"costs/{t}/date={d}" for t in _cost_tables(lake)
+                                                        for d in days])
+    return Recovered(hours=hours, committed=committed, staging_removed=sorted(removed),
+                     temporaries_removed=temps)
+
+
+def _cost_tables(lake: Lake) -> list[str]:
+    sel = pafs.FileSelector(lake.path("costs"), allow_not_found=True)
+    return sorted(posixpath.basename(i.path) for i in lake.call(lambda: lake.fs.get_file_info(sel), "listing costs/")
+                  if i.type == pafs.FileType.Directory)
 
 
 

@@ -16,6 +16,9 @@ dns_lookback: 24h        # how old a DNS answer may be and still name a destinat
 clock_skew: 10m          # raw windows starting later than now + this are quarantined (future_window)
 horizon: 1096d           # raw windows starting before now - this are quarantined (beyond_horizon)
 ip_ranges_dir: /path     # cloud IP-range files (AWS, GCP, Azure, Oracle)
+egress_destinations:     # where internet destinations are, for providers that price egress by
+  - {cidr: 203.0.113.0/24, destination: australia}   # destination (GCP Premium: china, australia;
+  - {domain: "*.cn", destination: china}             # default worldwide); CIDRs before domains
 rules:                   # user CIDR rules, longest prefix first; like Kubecost's network-costs
   - {cidr: 10.20.0.0/16, class: peering, name: shared-vpc, region: us-east-1, rate_per_gb: 0.01}
 egress_baseline:         # internet egress the account already used in a month outside the lake, GB
@@ -89,6 +92,15 @@ class Subnet:
     region: str | None = None
 
 
+@dataclass(frozen=True)
+class EgressDestination:
+    """Internet destinations (a CIDR or a domain glob) in a destination group a rate card
+    prices separately (GCP Premium tier: `china`, `australia`; anything else is worldwide)."""
+    destination: str
+    cidr: str | None = None
+    domain: str | None = None
+
+
 PROVIDERS = ("aws", "gcp", "azure")
 NETWORK_TIERS = ("premium", "standard")
 DEFAULT_MAX_PER_GB = 1.0   # no published network rate of the three providers comes near $1/GB
@@ -111,6 +123,7 @@ class JobConfig:
     clock_skew_s: float = 600.0
     horizon_s: float = 1096 * 86400.0
     egress_baseline: dict[str, dict[str, float]] = field(default_factory=dict)  # month -> {key: GB}
+    egress_destinations: tuple[EgressDestination, ...] = ()
 
     def __post_init__(self):
         if self.nat_gateway and not self.nat_gateways:  # legacy flag: every node without a public IP
@@ -121,7 +134,7 @@ class JobConfig:
         data = dict(data or {})
         known = {"provider", "region", "nat_gateway", "nat_gateways", "gateway_endpoints", "subnets",
                  "price_fallback", "network_tier", "rate_limits", "dns_lookback", "rules", "ip_ranges_dir",
-                 "clock_skew", "horizon", "egress_baseline"}
+                 "clock_skew", "horizon", "egress_destinations", "egress_baseline"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
@@ -172,6 +185,8 @@ class JobConfig:
             clock_skew_s=_positive_duration("clock_skew", data.get("clock_skew", "10m")),
             horizon_s=_positive_duration("horizon", data.get("horizon", "1096d")),
             egress_baseline=_baseline(data.get("egress_baseline")),
+            egress_destinations=tuple(_destination(i, d) for i, d in
+                                      enumerate(_list("egress_destinations", data.get("egress_destinations")))),
         )
 
     def check_cards(self, cards) -> None:
@@ -198,6 +213,11 @@ class JobConfig:
                 elif not (cards.has_region(provider, region) or provider in self.price_fallback):
                     raise ConfigError(f"{key}: no {provider} rate card for region {region!r} "
                                       f"(known: {', '.join(cards.regions(provider)[:6])}, ...)")
+        known = cards.egress_destinations()
+        for i, d in enumerate(self.egress_destinations):
+            if d.destination not in known:
+                raise ConfigError(f"egress_destinations[{i}].destination: no rate card prices egress to "
+                                  f"{d.destination!r} (known: {', '.join(sorted(known)) or 'none'})")
         allowed = set(cards.gateway_endpoint_services(self.provider))
         bad = [e for e in self.gateway_endpoints if e not in allowed]
         if bad:
@@ -334,6 +354,21 @@ def _subnet(i: int, s) -> Subnet:
     key = f"subnets[{i}]"
     _keys(key, s, {"cidr", "zone", "region"}, {"cidr"})
     return Subnet(_cidr(key, s["cidr"]), s.get("zone"), s.get("region"))
+
+
+def _destination(i: int, d) -> EgressDestination:
+    key = f"egress_destinations[{i}]"
+    _keys(key, d, {"cidr", "domain", "destination"}, {"destination"})
+    if ("cidr" in d) == ("domain" in d):
+        raise ConfigError(f"{key}: give one of cidr or domain")
+    dest = d["destination"]
+    if not isinstance(dest, str) or not dest.strip():
+        raise ConfigError(f"{key}.destination: expected a destination name such as china or australia")
+    if "cidr" in d:
+        return EgressDestination(dest.strip().lower(), cidr=_cidr(key, d["cidr"]))
+    if not isinstance(d["domain"], str) or not d["domain"].strip():
+        raise ConfigError(f"{key}.domain: expected a domain or glob such as *.cn")
+    return EgressDestination(dest.strip().lower(), domain=d["domain"].strip().lower().rstrip("."))
 
 
 def load_config(path: str | Path | None) -> JobConfig:

@@ -78,16 +78,28 @@ def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
     cards = cards or pricing.default_cards()
     con = duckdb.connect()
     con.register("mtd", dataset(lake, "flows", end.replace(day=1), end))
-    vol = con.sql("""
-        SELECT src_provider, src_region, window_start, SUM(tx_bytes) AS tier_bytes
+    # with a destination map (GCP egress by destination), the pool also depends on the address
+    by_dest = ", dst_ip, dst_domain" if cards.destinations else ""
+    vol = con.sql(f"""
+        SELECT src_provider, src_region, window_start{by_dest}, SUM(tx_bytes) AS tier_bytes
         FROM mtd
         WHERE traffic_class = 'internet_egress' AND NOT starts_with(COALESCE(rate_card, ''), 'rule:')
         GROUP BY ALL""").to_arrow_table()
     if vol.num_rows == 0:
         return []
-    pools = [pricing.pool_name(p, r) for p, r in zip(vol["src_provider"].to_pylist(), vol["src_region"].to_pylist())]
-    vol = pa.table({"tier_pool": pa.array(pools, pa.string()), "window_start": vol["window_start"],
-                    "tier_bytes": pc.cast(vol["tier_bytes"], pa.int64())})
+    if cards.destinations:
+        rows = vol.append_column("traffic_class", pa.array(["internet_egress"] * vol.num_rows)) \
+                  .append_column("rate_card", pa.array([""] * vol.num_rows)) \
+                  .append_column("tx_bytes", pc.cast(vol["tier_bytes"], pa.int64()))
+        pools_arr, _ = pricing.tier_pools(rows, cards)
+        vol = pa.table({"tier_pool": pools_arr, "window_start": vol["window_start"],
+                        "tier_bytes": pc.cast(vol["tier_bytes"], pa.int64())}) \
+            .group_by(["tier_pool", "window_start"]).aggregate([("tier_bytes", "sum")]) \
+            .rename_columns(["tier_pool", "window_start", "tier_bytes"])
+    else:
+        pools = [pricing.pool_name(p, r) for p, r in zip(vol["src_provider"].to_pylist(), vol["src_region"].to_pylist())]
+        vol = pa.table({"tier_pool": pa.array(pools, pa.string()), "window_start": vol["window_start"],
+                        "tier_bytes": pc.cast(vol["tier_bytes"], pa.int64())})
     vol = vol.sort_by([("window_start", "ascending"), ("tier_pool", "ascending")])
     start = month_start_state(lake, end)
     charge, state = pricing.tier_costs(vol, start, cards)
@@ -111,7 +123,8 @@ def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
         if free_gb and free_used < free_gb:
             rate = 0.0          # still inside the account's free allowance
         out.append({
-            "rate_card": card.name, "month": f"{end:%Y-%m}", "through": end.isoformat(),
+            "rate_card": card.name + ("@" + pricing.pool_key(pool)[1].partition("@")[2]
+                                      if "@" in pricing.pool_key(pool)[1] else ""), "month": f"{end:%Y-%m}", "through": end.isoformat(),
             "egress_bytes": int(total), "egress_gb": gb, "baseline_gb": base / card.egress_unit,
             "free_gb": free_gb, "free_used_gb": free_used,
             "tier_from_gb": lo, "tier_to_gb": None if hi is None else float(hi), "per_gb_usd": rate,

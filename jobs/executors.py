@@ -72,7 +72,13 @@ def _placed(fn: Callable, num_returns: int) -> Callable:
     """`fn` as a task that also returns the node it ran on (one more, tiny, return value)."""
     @functools.wraps(fn)
     def task(*args):
+        import pyarrow as pa  # noqa: PLC0415
         import ray  # noqa: PLC0415
+        # A task uses the CPUs Ray gave it, as Ray does for OpenMP (OMP_NUM_THREADS): pyarrow's
+        # pool would otherwise take every core of the node from the tasks beside it.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+        if cpus >= 1:
+            pa.set_cpu_count(int(cpus))
         out = fn(*args)
         where = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()}"
         return (out, where) if num_returns == 1 else (*out, where)
@@ -100,6 +106,58 @@ def task_error(exc) -> Exception:
 
 #: tries to start the job's own local Ray before giving up
 LOCAL_START_ATTEMPTS = 3
+#: seconds the job's local Ray processes get to exit after ray.shutdown() before they are killed
+REAP_GRACE = 3.0
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of a live process, from /proc (None if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(root: int) -> dict[int, int]:
+    """Every live descendant of `root`: pid -> start time (the pair names a process even if
+    its pid is later reused)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _proc_stat(int(name))
+            if st:
+                children.setdefault(st[0], []).append((int(name), st[1]))
+    out: dict[int, int] = {}
+    todo = [root]
+    while todo:
+        for pid, start in children.get(todo.pop(), []):
+            if pid not in out:
+                out[pid] = start
+                todo.append(pid)
+    return out
+
+
+def reap(procs: dict[int, int], grace: float = REAP_GRACE) -> list[int]:
+    """Wait up to `grace` s for `procs` to exit, then SIGKILL the ones still there (the same
+    process: same pid and start time). Returns the pids killed."""
+    import time  # noqa: PLC0415
+    deadline = time.monotonic() + grace
+    alive = dict(procs)
+    while alive and time.monotonic() < deadline:
+        alive = {p: s for p, s in alive.items() if (_proc_stat(p) or (0, -1))[1] == s}
+        if alive:
+            time.sleep(0.1)
+    killed = []
+    for pid, start in alive.items():
+        if (_proc_stat(pid) or (0, -1))[1] == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except OSError:
+                pass
+    return killed
 
 
 class RayExecutor:
@@ -120,6 +178,7 @@ class RayExecutor:
         import ray  # noqa: PLC0415
         self.ray = ray
         self.started = False
+        self.local = not address
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                                       "log_to_driver": True}
@@ -127,6 +186,25 @@ class RayExecutor:
                 _check_reachable(address)
             before = _sigterm_handler()
             try:
+                self._init(ray, address, num_cpus, kwargs)
+            except BaseException:
+                # failed or interrupted (SIGTERM, Ctrl-C) while starting: what did start stops
+                # here, or it would outlive the job (and Ray crashes at interpreter exit)
+                self._stop(local=not address)
+                raise
+            finally:
+                # ray.init replaces SIGTERM's handler with one that exits at once (status 1);
+                # the CLI's own (an exception, so the driver unwinds, reports one line and
+                # shutdown() stops the local Ray) is put back.
+                if callable(before):
+                    signal.signal(signal.SIGTERM, before)
+            self.started = True
+        self._remote: dict[tuple, Any] = {}
+        self._max_memory: int | None = None
+        self._where: list = []  # one small ref per task: the node it ran on
+
+    @staticmethod
+    def _init(ray, address, num_cpus, kwargs) -> None:
                 for attempt in range(1 if address else LOCAL_START_ATTEMPTS):
                     try:
                         if address:
@@ -141,16 +219,6 @@ class RayExecutor:
                             raise JobError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
                                            f"{' '.join(str(exc).split())[:300]}") from exc
                         ray.shutdown()
-            finally:
-                # ray.init replaces SIGTERM's handler with one that exits at once (status 1);
-                # the CLI's own (an exception, so the driver unwinds, reports one line and
-                # shutdown() stops the local Ray) is put back.
-                if callable(before):
-                    signal.signal(signal.SIGTERM, before)
-            self.started = True
-        self._remote: dict[tuple, Any] = {}
-        self._max_memory: int | None = None
-        self._where: list = []  # one small ref per task: the node it ran on
 
     def submit(self, fn: Callable, *args, num_returns: int = 1, memory: int | None = None):
         """`memory`: bytes the task needs; Ray places it only where that much is free."""
@@ -209,6 +277,18 @@ class RayExecutor:
 
     def shutdown(self) -> None:
         if self.started:
+            self.started = False
+            self._stop(self.local)
+
+    def _stop(self, local: bool) -> None:
+        # ray.shutdown() stops the processes it started, but the agents the raylet started
+        # (DashboardAgent, RuntimeEnvAgent) only notice their raylet is gone on their own
+        # schedule, which can take longer than the job: so the job's local Ray processes are
+        # listed first, while they still descend from this one, and killed if they linger.
+        procs = descendants(os.getpid()) if local else {}
+        try:
             self.ray.shutdown()
+        finally:
+            reap(procs)
 
 

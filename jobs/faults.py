@@ -7,7 +7,9 @@ Names (where the driver calls them, see docs/publishing.md):
 - `after-cells`: every cell of the run has written its staged parts, nothing committed;
 - `during-commit`: an hour's record is written, its parts not yet rolled forward;
 - `during-ledger`: the hours are committed, the month's ledger cache not yet written;
-- `during-rollups`: the hours are committed, a day's rollups not yet written.
+- `during-rollups`: the hours are committed, a day's rollups not yet written;
+- `mid-write:<prefix>` (lake/storage.py): any local write under the lake path <prefix>, after
+  its temporary is written and before it is renamed (`MID_WRITE` lists the ones tested).
 Unset (production), `point` is one dictionary lookup.
 """
 from __future__ import annotations
@@ -17,6 +19,10 @@ import signal
 
 ENV = "NETMON_FAULT_POINT"
 NAMES = ("after-cells", "during-commit", "during-ledger", "during-rollups")
+#: the writes a kill lands in the middle of in the tests: a cell's staged part, an hour's record
+#: (the commit point), the month's ledger, a day's rollup
+MID_WRITE = ("mid-write:_state/staging/", "mid-write:_state/hours/", "mid-write:_state/egress/",
+             "mid-write:costs/namespace_hourly/")
 
 
 def point(name: str) -> None:

@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 
 from jobs.errors import JobError
 from lake import schema as S
-from lake.storage import Lake, one_line
+from lake.storage import Lake, one_line, temp_path
 
 LOCK_PATH = f"{S.STATE_DIR}/lock.json"
 UTC = dt.timezone.utc
@@ -61,7 +61,7 @@ class _LocalStore:
             _, current = self.read()
             if current != version:
                 raise _Conflict()
-            tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
+            tmp = temp_path(self.path)
             try:
                 with open(tmp, "wb") as f:
                     f.write(_dump(body))

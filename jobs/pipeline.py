@@ -84,7 +84,8 @@ _CARDS: dict[tuple, RateCards] = {}
 
 def _cards_for(config: JobConfig) -> RateCards:
     """The packaged rate cards with the config's fallback, network tier and rate limit."""
-    key = (tuple(sorted(config.price_fallback.items())), config.network_tier, config.max_per_gb)
+    key = (tuple(sorted(config.price_fallback.items())), config.network_tier, config.max_per_gb,
+           config.egress_destinations)
     if key not in _CARDS:
         _CARDS[key] = RateCards.for_config(config)
     return _CARDS[key]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,8 @@ RATE_KEYS = ("same_zone", "cross_zone", "regional_public", "inter_region", "priv
              "nat_gateway")
 OPTIONAL_RATES = ("global_peering",)
 TIER_KEYS = ("internet_egress", "internet_egress_standard", "internet_egress_routing_internet")
+#: Premium-tier egress tiers by destination group (GCP: china, australia), {destination: tiers}
+DEST_KEY = "internet_egress_by_destination"
 _DOC_KEYS = {"provider", "currency", "unit_bytes", "unit_note", "generated_by", "free_allowance",
              "free_in_region_services", "gateway_endpoint_services", "usage_types", "default", "regions"}
 _BLOCK_INFO = {"code", "continent", "billing_zone"}
@@ -97,6 +99,7 @@ class Card:
     usage: dict = field(default_factory=dict)
     free_services: tuple = ()
     unit_bytes: int = 1 << 30
+    dest_tiers: dict = field(default_factory=dict)  # destination group -> tiers (egress priced by destination)
 
     def free_bytes(self) -> int:
         return int(self.free_gb * self.egress_unit)
@@ -184,8 +187,9 @@ class RateCards:
     `network_tier` "standard" selects GCP Standard tier / Azure routing-preference Internet."""
 
     def __init__(self, docs: dict[str, dict], fallback: dict[str, str] | None = None,
-                 network_tier: str = "premium", max_per_gb: float = 1.0):
+                 network_tier: str = "premium", max_per_gb: float = 1.0, destinations=()):
         self.docs = docs
+        self.destinations = tuple(destinations)  # config.egress_destinations: where destinations are
         self.fallback = {k.lower(): v for k, v in (fallback or {}).items()}
         self.network_tier = network_tier
         self.max_per_gb = max_per_gb
@@ -222,7 +226,7 @@ class RateCards:
     @classmethod
     def for_config(cls, config, path: str | Path | None = None) -> "RateCards":
         return cls.load(path, fallback=config.price_fallback, network_tier=config.network_tier,
-                        max_per_gb=config.max_per_gb)
+                        max_per_gb=config.max_per_gb, destinations=config.egress_destinations)
 
     # ---- queries
     def regions(self, provider: str) -> list[str]:
@@ -235,6 +239,14 @@ class RateCards:
         if doc is None or not region:
             return False
         return not doc.get("regions") or region in doc["regions"]
+
+    def egress_destinations(self) -> set[str]:
+        """Destination groups some card prices internet egress to (GCP Premium: china, australia)."""
+        out = set()
+        for doc in self.docs.values():
+            for block in [doc.get("default") or {}, *(doc.get("regions") or {}).values()]:
+                out |= set((block or {}).get(DEST_KEY) or {})
+        return out
 
     def gateway_endpoint_services(self, provider: str) -> list[str]:
         return [s.upper() for s in self.docs.get(provider, {}).get("gateway_endpoint_services", [])]
@@ -250,7 +262,7 @@ class RateCards:
         block = dict(doc.get("default", {}))
         block.update((doc.get("regions") or {}).get(region) or {})
         where = f"rate card {provider}/{region}"
-        extra = set(block) - set(RATE_KEYS) - set(OPTIONAL_RATES) - set(TIER_KEYS) - _BLOCK_INFO
+        extra = set(block) - set(RATE_KEYS) - set(OPTIONAL_RATES) - set(TIER_KEYS) - _BLOCK_INFO - {DEST_KEY}
         if extra:
             raise RateCardError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
         missing = [k for k in RATE_KEYS + ("internet_egress",) if k not in block]
@@ -264,16 +276,35 @@ class RateCards:
         eg = block[key]
         free = doc.get("free_allowance") or {}
         free_gb = free.get("gb", 0) if key == "internet_egress" or provider != "gcp" else 0
+        by_dest = block.get(DEST_KEY) or {}
+        if not isinstance(by_dest, dict):
+            raise RateCardError(f"{where}: {DEST_KEY} must map destination groups to tiers")
+        dest = {d: _tiers(where, f"{DEST_KEY}.{d}", spec, self.max_per_gb) for d, spec in by_dest.items()}
+        for d, spec in by_dest.items():
+            if spec["unit_bytes"] != eg["unit_bytes"]:
+                raise RateCardError(f"{where}: {DEST_KEY}.{d}: unit_bytes must be internet_egress's")
         return Card(f"{provider}/{region}", provider, region, rates, tiered[key], int(eg["unit_bytes"]), eg["source"],
                     float(free_gb), str(block.get("code", region)),
                     {k: v for k, v in (doc.get("usage_types") or {}).items() if k != "source"},
                     tuple(str(x) for x in doc.get("free_in_region_services", [])),
-                    int(doc.get("unit_bytes", eg["unit_bytes"])))
+                    int(doc.get("unit_bytes", eg["unit_bytes"])),
+                    dest if key == "internet_egress" else {})  # Standard tier: by source only
 
     def card(self, provider: str | None, region: str | None) -> Card:
+        """The card of a region; "region@destination" (a tier pool's) is that card with the
+        destination group's tiers."""
         provider = (provider or "").lower()
         if provider not in self.docs:
             return NONE_CARD
+        if region and "@" in region:
+            base, _, dest = region.partition("@")
+            key = (provider, region)
+            if key not in self._cache:
+                c = self.card(provider, base)
+                if dest not in c.dest_tiers:
+                    raise RateCardError(f"rate card {c.name}: no internet egress tiers to destination {dest!r}")
+                self._cache[key] = replace(c, tiers=c.dest_tiers[dest])
+            return self._cache[key]
         key = (provider, region or "")
         if key not in self._cache:
             if self.has_region(provider, region):
@@ -338,6 +369,46 @@ def nat_for_nodes(nodes: pa.Table, config) -> np.ndarray:
     return out
 
 
+# ------------------------------------------------------------------ egress destinations
+
+def egress_destinations(t: pa.Table, cards: RateCards) -> list:
+    """Per row: the destination group its internet egress is priced to (a name its card has
+    tiers for, from config.egress_destinations: CIDRs first, then domain globs), or None for
+    worldwide. Only internet_egress rows of cards that price by destination get one. The
+    lake knows a destination's address and name, not its country: the user's map says where
+    addresses are; without it every destination is worldwide."""
+    n = t.num_rows
+    dests = cards.destinations
+    out = np.full(n, -1, np.int64)
+    names = sorted({d.destination for d in dests})
+    if not dests or n == 0:
+        return [None] * n
+    eg = np.asarray(pc.fill_null(pc.equal(t.column("traffic_class").cast(pa.string()), "internet_egress"), False)
+                    .to_numpy(zero_copy_only=False), bool)
+    if not eg.any():
+        return [None] * n
+    from jobs.ipaddr import PrefixTable, parse_ips  # noqa: PLC0415
+    did = {d: i for i, d in enumerate(names)}
+    nets = [d for d in dests if d.cidr]
+    ipd, ipc = value_parts(t.column("dst_ip"))
+    if nets and len(ipd):
+        hit = PrefixTable([d.cidr for d in nets]).lookup(parse_ips(ipd))
+        per_ip = np.array([did[nets[h].destination] if h >= 0 else -1 for h in hit.tolist()] + [-1], np.int64)
+        out = per_ip[np.where(ipc >= 0, ipc, len(ipd))]
+    globs = [d for d in dests if d.domain]
+    if globs and "dst_domain" in t.column_names:
+        dd, dc = value_parts(t.column("dst_domain"))
+        per_dom = np.array([next((did[g.destination] for g in globs if fnmatch.fnmatchcase(x.lower().rstrip("."), g.domain)), -1)
+                            for x in dd.to_pylist()] + [-1], np.int64)
+        by_dom = per_dom[np.where(dc >= 0, dc, len(dd))]
+        out = np.where(out >= 0, out, by_dom)
+    used, card_of = _card_index(t, cards)
+    priced = np.array([[d in c.dest_tiers for d in names] for c in used], bool).reshape(len(used), len(names))
+    ok = eg & (out >= 0)
+    ok[ok] = priced[card_of[ok], out[ok]]
+    return [names[i] if k else None for i, k in zip(out.tolist(), ok.tolist())]
+
+
 # ------------------------------------------------------------------ price
 
 def _strings(col, n: int) -> tuple[list, np.ndarray]:
@@ -383,6 +454,7 @@ def price(t: pa.Table, ctx) -> pa.Table:
 
     u_src, u_dst, u_proc = np.full(n, -1), np.full(n, -1), np.full(n, -1)
     is_ = lambda c: cls == CLASS[c]  # noqa: E731
+    dest_of = np.array(egress_destinations(t, ctx.cards), dtype=object) if ctx.cards.destinations else None
     sz, szc = _strings(col("src_zone"), n)
     dz, dzc = _strings(col("dst_zone"), n)
     zones = {z: i for i, z in enumerate(sz)}
@@ -469,6 +541,11 @@ def price(t: pa.Table, ctx) -> pa.Table:
         # internet egress: transfer out is tiered later; name the meter now
         m = rows & is_("internet_egress")
         u_src[m], q_src[m] = code(card.usage_type("internet_egress")), tx[m]
+        if card.dest_tiers and dest_of is not None:
+            for d in card.dest_tiers:
+                md = m & (dest_of == d)
+                if md.any():
+                    u_src[md] = code(card.usage_type("internet_egress_to", d.capitalize()))
         # NAT gateway: outbound connections to public addresses from nodes behind one, unless a
         # gateway endpoint of the source region serves the destination (S3, DynamoDB)
         via = rows & outbound & public & (nat_gw >= 0) & (is_("internet_egress") | is_("cloud_api") | is_("cross_region"))
@@ -541,11 +618,17 @@ def pool_key(pool: str) -> tuple[str, str]:
 
 def tier_pools(costs: pa.Table, cards: "RateCards | None" = None) -> tuple[pa.Array, pa.Array]:
     """Per cost row: its tier pool ("provider/region/internet_egress", null when the row is not
-    tiered) and the bytes it adds to that pool (tx of tiered internet egress, else 0)."""
+    tiered; "provider/region@destination/internet_egress" for egress a card prices by
+    destination, given the cards' destination map) and the bytes it adds to that pool (tx of
+    tiered internet egress, else 0)."""
     n = costs.num_rows
     m = _tiered_mask(costs) if n else np.zeros(0, bool)
     prov = pc.fill_null(costs.column("src_provider").cast(pa.string()), "")
     reg = pc.fill_null(costs.column("src_region").cast(pa.string()), "")
+    if cards is not None and cards.destinations and n:
+        # egress priced by destination climbs its own tiers: pool "gcp/<region>@<destination>/..."
+        dest = pa.array(egress_destinations(costs, cards), pa.string())
+        reg = pc.if_else(pc.is_valid(dest), pc.binary_join_element_wise(reg, pc.fill_null(dest, ""), "@"), reg)
     name = pc.binary_join_element_wise(prov, reg, "/")
     name = pc.binary_join_element_wise(name, pa.scalar(POOL_SUFFIX[1:]), "/")
     pools = pc.if_else(pa.array(m), name, pa.scalar(None, pa.string()))
@@ -650,9 +733,10 @@ def tier_volumes(costs: pa.Table, cards: "RateCards | None" = None) -> tuple[pa.
     return vol, row_vol, b
 
 
-def egress_bytes(costs: pa.Table) -> dict[tuple[str, str], int]:
-    """Tiered internet-egress bytes (tx) per (src_provider, src_region) in `costs`."""
-    pools, nbytes = tier_pools(costs)
+def egress_bytes(costs: pa.Table, cards: "RateCards | None" = None) -> dict[tuple[str, str], int]:
+    """Tiered internet-egress bytes (tx) per (src_provider, src_region) in `costs` (per
+    (provider, "region@destination") for egress the cards price by destination)."""
+    pools, nbytes = tier_pools(costs, cards)
     m = pc.is_valid(pools).to_numpy(zero_copy_only=False)
     if not m.any():
         return {}

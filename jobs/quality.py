@@ -10,12 +10,20 @@ promises. Checking is two steps:
 This keeps the check at a fraction of a second per million rows, so the cost job can run it
 on everything it reads and writes.
 
+In the cost job's Ray tasks, step 2 is deferred (`deferred()`): a task decides from its
+profiles alone (a rule is broken where its count is outside the expectation's bounds, the
+arithmetic great-expectations applies) and returns the profiles as `Evidence`; the driver
+validates them with great-expectations (`confirm`) before it commits the hour, and fails the
+run if great-expectations disagrees. So the workers never import great-expectations (seconds
+of CPU and ~250 MiB per worker process) and every profile is still validated by it.
+
 Severity: `critical` failures make a raw file unusable (quarantined) or a cost partition
 unpublishable; `warning` failures are reported but do not block (a node that is not in the
 inventory yet, say: its first window can arrive before the next inventory snapshot).
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import threading
@@ -225,13 +233,84 @@ def _expect(frame: pd.DataFrame, suite_name: str, bounds: dict[str, tuple[float,
     return failed
 
 
+@dataclass
+class Evidence:
+    """One deferred validation: the frame, its expectations' bounds and what the task decided
+    from them ({column: failing row indexes})."""
+    suite: str
+    bounds: dict[str, tuple[float, float]]
+    frame: pd.DataFrame
+    decided: dict[str, list[int]]
+
+
+_deferral = threading.local()
+
+
+@contextlib.contextmanager
+def deferred():
+    """Within the block (in this thread), checks decide from their profiles and collect the
+    Evidence into the list yielded, for `confirm` in the driver."""
+    before = getattr(_deferral, "evidence", None)
+    _deferral.evidence = collected = []
+    try:
+        yield collected
+    finally:
+        _deferral.evidence = before
+
+
+def _decide(frame: pd.DataFrame, bounds: dict[str, tuple[float, float]]) -> dict[str, list[int]]:
+    """{column: row indexes outside [lo, hi]} for the columns with any: what
+    ExpectColumnValuesToBeBetween reports as unexpected (a profile has no nulls)."""
+    failed = {}
+    for c, (lo, hi) in bounds.items():
+        v = frame[c].to_numpy() if c in frame.columns else None
+        bad = list(range(len(frame))) if v is None else [int(i) for i in ((v < lo) | (v > hi)).nonzero()[0]]
+        if bad:
+            failed[c] = bad
+    return failed
+
+
+def _validate(frame: pd.DataFrame, suite: str, bounds: dict[str, tuple[float, float]]) -> dict[str, list[int]]:
+    evidence = getattr(_deferral, "evidence", None)
+    if evidence is None:
+        return _expect(frame, suite, bounds)
+    decided = _decide(frame, bounds)
+    evidence.append(Evidence(suite, dict(bounds), frame.reset_index(drop=True), decided))
+    return decided
+
+
+def confirm(evidence: list[Evidence]) -> None:
+    """Validate deferred profiles with great-expectations, one run per suite (the frames of a
+    suite concatenated); raise QualityDisagreement if it fails other rows than the tasks did."""
+    groups: dict[tuple, list[Evidence]] = {}
+    for e in evidence:
+        groups.setdefault((e.suite, tuple(sorted(e.bounds.items()))), []).append(e)
+    for (suite, _), items in groups.items():
+        frame = pd.concat([e.frame for e in items], ignore_index=True)
+        want: dict[str, set[int]] = {}
+        offset = 0
+        for e in items:
+            for c, rows in e.decided.items():
+                want.setdefault(c, set()).update(offset + i for i in rows)
+            offset += len(e.frame)
+        got = {c: set(rows) for c, rows in _expect(frame, suite, items[0].bounds).items()}
+        if got != want:
+            cols = sorted(c for c in set(got) | set(want) if got.get(c) != want.get(c))
+            raise QualityDisagreement(f"great-expectations and the job's tasks disagree on {suite} "
+                                      f"({', '.join(cols)}): nothing of the hour was published")
+
+
+class QualityDisagreement(Exception):
+    """A deferred decision that great-expectations does not confirm (a defect, never bad input)."""
+
+
 def check(table_name: str, table: pa.Table, rules: list[Rule] | None = None, by: str | None = None) -> list[Failure]:
     """Profile `table` against its rules and validate the profile with great-expectations."""
     rules = RULES[table_name] if rules is None else rules
     if table.num_rows == 0:
         return []
     prof = profile(table, rules, by)
-    failed = _expect(prof, table_name, {r.name: (0, 0) for r in rules})
+    failed = _validate(prof, table_name, {r.name: (0, 0) for r in rules})
     out = []
     for r in rules:
         for i in failed.get(r.name, []):
@@ -281,7 +360,7 @@ def check_costs(costs: pa.Table, namespace_hourly: pa.Table | None = None, workl
             diffs[key] = (pc.sum(roll.column(col)).as_py() or 0) - total
             bounds[key], where[key] = (-lim, lim), name
     if diffs:
-        failed = _expect(pd.DataFrame({k: [v] for k, v in diffs.items()}), "reconcile", bounds)
+        failed = _validate(pd.DataFrame({k: [v] for k, v in diffs.items()}), "reconcile", bounds)
         for key in failed:
             col = key.split(":")[-2]
             failures.append(Failure(where[key], key.split(":")[-1], col, 1, observed=diffs[key]))

@@ -228,6 +228,8 @@ class _Driver:
         self.retiered: set[dt.datetime] = set()
         self.committed: dict[dt.datetime, C.HourRecord] = {}
         self.bad: list[dict] = []
+        self._ctx_evidence: dict[dt.datetime, Any] = {}   # hour -> its context task's evidence ref
+        self._confirming: dict[dt.datetime, Any] = {}     # hour -> great-expectations' verdict (a Future)
         from jobs import pricing  # noqa: PLC0415
         self.cards = pricing.RateCards.for_config(cfg)  # the cards the cells price with
         for m in {st.month_of(h) for h in p.compute + p.retier} - set(p.ledgers):
@@ -267,6 +269,16 @@ class _Driver:
 
     # -- the run
     def run(self, ex, extra_days=()) -> None:
+        # great-expectations confirms each hour's data-quality evidence in a driver thread, while
+        # the cluster works on the next hours (jobs/quality.py, "deferred")
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+        self._gx = ThreadPoolExecutor(1, thread_name_prefix="netmon-quality")
+        try:
+            self._run(ex, extra_days)
+        finally:
+            self._gx.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, ex, extra_days=()) -> None:
         self.ex = ex
         cells = self._cells()
         computed = set(self.p.compute)
@@ -288,9 +300,10 @@ class _Driver:
                 prev = chain.get(h - HOUR)
                 handed = (ex.arg(prev[1]), ex.arg(prev[2])) if prev else (None, None)
                 refs = ex.submit(T.build_context, self.url, self.ep, self._context_spec(h), self.cfg, *handed,
-                                 num_returns=4, memory=CL.BASE_BYTES)
-                chain[h] = refs
+                                 num_returns=5, memory=CL.BASE_BYTES)
+                chain[h] = refs[:3]
                 bad_refs.append(refs[3])
+                self._ctx_evidence[h] = refs[4]
                 est = self._ledger(h).state_before(h)  # exact once the previous hour is settled
                 for c in cells[h]:
                     staged = C.staged(self.token, C.part_path(h, self.token, c.index))
@@ -333,6 +346,10 @@ class _Driver:
         """A computed hour: exact window rates from its cells' volumes; re-tier the parts whose
         provisional rates differ. Returns (hour, re-tier futures, what committing needs)."""
         results = sorted(results, key=lambda r: r["cell"])
+        from jobs import quality  # noqa: PLC0415
+        evidence = [e for r in results for e in r.pop("quality", [])]
+        evidence += self.ex.get(self._ctx_evidence.pop(h))
+        self._confirming[h] = self._gx.submit(quality.confirm, evidence)
         ledger = self._ledger(h)
         vols: tiers.Volumes = {}
         for r in results:
@@ -376,6 +393,11 @@ class _Driver:
         ledger = self._ledger(h)
         e = ledger.entries[st.hour_id(h)]
         if "results" in info:  # a computed hour
+            from jobs import quality  # noqa: PLC0415
+            try:
+                self._confirming.pop(h).result()  # nothing is published that great-expectations did not pass
+            except quality.QualityDisagreement as exc:
+                raise JobError(str(exc)) from None
             results = info["results"]
             deltas = []
             for r, g in zip(info["which"], got):

@@ -95,7 +95,14 @@ def _prev_state(lake: Lake, spec: ContextSpec, handed: pa.Table | None, bad: lis
 
 def build_context(lake_url: str, endpoint: str | None, spec: ContextSpec, cfg, handed_state, handed_own):
     """Returns (the hour's pipeline Context without IP ranges, the DNS state at the end of the
-    hour, the next hour's DNS rows, quarantined/skipped files)."""
+    hour, the next hour's DNS rows, quarantined/skipped files, the data-quality evidence for
+    the driver to confirm)."""
+    from jobs import quality  # noqa: PLC0415
+    with quality.deferred() as evidence:
+        return (*_build_context(lake_url, endpoint, spec, cfg, handed_state, handed_own), evidence)
+
+
+def _build_context(lake_url: str, endpoint: str | None, spec: ContextSpec, cfg, handed_state, handed_own):
     from jobs import pipeline  # noqa: PLC0415
     lake = _lake(lake_url, endpoint)
     bad: list[dict] = []
@@ -169,7 +176,16 @@ def cost_cell(lake_url: str, endpoint: str | None, cell: Cell, ctx, ranges_dir: 
               staged: str, tier_state: dict) -> dict:
     """Cost one cell and write its part to `staged`. Tiered egress is priced at the marginal
     rate of month-to-date `tier_state` (the driver's best estimate of the state before the
-    hour); the driver settles it from the returned volumes. Returns a small summary."""
+    hour); the driver settles it from the returned volumes. Returns a small summary, with the
+    data-quality evidence the driver confirms before it commits the hour."""
+    from jobs import quality  # noqa: PLC0415
+    with quality.deferred() as evidence:
+        out = _cost_cell(lake_url, endpoint, cell, ctx, ranges_dir, staged, tier_state)
+    return {**out, "quality": evidence}
+
+
+def _cost_cell(lake_url: str, endpoint: str | None, cell: Cell, ctx, ranges_dir: str | None,
+               staged: str, tier_state: dict) -> dict:
     from jobs import pipeline  # noqa: PLC0415
     lake = _lake(lake_url, endpoint)
     flows, bad = load.load_files(lake, list(cell.files), "raw/flows")
@@ -208,8 +224,10 @@ def retier_part(lake_url: str, endpoint: str | None, src: str, dst: str, rates: 
     footer says so; the rows are not read). Otherwise the new part's summary partial and the
     rollup partials' change (cost only)."""
     lake = _lake(lake_url, endpoint)
-    with lake.fs.open_input_file(lake.path(src)) as f:
-        meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+    def footer():
+        with lake.fs.open_input_file(lake.path(src)) as f:
+            return pq.ParquetFile(f).schema_arrow.metadata or {}
+    meta = lake.call(footer, f"reading {src}")
     old = tiers.parse_rates_meta(meta.get(tiers.RATES_META))
     mine = {k: rates.get(k, 0.0) for k in old}
     if mine == old:
@@ -243,10 +261,12 @@ def rollup_day(lake_url: str, endpoint: str | None, day: dt.date, hour_partials:
     extra = {}
     if legacy_parts:
         tables = []
-        for rel in legacy_parts:
+        def columns(rel):
             with lake.fs.open_input_file(lake.path(rel)) as f:
                 pf = pq.ParquetFile(f)
-                tables.append(pf.read(columns=[c for c in ROLLUP_COLUMNS if c in pf.schema_arrow.names]))
+                return pf.read(columns=[c for c in ROLLUP_COLUMNS if c in pf.schema_arrow.names])
+        for rel in legacy_parts:
+            tables.append(lake.call(lambda rel=rel: columns(rel), f"reading {rel}"))
         extra = pt.partials(pa.concat_tables([S.conform(t, S.COST_FLOWS) for t in tables]))
     n = 0
     for name, r in pt.ROLLUPS.items():

@@ -5,9 +5,11 @@ endpoint override for MinIO or moto via `s3_endpoint=` or AWS_ENDPOINT_URL), and
 fsspec URL (`gs://`, `abfs://`, `memory://`) when fsspec and its backend are installed.
 pyarrow's own S3 filesystem is used for S3 so the agent does not pay for s3fs/boto.
 
-Writes are atomic: local files are written beside their target (a hidden `.NAME.*.tmp`, removed
-on any failure) and renamed; object stores only show an object once its upload completes. A
-retried write to the same path replaces.
+Writes are atomic: local files are written beside their target (a hidden
+`.NAME.<host>-<pid>-<id>.tmp`, removed on any failure) and renamed; object stores only show an
+object once its upload completes. A retried write to the same path replaces. A temporary left by
+a killed writer (kill -9 between write and rename) names its writer, so `sweep_temporaries`
+removes it once that process is gone.
 
 Retries: a Lake opened with `attempts > 1` (the cost job: `job_lake`) retries each storage
 operation that fails transiently (throttling such as 503 SlowDown, connection resets, timeouts,
@@ -21,6 +23,9 @@ import errno
 import os
 import posixpath
 import random
+import re
+import signal
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,6 +36,44 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lake import schema as S
+
+
+_HOST = socket.gethostname().replace("-", "_").replace(".", "_")
+_TEMP = re.compile(r"^\.?.+\.(?P<host>[^.]+)-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
+#: a temporary this old is stale whoever wrote it (a writer on another host, a reused pid)
+STALE_TEMP_S = 3600.0
+
+
+def temp_path(full: str) -> str:
+    """A hidden temporary beside `full`, naming this host and process."""
+    parent, base = posixpath.split(full)
+    return posixpath.join(parent, f".{base}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _writer_gone(name: str, mtime: float, now: float) -> bool:
+    m = _TEMP.match(name)
+    if m is None:
+        return False  # not one of ours
+    if now - mtime > STALE_TEMP_S:
+        return True
+    if m["host"] != _HOST:
+        return False  # its writer may be alive on its own host
+    try:
+        os.kill(int(m["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    return False
+
+
+def _crash_point(rel: str) -> None:
+    """Failpoint of the fault tests (jobs/faults.py): NETMON_FAULT_POINT=mid-write:<prefix>
+    kills this process after the temporary of a write under <prefix> is written, before it is
+    renamed."""
+    spec = os.environ.get("NETMON_FAULT_POINT", "")
+    if spec.startswith("mid-write:") and rel.startswith(spec[len("mid-write:"):]):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class LakeError(Exception):
@@ -140,9 +183,10 @@ class Lake:
         if not isinstance(self.fs, pafs.LocalFileSystem):
             write(full)
             return full
-        tmp = posixpath.join(parent, f".{posixpath.basename(full)}.{uuid.uuid4().hex}.tmp")
+        tmp = temp_path(full)
         try:
             write(tmp)
+            _crash_point(rel)
             os.replace(tmp, full)
         finally:
             try:
@@ -206,6 +250,26 @@ class Lake:
             self.fs.create_dir(posixpath.dirname(dest), recursive=True)
             self.fs.copy_file(self.path(src_rel), dest)
         self.call(copy, f"copying {src_rel} to {dest_rel}")
+
+    def sweep_temporaries(self, rel_dirs) -> list[str]:
+        """Remove the temporaries killed writers left under `rel_dirs` (recursively; a local
+        lake only: object stores have none). Returns the lake paths removed."""
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return []
+        now, removed = time.time(), []
+        for rel_dir in rel_dirs:
+            for parent, _, names in os.walk(self.path(rel_dir)):
+                for name in names:
+                    if not name.endswith(".tmp"):
+                        continue
+                    full = os.path.join(parent, name)
+                    try:
+                        if _writer_gone(name, os.stat(full).st_mtime, now):
+                            os.unlink(full)
+                            removed.append(self.rel(full))
+                    except FileNotFoundError:
+                        pass
+        return sorted(removed)
 
     def check_writable(self) -> None:
         """Create the root and round-trip a marker object, raising LakeError with the cause."""

@@ -59,24 +59,10 @@ def pinned_dataplanes(bpffs: str = BPFFS) -> dict[str, int]:
 
 def interface_bytes(netns: str | None = None) -> tuple[int, int]:
     """(rx + tx bytes summed over veth links, number of veth links) of this host or `netns`."""
-    from pyroute2.iproute.linux import IPRoute, NetNS  # not `pyroute2`: see node_agent/lean.py
+    from node_agent.netlink.rtnl import links
 
-    ipr = NetNS(netns, flags=0) if netns else IPRoute()
-    try:
-        links = ipr.get_links()
-    finally:
-        ipr.close()
-    total = n = 0
-    for msg in links:
-        info = msg.get_attr("IFLA_LINKINFO")
-        if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
-            continue
-        st = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS")
-        if st is None:
-            continue
-        total += int(st["rx_bytes"]) + int(st["tx_bytes"])
-        n += 1
-    return total, n
+    veths = [link for link in links(netns) if link.kind == "veth"]
+    return sum(link.rx_bytes + link.tx_bytes for link in veths), len(veths)
 
 
 @dataclass

@@ -25,25 +25,17 @@ def _line(exc: BaseException) -> str:
     return one_line(exc, limit=None)   # Kubernetes errors name the server: keep them whole
 
 
-def load_api_client(kubeconfig: str | None):
-    """An ApiClient for the cluster we run in, or for `kubeconfig`.
+def kubeconfig_files(kubeconfig: str | None) -> list[str] | None:
+    """Where the credentials come from, as kubectl resolves it: None for the in-cluster
+    service account, else the kubeconfig files to read (KubeConfigError if none exists).
 
     Order: an explicit `kubeconfig` argument; else in-cluster config when
     KUBERNETES_SERVICE_HOST is set and $KUBECONFIG is not; else $KUBECONFIG (a
-    colon-separated list is merged, as kubectl does); else ~/.kube/config.
-    """
-    from kubernetes import client as k8s_client
-    from kubernetes import config as k8s_config
-
+    colon-separated list is merged, as kubectl does); else ~/.kube/config. Shared by the
+    kubernetes client below and the agent's own client (node_agent/kubehttp.py)."""
     env_kubeconfig = os.environ.get("KUBECONFIG", "").strip()
     if not kubeconfig and not env_kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        cfg = k8s_client.Configuration()
-        try:
-            k8s_config.load_incluster_config(client_configuration=cfg)
-        except (k8s_config.ConfigException, OSError) as exc:
-            raise KubeConfigError(f"in-cluster Kubernetes config is unusable: {_line(exc)}") from None
-        return k8s_client.ApiClient(configuration=cfg)
-
+        return None
     if kubeconfig:
         source, paths = "--kubeconfig", [kubeconfig]
     elif env_kubeconfig:
@@ -53,11 +45,25 @@ def load_api_client(kubeconfig: str | None):
     expanded = [os.path.expanduser(p) for p in paths]
     existing = [p for p in expanded if os.path.isfile(p)]
     if not existing:
-        where = ", ".join(expanded)
         hint = ("" if source != "default" else
                 " (not in a cluster: KUBERNETES_SERVICE_HOST is unset); pass --kubeconfig PATH or set KUBECONFIG")
-        raise KubeConfigError(f"kubeconfig not found: {where}{hint}")
+        raise KubeConfigError(f"kubeconfig not found: {', '.join(expanded)}{hint}")
+    return existing
+
+
+def load_api_client(kubeconfig: str | None):
+    """An ApiClient for the cluster we run in, or for `kubeconfig` (see kubeconfig_files)."""
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+
+    existing = kubeconfig_files(kubeconfig)
     cfg = k8s_client.Configuration()
+    if existing is None:
+        try:
+            k8s_config.load_incluster_config(client_configuration=cfg)
+        except (k8s_config.ConfigException, OSError) as exc:
+            raise KubeConfigError(f"in-cluster Kubernetes config is unusable: {_line(exc)}") from None
+        return k8s_client.ApiClient(configuration=cfg)
     try:
         k8s_config.load_kube_config(config_file=os.pathsep.join(existing), client_configuration=cfg,
                                     persist_config=False)

@@ -28,7 +28,7 @@ import threading
 import time
 from urllib.parse import quote, urlencode, urlsplit
 
-from node_agent.kube import DEFAULT_KUBECONFIG, KubeConfigError
+from node_agent.kube import KubeConfigError, kubeconfig_files
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -157,25 +157,11 @@ def _wire(v) -> str:
 
 
 def load_http_api(kubeconfig: str | None) -> HttpApi | None:
-    """An HttpApi for the cluster we run in or for `kubeconfig` (the order is
-    node_agent.kube.load_api_client's), KubeConfigError with one line if there is none, or
-    None when the kubeconfig needs a credential plugin (use the kubernetes client then)."""
-    env_kubeconfig = os.environ.get("KUBECONFIG", "").strip()
-    if not kubeconfig and not env_kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return _in_cluster()
-    if kubeconfig:
-        source, paths = "--kubeconfig", [kubeconfig]
-    elif env_kubeconfig:
-        source, paths = "$KUBECONFIG", [p for p in env_kubeconfig.split(os.pathsep) if p]
-    else:
-        source, paths = "default", [DEFAULT_KUBECONFIG]
-    expanded = [os.path.expanduser(p) for p in paths]
-    existing = [p for p in expanded if os.path.isfile(p)]
-    if not existing:
-        hint = ("" if source != "default" else
-                " (not in a cluster: KUBERNETES_SERVICE_HOST is unset); pass --kubeconfig PATH or set KUBECONFIG")
-        raise KubeConfigError(f"kubeconfig not found: {', '.join(expanded)}{hint}")
-    return _from_kubeconfig(existing)
+    """An HttpApi for the cluster we run in or for `kubeconfig` (resolved by
+    node_agent.kube.kubeconfig_files, as for the kubernetes client), KubeConfigError with
+    one line if there is none, or None when the kubeconfig needs a credential plugin (use the kubernetes client then)."""
+    existing = kubeconfig_files(kubeconfig)
+    return _in_cluster() if existing is None else _from_kubeconfig(existing)
 
 
 def _in_cluster() -> HttpApi:

@@ -2,7 +2,7 @@
 
 In a cluster the run loop adds the node's pod IPs (PodIndex.local_ips()); without
 Kubernetes, local means the addresses configured on this host's interfaces. Read over
-rtnetlink with pyroute2, optionally inside another network namespace (tests).
+rtnetlink (node_agent/netlink/rtnl.py), optionally inside another network namespace (tests).
 """
 from __future__ import annotations
 
@@ -11,21 +11,9 @@ import time
 
 def host_addresses(netns: str | None = None) -> set[str]:
     """Every IPv4/IPv6 address on this host's (or `netns`'s) interfaces, canonical strings."""
-    import ipaddress
+    from node_agent.netlink.rtnl import addresses
 
-    from pyroute2.iproute.linux import IPRoute, NetNS  # not `pyroute2`: see node_agent/lean.py
-
-    ipr = NetNS(netns, flags=0) if netns else IPRoute()
-    try:
-        out = set()
-        for msg in ipr.get_addr():
-            # IFA_LOCAL is ours on point-to-point links, where IFA_ADDRESS is the peer
-            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if addr:
-                out.add(str(ipaddress.ip_address(addr.split("%")[0])))
-        return out
-    finally:
-        ipr.close()
+    return addresses(netns)
 
 
 class LocalAddrs:

@@ -60,13 +60,9 @@ def _genl(sock, family: int, cmd: int, attrs: bytes, flags: int = 0) -> list[byt
 
 
 def _nla(payload: bytes):
-    off = 0
-    while off + 4 <= len(payload):
-        ln, typ = struct.unpack_from("=HH", payload, off)
-        if ln < 4:
-            return
-        yield typ & 0x3FFF, payload[off + 4: off + ln]
-        off += (ln + 3) & ~3
+    from node_agent.netlink.rtnl import attrs
+
+    return attrs(payload, 0, len(payload))
 
 
 def _wireguard_port(sock, family: int, ifname: str) -> int | None:
@@ -112,40 +108,17 @@ def _wireguard_ports(names: list[str]) -> dict[str, int]:
     return out
 
 
-def _info(msg) -> tuple[str | None, dict]:
-    li = msg.get_attr("IFLA_LINKINFO")
-    if li is None:
-        return None, {}
-    kind = li.get_attr("IFLA_INFO_KIND")
-    data = li.get_attr("IFLA_INFO_DATA")
-    attrs = {}
-    if data is not None and hasattr(data, "get_attrs"):
-        for name in ("IFLA_VXLAN_PORT", "IFLA_GENEVE_PORT"):
-            v = data.get_attr(name)
-            if v is not None:
-                attrs[name] = v
-    return kind, attrs
-
-
 def detect(netns: str | None = None) -> Tunnels:
-    from pyroute2.iproute.linux import IPRoute, NetNS  # not `pyroute2`: see node_agent/lean.py
+    from node_agent.netlink.rtnl import links
 
-    ipr = NetNS(netns, flags=0) if netns else IPRoute()
-    try:
-        links = ipr.get_links()
-    finally:
-        ipr.close()
     ports: set[int] = set()
     protos: set[int] = set()
     devices = []
     wireguard: list[str] = []
-    for msg in links:
-        kind, attrs = _info(msg)
-        name = msg.get_attr("IFLA_IFNAME")
-        if kind == "vxlan":
-            port = attrs.get("IFLA_VXLAN_PORT") or DEFAULT_PORTS["vxlan"]
-        elif kind == "geneve":
-            port = attrs.get("IFLA_GENEVE_PORT") or DEFAULT_PORTS["geneve"]
+    for link in links(netns):
+        kind, name = link.kind, link.name
+        if kind in ("vxlan", "geneve"):
+            port = link.port or DEFAULT_PORTS[kind]
         elif kind == "wireguard":
             wireguard.append(name)
             continue

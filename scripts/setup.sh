@@ -48,6 +48,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade "pip>=24"
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+# JupyterLab (jupyter-events) pulls in jsonschema[format-nongpl], whose rfc3987-syntax builds
+# its IRI grammars at import: 4-5 s of CPU in every process that imports Ray (each job run,
+# each Ray worker, each test's subprocess). Nothing here validates IRI formats; jsonschema
+# skips that format without it, and the jobs image (".[jobs]") never has it.
+.venv/bin/python -m pip uninstall -q -y rfc3987-syntax 2>/dev/null || true
 
 # BCC's Python module is pure ctypes over the system libbcc: link it into the venv.
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -20,6 +20,32 @@ table inet netmon_test {
 """
 
 
+def counting_table(table: str, rules: dict[str, list[tuple[str, str]]], extra: str = "",
+                   priority: int = 0) -> str:
+    """An nft `inet` table of named counters, the truth the byte tests compare against:
+    rules = {hook: [(match, counter name), ...]}; each hook's chain also has the
+    `ct state new` rule that makes the kernel track connections. `extra`: more chains."""
+    names = sorted({name for hook_rules in rules.values() for _m, name in hook_rules})
+    lines = [f"table inet {table} {{", *(f"  counter {n} {{ }}" for n in names)]
+    for hook, hook_rules in rules.items():
+        lines.append(f"  chain {hook}_c {{ type filter hook {hook} priority {priority};")
+        lines.append("    ct state new counter")
+        lines += [f"    {match} counter name {name}" for match, name in hook_rules]
+        lines.append("  }")
+    if extra:
+        lines.append(extra)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def nft_counters(ns: "Netns", table: str) -> dict[str, tuple[int, int]]:
+    """{name: (packets, bytes)} of the named counters of nft table `inet table` in `ns`."""
+    import json
+
+    out = json.loads(ns.run("nft", "-j", "list", "table", "inet", table).stdout)
+    return {c["name"]: (c["packets"], c["bytes"]) for item in out["nftables"] if (c := item.get("counter"))}
+
+
 def sh(*cmd: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), input=input, text=True, capture_output=True, check=check)
 

@@ -32,6 +32,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from conftest import free_port
+from lake_totals import flow_files, flow_rows, sum_counters
 from netns import Netns, TestCgroup, make_pair
 
 pytestmark = pytest.mark.slow
@@ -244,8 +245,8 @@ class AgentProc:
         self.log.close()
 
 
-def setup_namespaces() -> tuple[Netns, Netns]:
-    a, b = make_pair("nmag")
+def setup_namespaces(prefix: str = "nmag") -> tuple[Netns, Netns]:
+    a, b = make_pair(prefix)
     try:
         for ns in (a, b):
             ns.enable_conntrack()
@@ -344,14 +345,7 @@ def parse_conntrack(text: str) -> dict[tuple, dict]:
 
 
 def sums_by_dialed(rows) -> dict[tuple, tuple[int, int, int, int]]:
-    acc = defaultdict(lambda: [0, 0, 0, 0])
-    for r in rows:
-        e = acc[(r["proto"], r["orig_dst"], r["dport"], r["peer"], r["peer_port"])]
-        e[0] += r["tx_bytes"]
-        e[1] += r["tx_packets"]
-        e[2] += r["rx_bytes"]
-        e[3] += r["rx_packets"]
-    return {k: tuple(v) for k, v in acc.items()}
+    return sum_counters(rows, lambda r: (r["proto"], r["orig_dst"], r["dport"], r["peer"], r["peer_port"]))
 
 
 def lake_rows_as_kernel(files: dict[str, list[dict]], sources: set[str]) -> list[dict]:
@@ -547,7 +541,6 @@ def kube_pod(name, ns, node, ips, host_network=False):
 @pytest.mark.privileged
 def test_pod_enrichment_from_the_api_server(tmp_path):
     from fake_apiserver import FakeApiServer
-    import pyarrow.parquet as pq
 
     a, b = setup_namespaces()
     procs = []
@@ -590,14 +583,12 @@ def test_pod_enrichment_from_the_api_server(tmp_path):
         a.delete()
         b.delete()
 
-    files = sorted(lake.glob("raw/flows/date=*/hour=*/node=node-a/*.parquet"))
-    assert files
-    rows = [r for f in files for r in pq.read_table(f).to_pylist() if r["src_ip"].startswith("10.77.")]
-    by = defaultdict(lambda: [0, None])
+    assert flow_files(lake, "node-a")
+    rows = [r for r in flow_rows(lake, "node-a") if r["src_ip"].startswith("10.77.")]
+    key = lambda r: (r["src_ip"], r["orig_dst_ip"], r["proto"], r["src_pod"], r["src_namespace"], r["dst_pod"], r["dst_namespace"])  # noqa: E731
+    by = {k: [v[0], None] for k, v in sum_counters(rows, key).items()}
     for r in rows:
-        k = (r["src_ip"], r["orig_dst_ip"], r["proto"], r["src_pod"], r["src_namespace"], r["dst_pod"], r["dst_namespace"])
-        by[k][0] += r["tx_bytes"]
-        by[k][1] = r["direction"]
+        by[key(r)][1] = r["direction"]
     got = {k: v[1] for k, v in by.items()}
     assert got == {
         # a pod on this node talking to a pod on another node: only the source is ours

@@ -9,28 +9,23 @@ for the downtime or the killed process's partial window, nothing counted twice.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
 import subprocess
 import time
 
 import pytest
 
+from lake_totals import flow_files, flow_rows, sum_counters
+from netns import counting_table, nft_counters
 from test_agent_e2e import PY, SERVER, AgentProc, setup_namespaces
 
 pytestmark = pytest.mark.slow
 
 PORT = 8080
-NFT_COUNT = f"""
-table inet netmon_fault_count {{
-  counter tx {{ }}
-  counter rx {{ }}
-  chain out {{ type filter hook output priority 10; ip daddr 10.77.0.2 tcp dport {PORT} counter name tx; }}
-  chain in {{ type filter hook input priority 10; ip saddr 10.77.0.2 tcp sport {PORT} counter name rx; }}
-}}
-"""
+NFT_COUNT = counting_table("netmon_fault_count", {
+    "output": [(f"ip daddr 10.77.0.2 tcp dport {PORT}", "tx")],
+    "input": [(f"ip saddr 10.77.0.2 tcp sport {PORT}", "rx")]}, priority=10)
 
 # Long connections: each sends a chunk every `every` seconds for `n` chunks, then closes.
 LONG_CLIENT = r"""
@@ -56,31 +51,13 @@ print("done", flush=True)
 """
 
 
-def nft_counters(ns) -> dict[str, tuple[int, int]]:
-    out = json.loads(ns.run("nft", "-j", "list", "table", "inet", "netmon_fault_count").stdout)
-    res = {}
-    for item in out["nftables"]:
-        c = item.get("counter")
-        if c:
-            res[c["name"]] = (c["bytes"], c["packets"])
-    return res
-
-
 def lake_totals(lake) -> tuple[int, int, int, int, list[str]]:
-    import pyarrow.parquet as pq
-
-    txb = txp = rxb = rxp = 0
-    names = []
-    for f in sorted(lake.glob("raw/flows/date=*/hour=*/node=node-a/*.parquet")):
-        names.append(f.name)
-        for r in pq.read_table(f).to_pylist():
-            if r["proto"] == 6 and r["dst_ip"] == "10.77.0.2" and r["dst_port"] == PORT:
-                assert r["direction"] == "outbound" and r["src_ip"] == "10.77.0.1"
-                txb += r["tx_bytes"]
-                txp += r["tx_packets"]
-                rxb += r["rx_bytes"]
-                rxp += r["rx_packets"]
-    return txb, txp, rxb, rxp, names
+    """(tx bytes, tx packets, rx bytes, rx packets) of the test connections, and the file names."""
+    rows = [r for r in flow_rows(lake, "node-a")
+            if r["proto"] == 6 and r["dst_ip"] == "10.77.0.2" and r["dst_port"] == PORT]
+    assert all(r["direction"] == "outbound" and r["src_ip"] == "10.77.0.1" for r in rows)
+    txb, txp, rxb, rxp = sum_counters(rows, lambda r: 0).get(0, (0, 0, 0, 0))
+    return txb, txp, rxb, rxp, [f.name for f in flow_files(lake, "node-a")]
 
 
 def wait_no_entries(ns, timeout=30.0) -> None:
@@ -135,7 +112,7 @@ def test_restart_under_traffic_loses_nothing_and_counts_nothing_twice(tmp_path, 
         wait_no_entries(a)
         time.sleep(2.5)                                                      # their DESTROYs are drained
         assert agent.terminate() == 0
-        counters = nft_counters(a)
+        counters = nft_counters(a, "netmon_fault_count")
     finally:
         if agent is not None:
             agent.kill()
@@ -149,8 +126,8 @@ def test_restart_under_traffic_loses_nothing_and_counts_nothing_twice(tmp_path, 
     assert "discarded" not in text, text
     txb, txp, rxb, rxp, names = lake_totals(lake)
     assert len(names) == len(set(names))
-    assert (txb, txp) == counters["tx"], text
-    assert (rxb, rxp) == counters["rx"], text
+    assert (txp, txb) == counters["tx"], text
+    assert (rxp, rxb) == counters["rx"], text
     # 7 connections of at least 60 * 1400 (or 24 * 900) payload bytes each went through
     assert txb > 6 * 60 * 1400 + 24 * 900
 

@@ -1,7 +1,9 @@
 """The DuckDB baseline of the benchmark (bench/cost_sql.py) computes what the cost job computes:
 on a lake built to hold ties (two DNS answers at the same instant, one IP held by two pods of a
 snapshot, an IP that changes owner between snapshots, an endpoint of two services) and on a
-small simulated lake, the two sides give the same rows, bytes and dollars per class."""
+small simulated lake, the two sides give the same rows, bytes and dollars per class; on a lake of
+the newer pricing rules (NAT gateways by node group, public cloud services, region pairs, peering
+and transit gateways) both give the hand-computed dollars."""
 from __future__ import annotations
 
 import datetime as dt
@@ -182,5 +184,116 @@ def test_sql_baseline_equals_the_job_on_a_simulated_lake(tmp_path):
     ours = job_rows(lake, str(cfg_path))
     sql = sql_rows(lake, load_config(str(cfg_path)), tmp_path / "sql")
     assert ours.num_rows > 1000
-    assert_same_classes(ours, sql, dollars=PRICED_ALIKE)
+    assert PRICED_ALIKE == set(S.TRAFFIC_CLASSES)
+    assert_same_classes(ours, sql)  # rows, bytes and dollars of every class
+    costly = {c for c, (_, _, usd) in per_class(ours).items() if usd > 0}
+    assert {"cloud_api", "cross_region", "cross_zone", "internet_egress", "peering", "transit_gateway",
+            "private_link"} <= costly  # the comparison is of real money, NAT included
+    assert sum(ours.column("processing_cost_usd").to_pylist()) > 0
     assert rows_of(sql) == rows_of(ours)
+
+
+GIB = 1 << 30
+RULES_CONFIG = {
+    "nat_gateways": [{"name": "nat-w", "node_groups": ["workers"]}], "gateway_endpoints": ["S3"],
+    "rules": [{"cidr": "10.60.0.0/16", "class": "peering", "name": "same-az", "zone": "us-east-1a"},
+              {"cidr": "10.61.0.0/16", "class": "peering", "name": "other-az", "zone": "us-east-1b"},
+              {"cidr": "10.62.0.0/16", "class": "peering", "name": "ohio", "region": "us-east-2"},
+              {"cidr": "10.70.0.0/16", "class": "transit_gateway", "name": "tgw"}]}
+#: (node, direction, src, dst, tx GiB, rx GiB) -> hand-computed dollars from the AWS cards:
+#: regional public $0.01 each way, NAT $0.045 both directions, inter-region $0.02 (us-east-1 ->
+#: us-east-2 $0.01), peering $0.01 each way across AZs, transit processing $0.02 of what it is sent
+RULES_FLOWS = [
+    ("n1", "outbound", "10.0.1.1", "3.80.1.1", 1, 2, 3 * 0.01 + 3 * 0.045),      # EC2 public IP via NAT
+    ("n1", "outbound", "10.0.1.1", "52.216.10.10", 1, 4, 0.0),                   # S3: free, gateway endpoint
+    ("n1", "outbound", "10.0.1.1", "52.218.130.1", 2, 1, 2 * 0.02 + 1 * 0.02 + 3 * 0.045),  # S3 us-west-2
+    ("n1", "outbound", "10.0.1.1", "198.51.100.9", 1, 1, 2 * 0.045),             # internet (free GB) + NAT
+    ("n1", "inbound", "203.0.113.7", "10.0.1.1", 1, 3, 0.0),                      # a client: never NAT
+    ("n2", "outbound", "10.0.2.1", "198.51.100.9", 1, 0, 0.0),                   # node with a public IP
+    ("n1", "outbound", "10.0.1.1", "10.0.3.1", 1, 2, 1 * 0.02 + 2 * 0.02),       # pod in us-west-2
+    ("n1", "outbound", "10.0.1.1", "10.60.1.1", 5, 5, 0.0),                      # peering, same AZ
+    ("n1", "outbound", "10.0.1.1", "10.61.1.1", 1, 1, 0.02),                     # peering, other AZ
+    ("n1", "outbound", "10.0.1.1", "10.62.1.1", 1, 3, 0.01),                     # peering to Ohio
+    ("n1", "outbound", "10.0.1.1", "10.70.1.1", 1, 1, 0.02 + 0.02),              # transit gateway
+]
+
+
+def rules_lake(root: Path):
+    lake = open_lake(str(root))
+    when = H0 - 5 * MIN
+    ts = lambda n: pa.array([when] * n, S.TS)  # noqa: E731
+    write_inventory(lake, "nodes", when, pa.table({
+        "snapshot_time": ts(3), "name": ["n1", "n2", "n3"], "internal_ip": ["10.1.0.1", "10.1.0.2", "10.2.0.3"],
+        "external_ip": [None, "54.0.0.2", None], "zone": ["us-east-1a", "us-east-1b", "us-west-2a"],
+        "region": ["us-east-1", "us-east-1", "us-west-2"], "provider": ["aws"] * 3,
+        "node_group": ["workers", "workers", "edge"]}))
+    pods = [("a-1", "n1", "10.0.1.1"), ("b-1", "n2", "10.0.2.1"), ("c-1", "n3", "10.0.3.1")]
+    write_inventory(lake, "pods", when, pa.table({
+        "snapshot_time": ts(3), "name": [p[0] for p in pods], "namespace": ["shop"] * 3,
+        "node": [p[1] for p in pods], "ip": [p[2] for p in pods], "host_network": [False] * 3,
+        "workload_kind": ["Deployment"] * 3, "workload_name": ["a", "b", "c"], "phase": ["Running"] * 3}))
+    for kind in ("services", "endpoints"):
+        write_inventory(lake, kind, when, pa.table({"snapshot_time": ts(0)}))
+    write_raw(lake, "raw/dns", "n1", H0, _dns(H0, "n1", [("10.0.1.1", "api.example.org", "192.0.2.1", H0)]))
+    for node in ("n1", "n2"):
+        rows = [(d, s, t, t, tx * GIB, rx * GIB, None, None) for n, d, s, t, tx, rx, _ in RULES_FLOWS if n == node]
+        write_raw(lake, "raw/flows", node, H0, _flows(H0, node, rows))
+    return lake
+
+
+def test_sql_baseline_prices_nat_cloud_services_regions_and_peering_as_the_job(tmp_path):
+    lake = rules_lake(tmp_path / "lake")
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(__import__("json").dumps(RULES_CONFIG))
+    ours = job_rows(lake, str(cfg_path))
+    by_dst = {(r["src_ip"], r["dst_ip"]): r for r in ours.to_pylist()}
+    assert len(by_dst) == len(RULES_FLOWS)
+    for _, direction, src, dst, _, _, usd in RULES_FLOWS:
+        key = (dst, src) if direction == "inbound" else (src, dst)  # inbound rows are turned around
+        assert by_dst[key]["cost_usd"] == pytest.approx(usd, abs=1e-12), (key, by_dst[key]["traffic_class"])
+    classes = {r["traffic_class"] for r in by_dst.values()}
+    assert {"cloud_api", "cross_region", "internet_egress", "peering", "transit_gateway"} <= classes
+    sql = sql_rows(lake, load_config(str(cfg_path)), tmp_path / "sql")
+    assert rows_of(sql) == rows_of(ours)
+    assert_same_classes(ours, sql)  # rows, bytes and dollars of every class
+    sql_by_dst = {(r["src_ip"], r["dst_ip"]): r["cost_usd"] for r in sql.to_pylist()}
+    assert sql_by_dst == pytest.approx({k: r["cost_usd"] for k, r in by_dst.items()}, abs=1e-12)
+
+
+DEST_CFG = {"provider": "gcp", "region": "us-central1", "egress_destinations": [
+    {"cidr": "203.0.113.0/24", "destination": "australia"},
+    {"domain": "*.cn", "destination": "china"},
+    {"cidr": "198.51.100.0/24", "destination": "china"}]}
+
+
+def dest_lake(root: Path):
+    """One GCP node sending to Australia (by CIDR), China (by name) and elsewhere (worldwide)."""
+    lake = open_lake(str(root))
+    when = H0 - 5 * MIN
+    write_inventory(lake, "nodes", when, pa.table({
+        "snapshot_time": pa.array([when], S.TS), "name": ["g1"], "internal_ip": ["10.1.0.1"],
+        "zone": ["us-central1-a"], "region": ["us-central1"], "provider": ["gcp"]}))
+    write_inventory(lake, "pods", when, pa.table({
+        "snapshot_time": pa.array([when], S.TS), "name": ["app-1"], "namespace": ["shop"], "node": ["g1"],
+        "ip": ["10.0.1.1"], "host_network": [False], "workload_kind": ["Deployment"], "workload_name": ["app"],
+        "phase": ["Running"]}))
+    for kind in ("services", "endpoints"):
+        write_inventory(lake, kind, when, pa.table({"snapshot_time": pa.array([], S.TS)}))
+    write_raw(lake, "raw/dns", "g1", H0, _dns(H0, "g1", [("10.0.1.1", "shop.example.cn", "192.0.2.77", H0)]))
+    write_raw(lake, "raw/flows", "g1", H0, _flows(H0, "g1", [
+        ("outbound", "10.0.1.1", "203.0.113.9", "203.0.113.9", 2 * GIB, 0, "app-1", "shop"),
+        ("outbound", "10.0.1.1", "192.0.2.44", "192.0.2.44", 3 * GIB, 0, "app-1", "shop"),
+        ("outbound", "10.0.1.1", "192.0.2.77", "192.0.2.77", GIB, 0, "app-1", "shop")]))
+    return lake
+
+
+def test_sql_baseline_prices_gcp_egress_by_destination_as_the_job(tmp_path):
+    lake = dest_lake(tmp_path / "lake")
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(__import__("json").dumps(DEST_CFG))
+    ours = job_rows(lake, str(cfg_path))
+    sql = sql_rows(lake, load_config(str(cfg_path)), tmp_path / "sql")
+    want = {"203.0.113.9": 2 * 0.19, "192.0.2.44": 3 * 0.12, "192.0.2.77": 0.23}  # Australia, worldwide, China
+    assert {r["dst_ip"]: r["cost_usd"] for r in ours.to_pylist()} == pytest.approx(want)
+    assert {r["dst_ip"]: r["cost_usd"] for r in sql.to_pylist()} == pytest.approx(want)
+    assert_same_classes(ours, sql)

@@ -108,6 +108,7 @@ import pytest  # noqa: E402
 
 from node_agent.accounter import Accounter  # noqa: E402
 from node_agent.collectors.conntrack import ConntrackCollector  # noqa: E402
+from tests.netns import counting_table  # noqa: E402
 from tests.topo import Sink, link, mac, new_ns, nft_counter, router, tcp_transfer  # noqa: E402
 
 POD, SRV = "10.88.1.2", "10.88.2.2"
@@ -137,20 +138,13 @@ def zoned_node(zone_b: int):
         n.run("ip", "route", "add", "10.88.1.0/24", "dev", "lb", "table", "101")
         n.run("ip", "neigh", "replace", POD, "lladdr", mac(n, "la"), "dev", "lb", "nud", "permanent")
         zone_b_rule = f'iifname {{ "lb", "vs" }} ct zone set {zone_b}' if zone_b else ""
-        n.nft(f"""
-table inet dpz {{
-  counter c_orig {{ }}
-  counter c_reply {{ }}
+        n.nft(counting_table("dpz", {"forward": [
+            (f'iifname "vp" ip saddr {POD} ip daddr {SRV}', "c_orig"),
+            (f'oifname "vp" ip saddr {SRV} ip daddr {POD}', "c_reply")]}, extra=f"""
   chain raw {{ type filter hook prerouting priority -300;
     iifname {{ "vp", "la" }} ct zone set 1
     {zone_b_rule}
-  }}
-  chain forward_c {{ type filter hook forward priority 0;
-    ct state new counter
-    iifname "vp" ip saddr {POD} ip daddr {SRV} counter name c_orig
-    oifname "vp" ip saddr {SRV} ip daddr {POD} counter name c_reply
-  }}
-}}""")
+  }}"""))
         return p, n, s
     except Exception:
         for ns in (p, n, s):

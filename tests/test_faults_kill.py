@@ -132,6 +132,19 @@ def test_kill_9_at_each_phase_then_the_next_run_equals_an_uninterrupted_run(worl
     assert rc == 0 and "0 hour(s) computed" in out
 
 
+@pytest.mark.parametrize("point", faults.MID_WRITE)
+def test_kill_9_in_the_middle_of_a_write_leaves_no_temporary_behind(world, point):
+    root = fresh(world, "kill-" + point.replace("/", "_").replace(":", "-"))
+    rc, _, err = cost(root, fault=point)
+    assert rc == -9, f"the fault point {point} was not reached: rc={rc}\n{err[-2000:]}"
+    prefix = point.split(":", 1)[1]
+    left = [p for p in root.rglob("*.tmp") if str(p.relative_to(root)).startswith(prefix)]
+    assert len(left) == 1, left  # the kill left the half-written file...
+    rc, out, err = cost(root)
+    assert rc == 0 and "Traceback" not in err, err
+    assert_same_as_reference(root, world["ref"])  # ...the next run removed it and lost nothing
+
+
 def test_overlapping_full_and_ranged_runs_lose_nothing(world):
     """An hourly run and a --start/--end run of the same hours started together: the lease lets
     one in; the other says so in one line and exits non-zero (or, with --wait, runs after it).

@@ -21,7 +21,9 @@ AWS = ("aws", "us-east-1")
 
 def _rates(block):
     for key, rate in block.items():
-        if isinstance(rate, dict):
+        if key == "internet_egress_by_destination":  # {destination: tiers}
+            yield from ((f"{key}.{d}", r) for d, r in rate.items())
+        elif isinstance(rate, dict):
             yield key, rate
 
 

@@ -75,3 +75,21 @@ def test_a_cost_partition_that_fails_is_not_published(small_lake, monkeypatch):
     monkeypatch.setattr(pipeline, "cost_flows", real)
     run_cost_job(_opts(small_lake))
     assert _cost_bytes(small_lake) == _kept_bytes(small_lake)
+
+
+def test_an_hour_whose_checks_great_expectations_does_not_confirm_is_not_published(small_lake, monkeypatch):
+    """The tasks decide from their profiles; the driver has great-expectations validate the same
+    profiles before it commits. A task that decides wrongly (here: lets every file through) is
+    caught there, and nothing of the hour is published."""
+    from jobs import quality
+    files = sorted((small_lake / "raw" / "flows").rglob("*.parquet"))
+    t = pq.read_table(files[3])
+    ips = t["dst_ip"].to_pylist()
+    ips[0] = "10.0.0.300"
+    pq.write_table(t.set_column(t.schema.get_field_index("dst_ip"), "dst_ip", pa.array(ips)), files[3])
+    monkeypatch.setattr(quality, "_decide", lambda frame, bounds: {})
+    with pytest.raises(JobError, match=r"great-expectations and the job's tasks disagree on raw/flows "
+                                       r"\(dst_ip:canonical_ip\): nothing of the hour was published"):
+        run_cost_job(_opts(small_lake))
+    assert not (small_lake / "costs" / "flows").exists() or not list((small_lake / "costs" / "flows").rglob("*.parquet"))
+    assert not (small_lake / "_state" / "hours").exists()

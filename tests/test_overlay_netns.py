@@ -7,6 +7,9 @@ packets). The tunnel port is read from the device over netlink: one run uses the
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
+import subprocess
 import time
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 from node_agent.accounter import Accounter
 from node_agent.collectors.conntrack import ConntrackCollector
 from node_agent.tunnels import detect
+from tests.netns import counting_table
 from tests.topo import Sink, link, new_ns, nft_counter, router, tcp_transfer
 
 pytestmark = pytest.mark.privileged
@@ -22,7 +26,9 @@ UNDER1, UNDER2 = "192.168.77.1", "192.168.77.2"
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
-def overlay(port: int | None):
+def overlay(port: int | None, up_preexec=None):
+    """The four namespaces; `up_preexec` runs before node 1's `ip link set vxlan0 up` (the
+    kernel creates the device's UDP socket then, in that process's cgroup)."""
     p1, n1, n2, p2 = new_ns("dpo-p1"), new_ns("dpo-n1"), new_ns("dpo-n2"), new_ns("dpo-p2")
     nss = (p1, n1, n2, p2)
     try:
@@ -48,28 +54,16 @@ def overlay(port: int | None):
                 args += ["dstport", str(port)]
             n.run(*args)
             n.run("ip", "addr", "add", f"{ov}/24", "dev", "vxlan0")
-            n.run("ip", "link", "set", "vxlan0", "up")
+            if n is n1 and up_preexec is not None:
+                subprocess.run(n.cmd("ip", "link", "set", "vxlan0", "up"), preexec_fn=up_preexec, check=True)
+            else:
+                n.run("ip", "link", "set", "vxlan0", "up")
             n.run("ip", "route", "add", peer_cidr, "via", peer_ov, "dev", "vxlan0")
         udp = port or 8472
-        n1.nft(f"""
-table inet dpo {{
-  counter inner_tx {{ }}
-  counter inner_rx {{ }}
-  counter outer {{ }}
-  chain forward_c {{ type filter hook forward priority 0;
-    ct state new counter
-    ip saddr {POD1} ip daddr {POD2} counter name inner_tx
-    ip saddr {POD2} ip daddr {POD1} counter name inner_rx
-  }}
-  chain out_c {{ type filter hook output priority 0;
-    ct state new counter
-    udp dport {udp} counter name outer
-  }}
-  chain in_c {{ type filter hook input priority 0;
-    ct state new counter
-    udp dport {udp} counter name outer
-  }}
-}}""")
+        n1.nft(counting_table("dpo", {
+            "forward": [(f"ip saddr {POD1} ip daddr {POD2}", "inner_tx"), (f"ip saddr {POD2} ip daddr {POD1}", "inner_rx")],
+            "output": [(f"udp dport {udp}", "outer")],
+            "input": [(f"udp dport {udp}", "outer")]}))
         return nss
     except Exception:
         for ns in nss:
@@ -120,34 +114,49 @@ def test_pod_traffic_inside_the_overlay_is_counted_once(port):
 
 def test_ebpf_mode_never_sees_the_encapsulation():
     """cgroup_skb programs see sockets' packets: the pod's flow (and a node process's flow
-    over the overlay), never the outer VXLAN datagrams the kernel builds."""
+    over the overlay), never the outer VXLAN datagrams, even with the kernel's VXLAN socket in
+    the cgroup the programs are attached to (as on a node, where the CNI's process brings the
+    device up under the cgroup root). Egress: the program runs only when the packet belongs
+    to the socket sending it (the outer packet carries the inner packet's socket, or none
+    when forwarded); ingress: the VXLAN socket's encap_rcv takes the datagram before the
+    socket filter where cgroup ingress programs run. So eBPF mode needs no tunnel filter."""
     import socket
-    import subprocess
     import sys
 
     from node_agent.collectors.ebpf import EbpfCollector
     from tests.netns import TestCgroup
 
-    p1, n1, n2, p2 = nss = overlay(4789)
-    sink = Sink(p2, POD2, 9000)
     cg = TestCgroup()
+    p1, n1, n2, p2 = nss = overlay(4789, up_preexec=cg.enter)
+    sink = Sink(p2, POD2, 9000)
     eb = EbpfCollector(cgroup_path=cg.path, conntrack_netns=n1.name, nat_source=lambda: [])
     code = (f"import socket; s = socket.create_connection(('{POD2}', 9000)); s.sendall(b'x' * 200000); "
             "s.shutdown(1)\nwhile s.recv(65536): pass")
     try:
+        # the device's kernel socket is in our cgroup (ss prints the cgroup id, the directory's
+        # inode, in hex when it cannot find the path)
+        ss = n1.run("ss", "-uan", "--cgroup", "sport", "=", ":4789").stdout
+        ino = os.stat(cg.path).st_ino
+        assert re.search(rf":4789\s.*cgroup:(\S*:{ino:x}\b|\S*/{os.path.basename(cg.path)}\b)", ss), ss
         eb.open()
         _p, tx0 = nft_counter(n1, "dpo", "inner_tx")
+        _p, rx0 = nft_counter(n1, "dpo", "inner_rx")
+        _p, outer0 = nft_counter(n1, "dpo", "outer")
         for ns in (p1, n1):       # from a pod, and from the node itself (over the overlay)
             subprocess.run(ns.cmd(sys.executable, "-c", code), preexec_fn=cg.enter, check=True, timeout=30)
         time.sleep(0.3)
         _p, tx1 = nft_counter(n1, "dpo", "inner_tx")
+        _p, rx1 = nft_counter(n1, "dpo", "inner_rx")
+        _p, outer1 = nft_counter(n1, "dpo", "outer")
+        assert outer1 - outer0 > 2 * 200_000      # the outer datagrams did pass node 1's stack
         flows = {(socket.inet_ntop(socket.AF_INET, s.src), socket.inet_ntop(socket.AF_INET, s.dst), s.proto, s.dport): s
                  for s in eb.dump()}
-        assert {k[:3] + (k[3],) for k in flows} == {(POD1, POD2, 6, 9000), ("10.244.0.1", POD2, 6, 9000)}
-        assert flows[(POD1, POD2, 6, 9000)].orig_bytes == tx1 - tx0    # the pod's bytes, as forwarded
+        assert set(flows) == {(POD1, POD2, 6, 9000), ("10.244.0.1", POD2, 6, 9000)}, flows   # no UDP 4789
+        pod = flows[(POD1, POD2, 6, 9000)]
+        assert (pod.orig_bytes, pod.reply_bytes) == (tx1 - tx0, rx1 - rx0)   # the pod's bytes, as forwarded
     finally:
         eb.close()
         sink.close()
-        cg.remove()
         for ns in nss:
             ns.delete()
+        cg.remove()

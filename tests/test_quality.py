@@ -115,3 +115,35 @@ def test_cost_failures_are_named():
 def test_inventory_nodes_without_zone_is_only_a_warning():
     t = S.conform(pa.table({"snapshot_time": [T0], "name": ["n1"], "internal_ip": ["10.0.0.1"]}), S.INV_NODES)
     assert [(f.column, f.severity) for f in Q.check_inventory("nodes", t)] == [("zone", "warning")]
+
+
+# --- deferred validation (the cost job's Ray tasks): decided from the profile, confirmed by GX
+
+DEFERRED_CASES = [
+    lambda: Q.check_raw_flows(flows()),
+    lambda: Q.check_raw_flows(flows(tx_bytes=[100, 100, -7, 100])),
+    lambda: Q.check_raw_flows(flows(src_ip=["10.0.0.01", "10.244.1.5", "::FFFF:1.2.3.4", "x"])),
+    lambda: Q.check_raw_flows(flows(direction=["outbound", "sideways", None, "inbound"]), known_nodes={"n2"}),
+    lambda: Q.check_costs(costs(traffic_class=["cross_zone", "teleport"], cost_usd=[-1.0, 0.25]),
+                          rollup(tx=31, usd=0.75), None, raw_bytes=34),
+    lambda: Q.check_costs(costs(), rollup(), rollup(), raw_bytes=33),
+]
+
+
+@pytest.mark.parametrize("case", range(len(DEFERRED_CASES)))
+def test_deferred_decisions_equal_great_expectations_and_it_confirms_them(case):
+    want = DEFERRED_CASES[case]()                 # great-expectations decides
+    with Q.deferred() as evidence:
+        got = DEFERRED_CASES[case]()              # the profile decides, GX not called
+    assert [f.as_dict() for f in got] == [f.as_dict() for f in want]
+    assert evidence and all(isinstance(e, Q.Evidence) for e in evidence)
+    Q.confirm(evidence)                            # GX agrees, in one run per suite
+
+
+def test_a_deferred_decision_great_expectations_does_not_confirm_is_refused():
+    with Q.deferred() as evidence:
+        Q.check_raw_flows(flows(tx_bytes=[100, 100, -7, 100]))
+    flows_ev = next(e for e in evidence if e.suite == "raw/flows")
+    flows_ev.decided.clear()                       # a task that let a broken file through
+    with pytest.raises(Q.QualityDisagreement, match=r"disagree on raw/flows \(tx_bytes:non_negative\)"):
+        Q.confirm(evidence)

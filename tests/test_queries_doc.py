@@ -30,7 +30,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "queries.md"
 ENGINES = ("athena", "trino")
 #: table name in the docs -> lake table
 DOC_TABLES = {"cost_flows": "costs/flows", "namespace_hourly": "costs/namespace_hourly",
-              "workload_daily": "costs/workload_daily"}
+              "workload_daily": "costs/workload_daily", "focus": "costs/focus"}
 
 
 def all_blocks() -> list[tuple[str, str, str]]:

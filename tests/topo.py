@@ -7,7 +7,7 @@ import socket
 import threading
 import uuid
 
-from tests.netns import Netns, sh
+from tests.netns import Netns, nft_counters, sh
 
 
 def new_ns(prefix: str) -> Netns:
@@ -36,14 +36,11 @@ def mac(ns: Netns, dev: str) -> str:
 
 
 def nft_counter(ns: Netns, table: str, name: str) -> tuple[int, int]:
-    """(packets, bytes) of a named nft counter."""
-    import json
-
-    out = json.loads(ns.run("nft", "-j", "list", "counter", "inet", table, name).stdout)
-    for item in out["nftables"]:
-        if "counter" in item:
-            return item["counter"]["packets"], item["counter"]["bytes"]
-    raise AssertionError(f"no counter {name}")
+    """(packets, bytes) of a named nft counter (tests/netns.py counting_table)."""
+    got = nft_counters(ns, table)
+    if name not in got:
+        raise AssertionError(f"no counter {name} in table {table}")
+    return got[name]
 
 
 class Sink:

@@ -59,10 +59,27 @@ AZ_PL = "https://azure.microsoft.com/en-us/pricing/details/private-link/"
 AZ_VNET = "https://azure.microsoft.com/en-us/pricing/details/virtual-network/"
 AZ_VWAN = "https://azure.microsoft.com/en-us/pricing/details/virtual-wan/"
 
+# Pages the figures were checked against on 2026-12-01 (docs/costing.md, "Which rates were
+# verified"). The providers' own pages are cited as `source`; where only a third-party
+# transcription of a figure could be read, the rate's note says so and names it.
+AWS_VPC_EXAMPLE = "https://aws.amazon.com/vpc/pricing/"  # "US East (Ohio) ... $0.045 per GB" (worked example)
+AWS_PL_TABLE = "https://aws.amazon.com/privatelink/pricing/"  # interface endpoints: first 1 PB $0.01, next 4 PB $0.006, over 5 PB $0.004
+GCP_NAT_PAGE = "https://cloud.google.com/nat/pricing"  # $0.045/GiB processed, both directions, "the same across all regions"
+THIRD_AWS_NAT = "https://basavytix.com/blog/aws-nat-gateway-pricing"  # ap-southeast-1 $0.059/GB
+THIRD_AZ_NAT = "https://c3x.dev/resources/azure/azurerm_nat_gateway/"  # ~$0.045/GB processed
+THIRD_AZ_PL = "https://c3x.dev/resources/azure/azurerm_private_endpoint/"  # $0.01/GB in and out
+THIRD_AZ_INTER = "https://lucidity.cloud/feeds/blog/azure-storage-egress-cost"  # NA/EU $0.02, South America $0.16, Asia/MEA $0.08
+THIRD_GCP_PREMIUM = "https://egresscost.com/gcp/premium-vs-standard"  # worldwide $0.12, China $0.23, Australia $0.19 (first TiB)
+THIRD_AWS_PAIR = "https://www.redresscompliance.com/aws-inter-region-transfer-costs-multiregion.html"  # us-east-1 <-> us-east-2 $0.01
+
 # ------------------------------------------------------------------------------------ AWS
 # region: (billing code used in usage types, inter-region transfer out $/GB to other regions,
 #          NAT gateway data processing $/GB). Sources: AWS_EC2 ("Data Transfer OUT From Amazon
 # EC2 To ... another AWS Region"), AWS_VPC (NAT gateway), AWS_CODES (region codes).
+# Checked 2026-12-01 (VERIFIED_AWS_NAT): NAT us-east-1/us-east-2 $0.045, eu-west-1 $0.048,
+# eu-west-2 $0.05, ap-northeast-1 $0.062, ap-southeast-1 $0.059; the other NAT and the
+# inter-region figures are the 2024 reading of AWS_EC2 / AWS_VPC, whose per-region tables are
+# rendered by script and could not be re-read here.
 AWS = {
     "us-east-1": ("USE1", 0.02, 0.045), "us-east-2": ("USE2", 0.02, 0.045),
     "us-west-1": ("USW1", 0.02, 0.048), "us-west-2": ("USW2", 0.02, 0.045),
@@ -80,8 +97,22 @@ AWS = {
     "me-south-1": ("MES1", 0.1105, 0.055), "me-central-1": ("MEC1", 0.1105, 0.055),
     "il-central-1": ("ILC1", 0.08, 0.05),
 }
-#: region pairs AWS prices below the source region's rate (both directions), AWS_EC2
+#: region pairs AWS prices below the source region's rate (both directions), AWS_EC2; checked
+#: against THIRD_AWS_PAIR
 AWS_PAIRS = {("us-east-1", "us-east-2"): 0.01}
+#: interface endpoint (PrivateLink) data processing, $/GB, first PB a month per region
+#: (AWS_PL_TABLE: "pricing tiers apply on the total data processed by all Interface Endpoints in
+#: an AWS Region"); the page shows one figure for the region it displays. Regions listed here
+#: differ from AWS_PL_DEFAULT; none is known to, so the table is empty until a page says so.
+AWS_PL_DEFAULT = 0.01
+AWS_PL_RATES: dict[str, float] = {}
+#: AWS's price list offer file of a region (the figures behind the pricing pages, usage types
+#: such as EUW2-NatGateway-Bytes); read here only through third-party verbatim extracts
+AWS_OFFER = "https://pricing.us-east-1.amazonaws.com/offers/v1.0/aws/AmazonEC2/current/{}/index.json"
+#: NAT gateway figures checked 2026-12-01: region -> (page, read through a third party)
+VERIFIED_AWS_NAT = {"us-east-1": (AWS_OFFER.format("us-east-1"), True), "us-east-2": (AWS_VPC_EXAMPLE, False),
+                    "eu-west-1": (AWS_OFFER.format("eu-west-1"), True), "eu-west-2": (AWS_OFFER.format("eu-west-2"), True),
+                    "ap-northeast-1": (AWS_OFFER.format("ap-northeast-1"), True), "ap-southeast-1": (THIRD_AWS_NAT, True)}
 #: services whose transfer with EC2 in the same region is free (AWS_REGIONAL lists S3, Glacier,
 #: DynamoDB, SES, SQS, Kinesis, ECR, SNS, SimpleDB); ip-ranges.json names S3 and DYNAMODB, the
 #: others live in the AMAZON catch-all ranges. Other in-region public addresses (EC2 public or
@@ -101,10 +132,18 @@ GCP_INTRA = {"northamerica": 0.02, "europe": 0.02, "asia": 0.05, "oceania": 0.08
 GCP_INTER = {frozenset(("northamerica", "europe")): 0.05}
 GCP_INTER_DEFAULT = 0.08
 GCP_INTER_OCEANIA = 0.15
-#: Premium tier internet egress to worldwide destinations (excluding China and Australia),
-#: $/GiB by monthly volume, GCP_NET "Premium Tier pricing"; from Oceania sources higher.
+#: Premium tier internet egress, $/GiB by monthly volume (TiB = 1024 GiB), GCP_NET "Premium Tier
+#: pricing". Priced by *destination* (https://cloud.google.com/network-tiers/pricing: "current
+#: destination-based pricing for Premium Tier"; THIRD_GCP_PREMIUM: worldwide $0.12, China $0.23,
+#: Australia $0.19 for the first TiB): worldwide (excluding China and Australia) from every source
+#: region, China and Australia as destination groups. The job knows a destination's group only
+#: from config.egress_destinations (docs/costing.md); without it every destination is worldwide.
 GCP_PREMIUM = [(1024, 0.12), (10240, 0.11), (None, 0.08)]
-GCP_PREMIUM_OCEANIA = [(1024, 0.19), (10240, 0.18), (None, 0.15)]
+GCP_PREMIUM_TO = {"china": [(1024, 0.23), (10240, 0.22), (None, 0.20)],
+                  "australia": [(1024, 0.19), (10240, 0.18), (None, 0.15)]}
+#: Private Service Connect consumer data processing, $/GiB (GCP_PSC); per region where it differs
+GCP_PSC_DEFAULT = 0.01
+GCP_PSC_RATES: dict[str, float] = {}
 
 # ---------------------------------------------------------------------------------- Azure
 AZ_EXCLUDE = ("Global", "att", "sgx", "usgov", "china")
@@ -123,6 +162,11 @@ AZ_CONTINENT = [
 #: (TB = 1024 GB), by Azure's billing zone (AZ_BW: Zone 1 North America and Europe; Zone 2 Asia
 #: Pacific, Japan, Australia, India, Korea; Zone 3 Brazil, South Africa, Middle East).
 AZ_ZONE = {"northamerica": 1, "europe": 1, "asia": 2, "oceania": 2, "southamerica": 3, "africa": 3, "middleeast": 3}
+#: regions whose billing zone is not their continent's: Azure lists Australia Central and
+#: Australia Central 2 in Zone 1 (checked 2026-12-01 against THIRD_AZ_ZONES, which quotes Azure's
+#: zone list; the card before put them in Zone 2 with the other Australian regions)
+THIRD_AZ_ZONES = "https://winticloud.ch/azure-networking-costs/"
+AZ_ZONE_OF_REGION = {"australiacentral": 1, "australiacentral2": 1}
 AZ_EGRESS = {1: [(10240, 0.087), (51200, 0.083), (153600, 0.07), (None, 0.05)],
              2: [(10240, 0.12), (51200, 0.085), (153600, 0.082), (None, 0.08)],
              3: [(10240, 0.181), (51200, 0.175), (153600, 0.17), (None, 0.16)]}
@@ -132,6 +176,9 @@ AZ_INTRA = {"northamerica": 0.02, "europe": 0.02, "asia": 0.08, "oceania": 0.08,
             "africa": 0.08, "southamerica": 0.16}
 AZ_INTER_FROM = {"northamerica": 0.05, "europe": 0.05, "asia": 0.08, "oceania": 0.08, "middleeast": 0.08,
                  "africa": 0.08, "southamerica": 0.16}
+#: private endpoint data processed, $/GB in and out (AZ_PL); per region where it differs
+AZ_PL_DEFAULT = 0.01
+AZ_PL_RATES: dict[str, float] = {}
 #: global VNet peering, $/GB each direction, by zone (AZ_VNET)
 AZ_GLOBAL_PEERING = {1: 0.035, 2: 0.09, 3: 0.16}
 
@@ -158,6 +205,13 @@ def _curve(tiers: list[tuple]) -> list[dict]:
     return [{"up_to_gb": up, "per_gb": rate} for up, rate in tiers]
 
 
+def _checked(note: str, page: str | None, third: bool = False) -> str:
+    """A rate's note with what it was checked against (docs/costing.md keeps the table)."""
+    if page is None:
+        return f"{note}; not re-verified (2024 reading of the source page)"
+    return f"{note}; checked 2026-12-01 against {page}" + (" (a third-party transcription)" if third else "")
+
+
 def rate(per_gb, unit, source, note=None, **kw) -> dict:
     r = {"per_gb": _r6(per_gb), "unit_bytes": unit, "source": source}
     r.update(kw)
@@ -167,6 +221,26 @@ def rate(per_gb, unit, source, note=None, **kw) -> dict:
 
 
 # ------------------------------------------------------------------------------- builders
+
+def _pairs(region: str, continent: dict[str, str], pair_rate, default: float) -> dict[str, float]:
+    """`to` of a region's inter_region rate: every other region whose rate (by the continent
+    pair, `pair_rate(source continent, destination continent)`) differs from `default`."""
+    src = continent[region]
+    out = {o: pair_rate(src, c) for o, c in continent.items() if o != region}
+    return {o: r for o, r in out.items() if r != default}
+
+
+def _gcp_pair_rate(src: str, dst: str) -> float:
+    if src == dst:
+        return GCP_INTRA[src]
+    if "oceania" in (src, dst):
+        return GCP_INTER_OCEANIA
+    return GCP_INTER.get(frozenset((src, dst)), GCP_INTER_DEFAULT)
+
+
+def _az_pair_rate(src: str, dst: str) -> float:
+    return AZ_INTRA[src] if src == dst else AZ_INTER_FROM[src]
+
 
 def build_aws(data: dict) -> dict:
     eg, iz = data["aws"]["internet_egress"], data["aws"]["inter_zone_data_transfer"]
@@ -191,7 +265,12 @@ def build_aws(data: dict) -> dict:
                                note="out of the sender's AZ and into the receiver's AZ"),
             "inter_region": rate(out_rate, U, AWS_EC2, to=pairs,
                                  note="transfer out to another AWS region, by the sending region; inbound is free"),
-            "nat_gateway": rate(nat, U, AWS_VPC, note="NAT gateway data processing, both directions, on top of transfer"),
+            "nat_gateway": rate(nat, U, AWS_VPC, note=_checked(
+                "NAT gateway data processing, both directions, on top of transfer",
+                *VERIFIED_AWS_NAT.get(region, (None, False)))),
+            "private_link": rate(AWS_PL_RATES.get(region, AWS_PL_DEFAULT), U, AWS_PL, note=_checked(
+                "interface endpoint data processing, both directions, first PB a month in the region "
+                "(then $0.006, over 5 PB $0.004: not modelled)", AWS_PL_TABLE if region not in AWS_PL_RATES else None)),
         }
     return {
         "provider": "aws", "currency": "USD", "unit_bytes": U,
@@ -212,7 +291,6 @@ def build_aws(data: dict) -> dict:
             "same_zone": rate(0, U, AWS_REGIONAL, note="within one AZ over private IPs: free"),
             "regional_public": rate(0.01, U, AWS_REGIONAL, ingress_per_gb=0.01,
                                     note="to public or Elastic IPs of the same region: $0.01/GB in each direction"),
-            "private_link": rate(0.01, U, AWS_PL, note="interface endpoint data processing, first PB, both directions"),
             "transit_gateway": rate(0.02, U, AWS_TGW, note="transit gateway data processing, charged on data sent into it"),
             "peering": rate(0.01, U, AWS_VPC, ingress_per_gb=0.01,
                             note="VPC peering: same AZ (by AZ ID) free; across AZs the regional rate each direction; across regions inter-region"),
@@ -238,35 +316,33 @@ def build_gcp(data: dict) -> dict:
     eg, iz = data["gcp"]["internet_egress"], data["gcp"]["inter_zone_data_transfer"]
     U = GIB
     names = sorted(eg)
+    continent = {r: _gcp_continent(r) for r in names}
     regions = {}
     for region in names:
-        cont = _gcp_continent(region)
+        cont = continent[region]
         z = iz.get(region, {"egress_per_gb": 0.01, "ingress_per_gb": 0})
-        pairs = {}
-        for other in names:
-            if other == region:
-                continue
-            oc = _gcp_continent(other)
-            if oc == cont:
-                r = GCP_INTRA[cont]
-            elif "oceania" in (cont, oc):
-                r = GCP_INTER_OCEANIA
-            else:
-                r = GCP_INTER.get(frozenset((cont, oc)), GCP_INTER_DEFAULT)
-            pairs[other] = r
         default = GCP_INTRA[cont]
-        pairs = {k: v for k, v in pairs.items() if v != default}
+        pairs = _pairs(region, continent, _gcp_pair_rate, default)
         regions[region] = {
             "code": region, "continent": cont,
-            "internet_egress": {"unit_bytes": U, "source": GCP_NET, "tiers": _curve(GCP_PREMIUM_OCEANIA if cont == "oceania" else GCP_PREMIUM),
-                                "note": "Premium tier (the default) to worldwide destinations excluding China and Australia; TiB = 1024 GiB"},
+            "internet_egress": {"unit_bytes": U, "source": GCP_NET, "tiers": _curve(GCP_PREMIUM),
+                                "note": "Premium tier (the default) to worldwide destinations excluding China and Australia; TiB = 1024 GiB; "
+                                        "first TiB checked 2026-12-01 against " + THIRD_GCP_PREMIUM + " (a third-party transcription)"},
+            "internet_egress_by_destination": {
+                d: {"unit_bytes": U, "source": GCP_NET, "tiers": _curve(t),
+                    "note": f"Premium tier to destinations in {d.capitalize()} (config.egress_destinations says which); "
+                            "first TiB checked 2026-12-01 against " + THIRD_GCP_PREMIUM + " (a third-party transcription)"}
+                for d, t in GCP_PREMIUM_TO.items()},
             "internet_egress_standard": {"unit_bytes": U, "source": GCP_NET, "data": DATASET, "tiers": _tiers(eg[region]),
                                          "note": "Standard network tier (network_tier: standard in the job config)"},
             "cross_zone": rate(z["egress_per_gb"], U, GCP_NET, ingress_per_gb=_r6(z["ingress_per_gb"]), data=DATASET,
                                note="inter-zone, charged to the sender only"),
             "inter_region": rate(default, U, GCP_NET, to=pairs,
                                  note=f"VM-to-VM between regions, by the sender; within {cont} unless `to` says otherwise"),
-            "nat_gateway": rate(0.045, U, GCP_NAT, note="Cloud NAT data processing, both directions"),
+            "nat_gateway": rate(0.045, U, GCP_NAT, note=_checked(
+                "Cloud NAT data processing, both directions, the same in every region", GCP_NAT_PAGE)),
+            "private_link": rate(GCP_PSC_RATES.get(region, GCP_PSC_DEFAULT), U, GCP_PSC,
+                                 note=_checked("Private Service Connect consumer data processing", None)),
         }
     return {
         "provider": "gcp", "currency": "USD", "unit_bytes": U,
@@ -278,6 +354,7 @@ def build_gcp(data: dict) -> dict:
         "usage_types": {
             "cross_zone": "Network Inter Zone Data Transfer Out", "inter_region": "Network Inter Region Data Transfer Out from {src} to {dst}",
             "internet_egress": "Network Internet Data Transfer Out from {src}", "nat_gateway": "Cloud NAT Data Processing",
+            "internet_egress_to": "Network Internet Data Transfer Out from {src} to {dst}",
             "private_link": "Private Service Connect Consumer Data Processing", "peering": "Network Inter Zone Data Transfer Out",
             "regional_public": "Network Inter Zone Data Transfer Out",
             "source": "https://cloud.google.com/skus (SKU descriptions of the Networking service)",
@@ -285,7 +362,6 @@ def build_gcp(data: dict) -> dict:
         "default": {
             "same_zone": rate(0, U, GCP_NET, note="same zone over internal IPs: free"),
             "regional_public": rate(0, U, GCP_NET, note="Google Cloud addresses of the same region"),
-            "private_link": rate(0.01, U, GCP_PSC, note="Private Service Connect consumer data processing"),
             "transit_gateway": rate(0, U, "https://cloud.google.com/network-connectivity/docs/network-connectivity-center/pricing",
                                     note="no per-GB hub processing is modelled"),
             "peering": rate(0.01, U, GCP_NET, ingress_per_gb=0,
@@ -316,19 +392,22 @@ def build_azure(data: dict) -> dict:
     eg, iz = data["azure"]["internet_egress"], data["azure"]["inter_zone_data_transfer"]
     U = GB
     names = sorted(r for r in set(eg) | set(iz) if _az_commercial(r))
+    continent = {r: _az_continent(r) for r in names}
     regions = {}
     for region in names:
-        cont = _az_continent(region)
-        zone = AZ_ZONE[cont]
-        pairs = {o: (AZ_INTRA[cont] if _az_continent(o) == cont else AZ_INTER_FROM[cont]) for o in names if o != region}
-        pairs = {k: v for k, v in pairs.items() if v != AZ_INTRA[cont]}
+        cont = continent[region]
+        zone = AZ_ZONE_OF_REGION.get(region, AZ_ZONE[cont])
+        pairs = _pairs(region, continent, _az_pair_rate, AZ_INTRA[cont])
         block = {
             "code": region, "continent": cont, "billing_zone": zone,
             "internet_egress": {"unit_bytes": U, "source": AZ_BW, "tiers": _curve(AZ_EGRESS[zone]),
                                 "note": f"Microsoft premium global network routing (the default), zone {zone}; TB = 1024 GB; the first 100 GB a month are the free_allowance"},
             "cross_zone": rate(0, U, AZ_BW, ingress_per_gb=0, note="inter-availability-zone transfer is free"),
             "inter_region": rate(AZ_INTRA[cont], U, AZ_BW, to=pairs, note=f"between regions, by the source; within {cont} unless `to` says otherwise"),
-            "nat_gateway": rate(0.045, U, AZ_NAT, note="NAT gateway data processed, both directions"),
+            "nat_gateway": rate(0.045, U, AZ_NAT, note=_checked("NAT gateway data processed, both directions",
+                                                                THIRD_AZ_NAT, third=True)),
+            "private_link": rate(AZ_PL_RATES.get(region, AZ_PL_DEFAULT), U, AZ_PL, note=_checked(
+                "private endpoint data processed, inbound and outbound, first PB", THIRD_AZ_PL, third=True)),
             "global_peering": rate(AZ_GLOBAL_PEERING[zone], U, AZ_VNET, ingress_per_gb=AZ_GLOBAL_PEERING[zone],
                                    note="global VNet peering, outbound and inbound"),
         }
@@ -355,7 +434,6 @@ def build_azure(data: dict) -> dict:
         "default": {
             "same_zone": rate(0, U, AZ_BW, note="within a zone: free"),
             "regional_public": rate(0, U, AZ_BW, note="to Azure services in the same region: free"),
-            "private_link": rate(0.01, U, AZ_PL, note="private endpoint data processed, inbound and outbound, first PB"),
             "transit_gateway": rate(0.02, U, AZ_VWAN, note="Virtual WAN hub data processing"),
             "peering": rate(0.01, U, AZ_VNET, ingress_per_gb=0.01, same_zone_free=False,
                             note="VNet peering in one region: ingress and egress, any zone"),
