@@ -272,7 +272,10 @@ class _Driver:
         # great-expectations confirms each hour's data-quality evidence in a driver thread, while
         # the cluster works on the next hours (jobs/quality.py, "deferred")
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        from jobs import quality  # noqa: PLC0415
         self._gx = ThreadPoolExecutor(1, thread_name_prefix="netmon-quality")
+        self._gx.submit(quality.warm_up)  # GX's import (seconds) overlaps the first cells, not the commit
         try:
             self._run(ex, extra_days)
         finally:
