@@ -1,4 +1,4 @@
-"""`netmon-jobs`: the cost job, the simulator and the lake validator.
+"""`netmon-jobs`: the cost job, the simulator, the lake validator, the report and SQL.
 
 Every flag can also come from the environment variable named in its help. Every failure prints
 one `error: ...` line: bad input, an unreachable or failing lake, a full disk or a refused
@@ -61,7 +61,7 @@ def _env(name: str, default=None):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netmon-jobs", description="netmon batch jobs over the lake")
-    sub = p.add_subparsers(dest="command", metavar="{cost,simulate,validate,report,release}")
+    sub = p.add_subparsers(dest="command", metavar="{cost,simulate,validate,report,sql,views,release}")
     c = sub.add_parser("cost", help="resolve, classify and price new raw flows (a Ray job)",
                        description="Cost the raw flows not yet processed (or every hour in "
                                    "[--start, --end), recomputed) and write costs/ tables.")
@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("validate", help="check the lake's files against the contract", add_help=False)
     sub.add_parser("report", help="write a self-contained HTML cost report for a date range", add_help=False)
+    sub.add_parser("sql", help="run one DuckDB query over exactly the committed cost files", add_help=False)
+    sub.add_parser("views", help="print DuckDB views over exactly the committed cost files", add_help=False)
     sub.add_parser("release", help="move quarantined files back so the next run costs them "
                                    "(see netmon-jobs release --help)", add_help=False)
     return p
@@ -120,13 +122,15 @@ def _cost(args) -> int:
     return 0
 
 
-def _delegate(module: str, argv: list[str], what: str) -> int:
+def _delegate(target: str, argv: list[str], what: str) -> int:
+    module, _, func = target.partition(":")
+    func = func or "main"
     if importlib.util.find_spec(module) is None:
         raise CliError(f"{what} is not implemented yet ({module} is missing)")
     mod = importlib.import_module(module)
-    if not hasattr(mod, "main"):
-        raise CliError(f"{what} is not implemented yet ({module}.main is missing)")
-    rc = mod.main(argv)
+    if not hasattr(mod, func):
+        raise CliError(f"{what} is not implemented yet ({module}.{func} is missing)")
+    rc = getattr(mod, func)(argv)
     return int(rc or 0)
 
 
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     delegates = {"simulate": "simulator.simulate", "validate": "jobs.validate", "report": "jobs.report",
-                 "release": "jobs.release"}
+                 "release": "jobs.release", "sql": "jobs.sqlviews:sql_main", "views": "jobs.sqlviews:views_main"}
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         if argv and argv[0] in delegates:

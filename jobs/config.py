@@ -21,12 +21,17 @@ egress_destinations:     # where internet destinations are, for providers that p
   - {domain: "*.cn", destination: china}             # default worldwide); CIDRs before domains
 rules:                   # user CIDR rules, longest prefix first; like Kubecost's network-costs
   - {cidr: 10.20.0.0/16, class: peering, name: shared-vpc, region: us-east-1, rate_per_gb: 0.01}
+egress_baseline:         # internet egress the account already used in a month outside the lake, GB
+  "2026-01": {aws/us-east-1: 99.5}   # (days before the lake starts, other clusters): the month's
+                                     # tiers and free allowance start from it; aws/free_allowance: GB
+                                     # sets the allowance used (default: the pools' sum, capped)
 ```
 """
 from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +122,7 @@ class JobConfig:
     max_per_gb: float = DEFAULT_MAX_PER_GB
     clock_skew_s: float = 600.0
     horizon_s: float = 1096 * 86400.0
+    egress_baseline: dict[str, dict[str, float]] = field(default_factory=dict)  # month -> {key: GB}
     egress_destinations: tuple[EgressDestination, ...] = ()
 
     def __post_init__(self):
@@ -128,7 +134,7 @@ class JobConfig:
         data = dict(data or {})
         known = {"provider", "region", "nat_gateway", "nat_gateways", "gateway_endpoints", "subnets",
                  "price_fallback", "network_tier", "rate_limits", "dns_lookback", "rules", "ip_ranges_dir",
-                 "clock_skew", "horizon", "egress_destinations"}
+                 "clock_skew", "horizon", "egress_destinations", "egress_baseline"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
@@ -178,6 +184,7 @@ class JobConfig:
             max_per_gb=max_per_gb,
             clock_skew_s=_positive_duration("clock_skew", data.get("clock_skew", "10m")),
             horizon_s=_positive_duration("horizon", data.get("horizon", "1096d")),
+            egress_baseline=_baseline(data.get("egress_baseline")),
             egress_destinations=tuple(_destination(i, d) for i, d in
                                       enumerate(_list("egress_destinations", data.get("egress_destinations")))),
         )
@@ -192,6 +199,20 @@ class JobConfig:
             if not cards.has_region(provider, region):
                 raise ConfigError(f"{key}: no {provider} rate card for region {region!r} "
                                   f"(known: {', '.join(cards.regions(provider)[:6])}, ...)")
+        for month, pools in self.egress_baseline.items():
+            for name, gb in pools.items():
+                provider, _, region = name.partition("/")
+                key = f"egress_baseline.{month}.{name}"
+                if region == FREE_ALLOWANCE:
+                    from jobs import pricing  # noqa: PLC0415
+                    free_gb = pricing.provider_card(cards, provider).free_gb
+                    if not free_gb:
+                        raise ConfigError(f"{key}: {provider} has no free allowance for internet egress")
+                    if gb > free_gb:
+                        raise ConfigError(f"{key}: {gb:g} GB is more than the {provider} free allowance ({free_gb:g} GB)")
+                elif not (cards.has_region(provider, region) or provider in self.price_fallback):
+                    raise ConfigError(f"{key}: no {provider} rate card for region {region!r} "
+                                      f"(known: {', '.join(cards.regions(provider)[:6])}, ...)")
         known = cards.egress_destinations()
         for i, d in enumerate(self.egress_destinations):
             if d.destination not in known:
@@ -202,6 +223,43 @@ class JobConfig:
         if bad:
             raise ConfigError(f"gateway_endpoints: {', '.join(bad)} cannot be reached by a {self.provider} gateway "
                               f"endpoint (expected {', '.join(sorted(allowed)) or 'none'})")
+
+
+    def tier_start(self, month: str, cards) -> dict:
+        """The month-to-date tier state (pricing.tier_costs' keys) the month's first hour starts
+        from: its `egress_baseline`, {} without one."""
+        from jobs import pricing  # noqa: PLC0415 - pricing imports this module's users
+        return pricing.baseline_state(self.egress_baseline.get(month, {}), cards)
+
+
+FREE_ALLOWANCE = "free_allowance"
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def _baseline(v) -> dict[str, dict[str, float]]:
+    """egress_baseline: {YYYY-MM: {provider/region or provider/free_allowance: GB >= 0}}."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError("egress_baseline: expected a mapping month (YYYY-MM) -> {provider/region: GB}")
+    out: dict[str, dict[str, float]] = {}
+    for month, pools in v.items():
+        if not isinstance(month, str) or not _MONTH.match(month):
+            raise ConfigError(f"egress_baseline: {month!r} is not a month (YYYY-MM, quoted in YAML)")
+        key = f"egress_baseline.{month}"
+        if not isinstance(pools, dict) or not pools:
+            raise ConfigError(f"{key}: expected a mapping provider/region -> GB, e.g. {{aws/us-east-1: 99.5}}")
+        out[month] = {}
+        for name, gb in pools.items():
+            provider, sep, region = str(name).partition("/")
+            if not sep or not region or "/" in region or provider != provider.lower() or provider not in PROVIDERS:
+                raise ConfigError(f"{key}: {name!r} is not provider/region (or provider/{FREE_ALLOWANCE}) "
+                                  f"with a provider of {', '.join(PROVIDERS)}")
+            x = _number(f"{key}.{name}", gb, 0, None)
+            if not math.isfinite(x):
+                raise ConfigError(f"{key}.{name}: must be a finite number of GB, got {gb!r}")
+            out[month][name] = x
+    return out
 
 
 def _list(key: str, v) -> list:

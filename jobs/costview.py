@@ -69,7 +69,9 @@ def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
     of the month through `end`, every namespace: tiers count the account's volume), the tier
     they are in, what is left of it, the provider's free allowance used, and the month's tiered
     charge. The charge is the cost job's own arithmetic (`pricing.tier_costs` over the month's
-    (window, pool) volumes in time order), so it equals the tiered part of the rows' cost_usd."""
+    (window, pool) volumes in time order, from the state the month's first committed hour was
+    tiered from: the config's egress baseline), so it equals the tiered part of the rows'
+    cost_usd; the volume includes the baseline (`baseline_gb`), the charge only the lake's."""
     import pyarrow.compute as pc  # noqa: PLC0415
 
     from jobs import pricing  # noqa: PLC0415 - only for the tier curve
@@ -99,7 +101,8 @@ def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
         vol = pa.table({"tier_pool": pa.array(pools, pa.string()), "window_start": vol["window_start"],
                         "tier_bytes": pc.cast(vol["tier_bytes"], pa.int64())})
     vol = vol.sort_by([("window_start", "ascending"), ("tier_pool", "ascending")])
-    charge, state = pricing.tier_costs(vol, {}, cards)
+    start = month_start_state(lake, end)
+    charge, state = pricing.tier_costs(vol, start, cards)
     by_pool: dict[str, float] = {}
     for pool, usd in zip(vol["tier_pool"].to_pylist(), charge.tolist()):
         by_pool[pool] = by_pool.get(pool, 0.0) + usd
@@ -107,6 +110,7 @@ def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
     for pool in sorted(by_pool):
         card = cards.card(*pricing.pool_key(pool))
         total = state[pool]
+        base = int(start.get(pool, 0))
         gb = total / card.egress_unit
         free_gb = card.free_bytes() / card.egress_unit
         free_used = state.get(f"{card.provider}/free_allowance", 0) / card.egress_unit
@@ -121,9 +125,17 @@ def egress_tier_position(lake: Lake, end: dt.date, cards=None) -> list[dict]:
         out.append({
             "rate_card": card.name + ("@" + pricing.pool_key(pool)[1].partition("@")[2]
                                       if "@" in pricing.pool_key(pool)[1] else ""), "month": f"{end:%Y-%m}", "through": end.isoformat(),
-            "egress_bytes": int(total), "egress_gb": gb, "free_gb": free_gb, "free_used_gb": free_used,
+            "egress_bytes": int(total), "egress_gb": gb, "baseline_gb": base / card.egress_unit,
+            "free_gb": free_gb, "free_used_gb": free_used,
             "tier_from_gb": lo, "tier_to_gb": None if hi is None else float(hi), "per_gb_usd": rate,
             "gb_to_next_tier": None if hi is None else float(hi) - gb,
             "month_cost_usd": by_pool[pool],
         })
     return out
+
+
+def month_start_state(lake: Lake, end: dt.date) -> dict:
+    """The tier state the month of `end` started from (its first committed hour's state before:
+    the config's egress baseline, {} without one)."""
+    recs = catalog.current_records(lake, end.replace(day=1), end)
+    return dict(recs[min(recs)].tier_state_before) if recs else {}

@@ -11,7 +11,9 @@ Work does not grow with the lake's age:
   (same node and window_start) keep the newest.
 - Re-tier: committed hours of a changed month after its first changed hour, and hours after a
   break in the month's chain of tier states (a run that died between re-tiered hours), from
-  the month's ledger (one small read; rebuilt from the records when it is unsound).
+  the month's ledger (one small read; rebuilt from the records when it is unsound). A month
+  whose ledger was built from another egress baseline than the config's (`tier_starts`) is
+  re-tiered from its first hour: every stored month's ledger is checked for that.
 - Each computed hour gets an `HourSpec`: its flow files and the DNS and inventory chunks
   (hours) its as-of joins need; only the dates those cover are listed.
 Files that arrive later than the lateness window are found by a run with --start/--end;
@@ -163,10 +165,13 @@ def _days(lo: dt.datetime, hi: dt.datetime) -> set[dt.date]:
 
 def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None = None,
          dns_lookback: dt.timedelta = dt.timedelta(hours=24), lateness: dt.timedelta = DEFAULT_LATENESS,
-         also_months=(), bounds: identity.Bounds = identity.Bounds(), now: dt.datetime | None = None) -> Plan:
+         also_months=(), bounds: identity.Bounds = identity.Bounds(), now: dt.datetime | None = None,
+         tier_starts: dict[str, dict] | None = None) -> Plan:
     """Decide which hours to compute and which to re-tier. Lists candidate dates only and
     reads small JSON; `also_months`: months whose tier chain must be checked too (those of a
-    recovered run); `bounds`, `now`: the clock bounds of raw windows (jobs/identity.py)."""
+    recovered run); `bounds`, `now`: the clock bounds of raw windows (jobs/identity.py);
+    `tier_starts`: {month: tier state} of the config's egress baselines."""
+    tier_starts = tier_starts or {}
     quarantined: list[dict] = []
     ident = {"now": now or dt.datetime.now(UTC), "bounds": bounds}
     ranged = start is not None or end is not None
@@ -249,9 +254,11 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
     months = {st.month_of(h) for h in compute} | set(also_months)
     if not ranged and candidates:
         months.add(st.month_of(candidates[-1]))
+    months |= _baseline_changed(lake, tier_starts, months)
     for month in sorted(months):
         ledgers[month] = st.EgressLedger.load(lake, month, records,
-                                              [h for h in candidates if st.month_of(h) == month])
+                                              [h for h in candidates if st.month_of(h) == month],
+                                              start=tier_starts.get(month, {}))
     for month, ledger in ledgers.items():
         firsts = [h for h in compute if st.month_of(h) == month] + ledger.chain_breaks()[:1]
         if not firsts:
@@ -273,6 +280,20 @@ def plan(lake: Lake, start: dt.datetime | None = None, end: dt.datetime | None =
 
 def _lookback_hours(lookback: dt.timedelta) -> int:
     return int(-(-lookback.total_seconds() // 3600))
+
+
+def _baseline_changed(lake: Lake, tier_starts: dict[str, dict], known: set) -> set[str]:
+    """Stored months (one ledger per month) whose ledger's start is not the config's baseline:
+    a baseline added, changed or removed re-tiers its month even without new raw files."""
+    out = set()
+    for info in lake.list_files(f"{S.STATE_DIR}/egress", suffix=".json"):
+        month = info.base_name[: -len(".json")]
+        if month in known or not re.fullmatch(r"\d{4}-\d{2}", month):
+            continue
+        cached = st.EgressLedger.read(lake, month)
+        if cached is not None and not st.same_start(cached.start, tier_starts.get(month, {})):
+            out.add(month)
+    return out
 
 
 def _select_snapshots(items: list[tuple[dt.datetime, str]], lo: dt.datetime, hi: dt.datetime) -> list[str]:

@@ -641,6 +641,37 @@ def _free_key(provider: str) -> str:
     return f"{provider}/free_allowance"
 
 
+def provider_card(cards: "RateCards", provider: str) -> Card:
+    """A card of the provider (its free allowance and egress unit are the provider's)."""
+    doc = cards.docs.get(provider)
+    return cards.card(provider, next(iter(doc.get("regions") or {"any": None}))) if doc else NONE_CARD
+
+
+def baseline_state(baseline: dict[str, float], cards: "RateCards") -> dict:
+    """The `tier_costs` state of a month's `egress_baseline` ({"provider/region": GB already
+    used, "provider/free_allowance": GB}): each pool starts at its GB in its card's unit; the
+    free allowance used is the given GB, else the provider's pools' sum up to the allowance
+    (every tiered byte uses it until it is gone, as `tier_costs` counts it)."""
+    state: dict[str, int] = {}
+    per_provider: dict[str, int] = {}
+    explicit: dict[str, int] = {}
+    for name, gb in sorted((baseline or {}).items()):
+        provider, _, region = name.partition("/")
+        if region == "free_allowance":
+            explicit[provider] = int(round(gb * provider_card(cards, provider).egress_unit))
+            continue
+        b = int(round(gb * cards.card(provider, region).egress_unit))
+        if b:
+            state[pool_name(provider, region)] = b
+            per_provider[provider] = per_provider.get(provider, 0) + b
+    for provider in sorted(set(per_provider) | set(explicit)):
+        free = cards.free_bytes(provider)
+        used = explicit.get(provider, min(per_provider.get(provider, 0), free))
+        if free and used:
+            state[_free_key(provider)] = min(used, free)
+    return dict(sorted(state.items()))
+
+
 def tier_costs(volumes: pa.Table, mtd: dict, cards: "RateCards") -> tuple[np.ndarray, dict]:
     """Tiered USD of each (pool, window) volume row, in order, and the month-to-date state after
     the last one. `volumes`: tier_pool, window_start, tier_bytes, sorted by (window_start,

@@ -208,6 +208,12 @@ def _context():
         return _ctx
 
 
+def warm_up() -> None:
+    """Import great-expectations and build its context now (the driver does it while the first
+    cells run)."""
+    _context()
+
+
 def _expect(frame: pd.DataFrame, suite_name: str, bounds: dict[str, tuple[float, float]]) -> dict[str, list[int]]:
     """Validate that each column of `frame` named in `bounds` lies within its bounds; returns
     {column: [row indexes outside]} for the expectations that failed."""

@@ -101,6 +101,13 @@ def _parse_lookback(cfg) -> dt.timedelta:
     return dt.timedelta(seconds=float(cfg.dns_lookback_s))
 
 
+def _tier_starts(cfg) -> dict[str, dict]:
+    """{month: tier state} of the config's egress baselines (the months' chains start there)."""
+    from jobs import pricing  # noqa: PLC0415
+    cards = pricing.RateCards.for_config(cfg)
+    return {m: cfg.tier_start(m, cards) for m in sorted(cfg.egress_baseline)}
+
+
 def run_cost_job(opts: JobOptions) -> RunResult:
     t0 = time.monotonic()
     if opts.start and opts.end and opts.end <= opts.start:
@@ -122,12 +129,15 @@ def run_cost_job(opts: JobOptions) -> RunResult:
 
 def _run_leased(opts: JobOptions, lake: Lake, lease, cfg, ranges_dir, t0) -> RunResult:
     recovered = C.recover(lake, lease)
+    starts = _tier_starts(cfg)
     # the ledger must agree with the hours the dead run committed before anything is planned
     for month in sorted({st.month_of(h) for h in recovered.hours}):
-        st.EgressLedger.load(lake, month, C.read_records(lake, recovered.hours), recovered.hours)
+        st.EgressLedger.load(lake, month, C.read_records(lake, recovered.hours), recovered.hours,
+                             start=starts.get(month, {}))
     lookback = _parse_lookback(cfg)
     p = plan(lake, opts.start, opts.end, lookback, opts.lateness,
-             also_months={st.month_of(h) for h in recovered.hours}, bounds=identity.Bounds.of(cfg))
+             also_months={st.month_of(h) for h in recovered.hours}, bounds=identity.Bounds.of(cfg),
+             tier_starts=starts)
     out = opts.progress
     if out is not None:
         print(f"cost: {len(p.compute)} hour(s) to compute, {len(p.retier)} to check for re-tiering, "
@@ -230,10 +240,10 @@ class _Driver:
         self.bad: list[dict] = []
         self._ctx_evidence: dict[dt.datetime, Any] = {}   # hour -> its context task's evidence ref
         self._confirming: dict[dt.datetime, Any] = {}     # hour -> great-expectations' verdict (a Future)
-        for m in {st.month_of(h) for h in p.compute + p.retier + p.roll} - set(p.ledgers):
-            p.ledgers[m] = st.EgressLedger.load(lake, m)
         from jobs import pricing  # noqa: PLC0415
         self.cards = pricing.RateCards.for_config(cfg)  # the cards the cells price with
+        for m in {st.month_of(h) for h in p.compute + p.retier + p.roll} - set(p.ledgers):
+            p.ledgers[m] = st.EgressLedger.load(lake, m, start=cfg.tier_start(m, self.cards))
 
     def _ledger(self, h: dt.datetime) -> st.EgressLedger:
         return self.p.ledgers[st.month_of(h)]
@@ -295,7 +305,10 @@ class _Driver:
         # great-expectations confirms each hour's data-quality evidence in a driver thread, while
         # the cluster works on the next hours (jobs/quality.py, "deferred")
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        from jobs import quality  # noqa: PLC0415
         self._gx = ThreadPoolExecutor(1, thread_name_prefix="netmon-quality")
+        self._gx.submit(quality.warm_up)  # GX's import (seconds) overlaps the first cells, not the commit
         try:
             self._run(ex, extra_days)
         finally:

@@ -8,6 +8,11 @@ damaged, whose chain of states is broken (an hour's state before is not the prev
 state after) or that disagrees with a record the run read is rebuilt from the month's
 records. Records whose own chain is broken (a run died between re-tiered hours) make
 discovery re-tier from the break.
+
+A month's chain starts from `start`: the config's `egress_baseline` of the month as a tier
+state (internet egress the account used outside the lake), {} without one. The ledger keeps
+the start it was built with; a run whose config gives another rebuilds the ledger with the
+new start, which breaks the chain at the month's first hour, so the month is re-tiered.
 """
 from __future__ import annotations
 
@@ -89,10 +94,12 @@ class EgressLedger:
     """The month's tier fields per committed hour (a cache of the hours' records).
 
     `entries[hour id]` = {"token", "tier_volumes", "tier_state_before", "tier_state_after"}.
-    `hours[hour id]` is the per-pool view of the volumes ({pool: bytes})."""
+    `hours[hour id]` is the per-pool view of the volumes ({pool: bytes}). `start` is the
+    state before the month's first hour (the month's egress baseline)."""
 
-    def __init__(self, month: str, entries: dict[str, dict] | None = None):
+    def __init__(self, month: str, entries: dict[str, dict] | None = None, start: dict | None = None):
         self.month = month
+        self.start: dict = dict(sorted((start or {}).items()))
         self.entries: dict[str, dict] = dict(sorted((entries or {}).items()))
         self.rebuilt: str | None = None   # why it was rebuilt from records (None: cache used)
 
@@ -113,13 +120,14 @@ class EgressLedger:
                        for h, e in raw["hours"].items()}
             for h in entries:
                 parse_hour_id(h)
+            start = {str(k): int(v) for k, v in (raw.get("start") or {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        return cls(month, entries)
+        return cls(month, entries, start)
 
     @classmethod
-    def from_records(cls, month: str, records) -> "EgressLedger":
-        out = cls(month)
+    def from_records(cls, month: str, records, start: dict | None = None) -> "EgressLedger":
+        out = cls(month, start=start)
         for rec in sorted(records, key=lambda r: r.hour):
             if month_of(rec.hour) == month:
                 out.set_record(rec)
@@ -127,14 +135,16 @@ class EgressLedger:
 
     @classmethod
     def load(cls, lake: Lake, month: str, records: dict | None = None,
-             candidates=()) -> "EgressLedger":
+             candidates=(), start: dict | None = None) -> "EgressLedger":
         """The month's ledger: the cache if it is sound and agrees with `records` (records
-        this run read) and `candidates` (hours whose record this run looked for), else rebuilt
-        from the month's records (and saved)."""
+        this run read), `candidates` (hours whose record this run looked for) and `start` (the
+        month's baseline state), else rebuilt from the month's records (and saved)."""
         cached = cls.read(lake, month)
         why = None
         if cached is None:
             why = "missing or damaged"
+        elif _norm(cached.start) != _norm(start or {}):
+            why = "the month's egress baseline changed"
         elif cached.chain_breaks():
             why = "its chain of states is broken"
         else:
@@ -150,13 +160,13 @@ class EgressLedger:
         if why is None:
             return cached
         from jobs import commit  # noqa: PLC0415 - commit imports this module
-        out = cls.from_records(month, commit.records_of_month(lake, month).values())
+        out = cls.from_records(month, commit.records_of_month(lake, month).values(), start)
         out.rebuilt = why
         out.save(lake)
         return out
 
     def save(self, lake: Lake) -> None:
-        body = {"month": self.month, "hours": dict(sorted(self.entries.items()))}
+        body = {"month": self.month, "start": self.start, "hours": dict(sorted(self.entries.items()))}
         data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
         _fault("during-ledger")
         lake.write_bytes(egress_path(self.month), data)
@@ -192,10 +202,11 @@ class EgressLedger:
         return {k: v for k, v in sorted(out.items()) if v}
 
     def state_before(self, hour: dt.datetime) -> dict:
-        """The tier state after the previous committed hour of the month ({} if none)."""
+        """The tier state after the previous committed hour of the month (the month's start,
+        its egress baseline, if none)."""
         hid = hour_id(hour)
         before = [h for h in self.entries if h < hid]
-        return dict(self.entries[before[-1]]["tier_state_after"]) if before else {}
+        return dict(self.entries[before[-1]]["tier_state_after"]) if before else dict(self.start)
 
     def hours_after(self, hour: dt.datetime) -> list[dt.datetime]:
         hid = hour_id(hour)
@@ -203,13 +214,17 @@ class EgressLedger:
 
     def chain_breaks(self) -> list[dt.datetime]:
         """Hours whose state before is not the previous hour's state after (the first hour
-        of the month starts from {})."""
-        out, prev = [], {}
+        of the month starts from `start`)."""
+        out, prev = [], self.start
         for h, e in self.entries.items():
             if _norm(e["tier_state_before"]) != _norm(prev):
                 out.append(parse_hour_id(h))
             prev = e["tier_state_after"]
         return out
+
+
+def same_start(a: dict, b: dict) -> bool:
+    return _norm(a) == _norm(b)
 
 
 def _norm(state: dict) -> dict:

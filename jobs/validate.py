@@ -89,7 +89,10 @@ def _check_raw(lake: Lake, table: str, date: str | None, report: Report) -> pa.T
     return rows
 
 
-def validate(lake: Lake, date: str | None = None, max_window_s: float = 3600.0) -> Report:
+def validate(lake: Lake, date: str | None = None, max_window_s: float = 3600.0,
+             tier_starts: dict[str, dict] | None = None) -> Report:
+    """`tier_starts` ({month: tier state}, from a job config's egress_baseline): when given,
+    each month's tiers must have started from it."""
     report = Report(dt.datetime.now(dt.timezone.utc), lake.url)
     known_nodes: set[str] = set()
     for kind in S.INVENTORY_KINDS:
@@ -113,7 +116,7 @@ def validate(lake: Lake, date: str | None = None, max_window_s: float = 3600.0) 
         report.failures += quality.check_raw_dns(dns)
 
     _check_costs(lake, date, report)
-    _check_publishing(lake, date, report)
+    _check_publishing(lake, date, report, tier_starts)
     _check_inventory_gaps(lake, date, report)
     return report
 
@@ -184,20 +187,26 @@ def _fail(report: Report, table: str, rule: str, observed, file: str | None = No
     report.failures.append(quality.Failure(table, rule, None, n, severity=severity, observed=observed, file=file))
 
 
-def _tier_bytes(costs: pa.Table) -> int:
-    """Bytes the month's tiers count in a cost table, by the pricing module's own rule."""
+def _tier_bytes(costs: pa.Table) -> dict[str, int]:
+    """Bytes per tier pool the month's tiers count in a cost table, by pricing's own rule."""
     from jobs import pricing  # noqa: PLC0415
-    if hasattr(pricing, "tier_pools"):
-        _, b = pricing.tier_pools(costs)
-        return int(pa.compute.sum(b).as_py() or 0)
-    return sum(pricing.egress_bytes(costs).values())
+    pools, b = pricing.tier_pools(costs)
+    g = pa.table({"p": pools, "b": b}).filter(pa.compute.is_valid(pools)).group_by("p").aggregate([("b", "sum")])
+    return {p: int(v) for p, v in zip(g["p"].to_pylist(), g["b_sum"].to_pylist()) if v}
 
 
-def _check_publishing(lake: Lake, date: str | None, report: Report) -> None:
+def _pool_bytes(state: dict) -> dict[str, int]:
+    from jobs import pricing  # noqa: PLC0415
+    return {k: int(v) for k, v in state.items() if k.endswith(pricing.POOL_SUFFIX) and v}
+
+
+def _check_publishing(lake: Lake, date: str | None, report: Report, tier_starts: dict | None = None) -> None:
     """Records vs the files they publish vs the ledger (docs/publishing.md):
     every committed part exists; no part no record lists is visible under costs/flows; each
-    hour's rows, kept bytes and tier bytes equal its parts'; the month's tier states chain;
-    the ledger cache equals its records; raw files no record took as input are reported."""
+    hour's rows, kept bytes and tier bytes per pool equal its parts'; each hour's pools after
+    are its pools before plus its volumes; the month's tier states chain from the month's
+    egress baseline (the ledger's start, and the config's when `tier_starts` is given); the
+    ledger cache equals its records; raw files no record took as input are reported."""
     from jobs import commit as C  # noqa: PLC0415
     from jobs import state as st  # noqa: PLC0415
     day = dt.date.fromisoformat(date) if date else None
@@ -222,8 +231,9 @@ def _check_publishing(lake: Lake, date: str | None, report: Report) -> None:
         costs = pa.concat_tables([S.conform(lake.read_table(p), S.COST_FLOWS) for p in present]) if present \
             else S.COST_FLOWS.empty_table()
         kept = int(pa.compute.sum(costs["tx_bytes"]).as_py() or 0) + int(pa.compute.sum(costs["rx_bytes"]).as_py() or 0)
-        tier = _tier_bytes(costs) if costs.num_rows else 0
-        recorded_tier = sum(int(v[2]) for v in rec.tier_volumes)
+        tier = _tier_bytes(costs) if costs.num_rows else {}
+        recorded_tier = st.volumes_by_pool(rec.tier_volumes)
+        recorded_tier = {k: v for k, v in recorded_tier.items() if v}
         for rule, got, want in (("rows_out", costs.num_rows, rec.rows_out), ("kept_bytes", kept, rec.kept_bytes),
                                 ("tier_bytes", tier, recorded_tier)):
             if got != want:
@@ -236,12 +246,25 @@ def _check_publishing(lake: Lake, date: str | None, report: Report) -> None:
     for month in months:
         mine = {h: r for h, r in records.items() if st.month_of(h) == month}
         full = mine if day is None else C.records_of_month(lake, month)
-        truth = st.EgressLedger.from_records(month, full.values())
+        cached = st.EgressLedger.read(lake, month)
+        # the month's chain starts from its egress baseline, which the ledger keeps
+        first = min(full) if full else None
+        start = cached.start if cached is not None else (full[first].tier_state_before if first else {})
+        if tier_starts is not None and cached is not None and not st.same_start(start, tier_starts.get(month, {})):
+            _fail(report, "_state/egress", "ledger:baseline_differs", f"{month} was tiered from the egress baseline "
+                  f"{_pool_bytes(start) or 'none'}, the config says {_pool_bytes(tier_starts.get(month, {})) or 'none'} "
+                  "(the next cost run re-tiers the month)", st.egress_path(month))
+        truth = st.EgressLedger.from_records(month, full.values(), start)
         for h in truth.chain_breaks():
             if h in mine:
+                what = "the month's egress baseline" if h == first else "the previous hour's"
                 _fail(report, "_state/hours", "ledger:chain_broken", f"hour {st.hour_id(h)} was tiered from a state "
-                      "that is not the previous hour's (the next cost run re-tiers it)")
-        cached = st.EgressLedger.read(lake, month)
+                      f"that is not {what} (the next cost run re-tiers it)")
+        for h, rec in sorted(mine.items()):
+            want = _pool_bytes(st.advance_state(_pool_bytes(rec.tier_state_before), rec.tier_volumes))
+            if _pool_bytes(rec.tier_state_after) != want:
+                _fail(report, "_state/hours", "ledger:state_arithmetic", f"hour {st.hour_id(h)}: tier pools after "
+                      f"{_pool_bytes(rec.tier_state_after)} are not the pools before plus its volumes {want}")
         if cached is None:
             _fail(report, "_state/egress", "ledger:missing", f"the {month} ledger is missing or damaged "
                   "(the next cost run rebuilds it from the records)", st.egress_path(month))
@@ -277,12 +300,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--s3-endpoint", default=None, help="S3 endpoint override (MinIO, moto)")
     p.add_argument("--date", default=None, help="only this date partition (YYYY-MM-DD)")
     p.add_argument("--max-window", type=float, default=3600.0, help="longest acceptable raw window, seconds")
+    p.add_argument("--config", default=None,
+                   help="the cost job's config: also check that each month's tiers start from its egress_baseline")
     args = p.parse_args(argv)
     try:
         if args.date:
             dt.date.fromisoformat(args.date)
+        starts = None
+        if args.config:
+            from jobs import config as CF  # noqa: PLC0415
+            from jobs import pricing  # noqa: PLC0415
+            cfg = CF.load_config(args.config)
+            cards = pricing.RateCards.for_config(cfg)
+            starts = {m: cfg.tier_start(m, cards) for m in cfg.egress_baseline}
         lake = open_lake(args.lake, s3_endpoint=args.s3_endpoint, create_bucket=False)
-        report = validate(lake, args.date, args.max_window)
+        report = validate(lake, args.date, args.max_window, starts)
         rel = write_report(lake, report)
     except (LakeError, ValueError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)

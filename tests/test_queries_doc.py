@@ -57,6 +57,17 @@ def statements(sql: str, dialect: str) -> list[exp.Expression]:
 
 @pytest.fixture(scope="module")
 def con(costed_lake):
+    """The views the docs tell users to use: `netmon-jobs views` (exactly the committed files)."""
+    from jobs import sqlviews  # noqa: PLC0415
+    from lake.storage import open_lake  # noqa: PLC0415
+    c = duckdb.connect()
+    c.execute(sqlviews.view_sql(open_lake(str(costed_lake))))
+    return c
+
+
+@pytest.fixture(scope="module")
+def glob_con(costed_lake):
+    """The docs' glob setup (exact while no run is publishing, as on this lake)."""
     c = duckdb.connect()
     for sql in setups("duckdb"):
         c.execute(sql.replace("LAKE", str(costed_lake)))
@@ -221,6 +232,11 @@ def test_query_runs_and_transpiled_versions_agree(con, name):
     for engine in ENGINES:
         (duck,) = sqlglot.transpile(sql, read=engine, write="duckdb")
         assert _rows(con, duck) == want, f"{name} from {engine}: {duck}"
+
+
+@pytest.mark.parametrize("name", sorted(queries()))
+def test_query_gives_the_same_rows_over_the_glob_setup_of_a_quiescent_lake(con, glob_con, name):
+    assert _rows(glob_con, queries()[name]) == _rows(con, queries()[name])
 
 
 def test_cost_by_class_matches_the_files(con, costed_lake):
