@@ -374,14 +374,21 @@ class _Driver:
                 h = todo[settled]
                 waiting.append(self._settle(h, done_cells.pop(h)) if h in computed else self._settle_later(h))
                 settled += 1
+            not_ready = []  # only futures still running: waiting on a finished one would spin
             for item in list(waiting):
-                if len(ex.ready(item[1], 0)) == len(item[1]):
+                done = ex.ready(item[1], 0)
+                if len(done) == len(item[1]):
                     waiting.remove(item)
                     progress.hour_done(self._commit(*item))
-            pending = list(cell_futs) + [f for w in waiting for f in w[1]] + \
-                [f for h, f in roll_futs.items() if h not in self.rolled]
+                else:
+                    finished = {id(f) for f in done}
+                    not_ready += [f for f in item[1] if id(f) not in finished]
+            rolls = [f for h, f in roll_futs.items() if h not in self.rolled]
+            pending = list(cell_futs) + not_ready + [f for f in rolls if not ex.ready([f], 0)]
             if pending:
                 ex.wait_any(pending, 1.0)
+            elif settled < len(todo) or waiting:
+                time.sleep(0.05)  # everything finished is being consumed above: no hot loop
         for h, f in roll_futs.items():  # rolls through hours without a record: their states only
             if h not in self.rolled:
                 info = ex.get(f)
