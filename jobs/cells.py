@@ -62,16 +62,48 @@ def make_cells(hour_inputs: dict[dt.datetime, list[tuple[str, int]]], max_rows: 
         cur: list[str] = []
         rows = 0
         index = 0
-        for rel, n in files:
-            if cur and rows + n > max_rows:
+
+        def flush():
+            nonlocal cur, rows, index
+            if cur:
                 out.append(Cell(hour, index, tuple(cur), rows))
                 index += 1
                 cur, rows = [], 0
-            cur.append(rel)
-            rows += int(n)
-        if cur or index == 0:
-            out.append(Cell(hour, index, tuple(cur), rows))
+
+        # A cell holds whole windows when they fit: one rule (the second hop of a relayed
+        # NodePort/LB connection, jobs/resolve.py) matches rows of different nodes in one window.
+        for window in _windows(files):
+            w = sum(int(n) for _, n in window)
+            if w > max_rows:  # a window larger than a cell is cut between its nodes' files
+                flush()
+                for rel, n in window:
+                    if cur and rows + n > max_rows:
+                        flush()
+                    cur.append(rel)
+                    rows += int(n)
+                flush()
+                continue
+            if cur and rows + w > max_rows:
+                flush()
+            cur += [rel for rel, _ in window]
+            rows += w
+        flush()
+        if index == 0:
+            out.append(Cell(hour, 0, (), 0))
     return out
+
+
+def _windows(files: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """Consecutive files (in window, node order) grouped by their window."""
+    groups: list[list[tuple[str, int]]] = []
+    last = object()
+    for rel, n in files:
+        key = _order(rel)[0]
+        if not groups or key != last:
+            groups.append([])
+            last = key
+        groups[-1].append((rel, n))
+    return groups
 
 
 def _footer_rows(lake, rel: str) -> int:

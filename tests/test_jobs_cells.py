@@ -69,6 +69,22 @@ def test_make_cells_bounds_rows_and_keeps_window_node_order():
         C.make_cells({h: files}, 0)
 
 
+def test_cells_hold_whole_windows_when_they_fit():
+    """The relayed-connection rule matches rows of different nodes in one window, so a window
+    is not cut between cells unless it alone is larger than a cell."""
+    h = H0
+    files = [(S.raw_file_path("raw/flows", node, h + dt.timedelta(minutes=m)), 30)
+             for m in range(4) for node in ("a", "b", "c")]          # windows of 90 rows
+    cells = C.make_cells({h: files}, 200)
+    assert [c.rows for c in cells] == [180, 180]                     # not 180 + 20 of the third window
+    for c in cells:
+        windows = {S.parse_raw_file_name(f)[2] for f in c.files}
+        assert all(sum(S.parse_raw_file_name(f)[2] == w for f in c.files) == 3 for w in windows)
+    small = C.make_cells({h: files}, 50)                             # windows larger than a cell
+    assert [c.rows for c in small] == [30] * 12 and all(c.rows <= 50 for c in small)
+    assert [c.index for c in small] == list(range(12))
+
+
 def test_rows_are_estimated_from_footers(lake):  # noqa: F811
     rels = [lake.rel(i.path) for i in lake.list_files("raw/flows")]
     sizes = [(r, lake.fs.get_file_info(lake.path(r)).size) for r in rels]
