@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.inventory import Snapshots, ids_in
+from jobs.inventory import Snapshots, ids_in, snapshot_of
 from lake import schema as S
 
 _SEP = "\x1f"  # joins namespace and name into one key (never in a Kubernetes name)
@@ -122,9 +122,7 @@ class Kind:
         return len(self.times)
 
     def snap_of(self, window_end_us: np.ndarray) -> np.ndarray:
-        if len(self.times) == 0:
-            return np.full(len(window_end_us), -1, np.int64)
-        return np.maximum(np.searchsorted(self.times, window_end_us, side="right") - 1, 0)
+        return snapshot_of(self.times, window_end_us)
 
     def nbytes(self) -> int:
         return self.times.nbytes + self.table.nbytes + sum(lk.nbytes() for lk in self.lookups.values())

@@ -30,6 +30,14 @@ def to_us(col) -> np.ndarray:
     return col.cast(S.TS, safe=False).cast(pa.int64()).fill_null(0).to_numpy()
 
 
+
+def snapshot_of(times: np.ndarray, window_end_us: np.ndarray) -> np.ndarray:
+    """Per window end, the index of the snapshot (sorted `times`) its as-of join takes: the
+    last at or before it, else the first; -1 everywhere if there is no snapshot at all."""
+    if len(times) == 0:
+        return np.full(len(window_end_us), -1, np.int64)
+    return np.maximum(np.searchsorted(times, window_end_us, side="right") - 1, 0)
+
 class Snapshots:
     """One inventory kind, rows sorted by snapshot_time."""
 
@@ -48,9 +56,7 @@ class Snapshots:
 
     def snap_of(self, window_end_us: np.ndarray) -> np.ndarray:
         """Global snapshot index per window end (-1 if this kind has no snapshot at all)."""
-        if len(self.times) == 0:
-            return np.full(len(window_end_us), -1, np.int64)
-        return np.maximum(np.searchsorted(self.times, window_end_us, side="right") - 1, 0)
+        return snapshot_of(self.times, window_end_us)
 
     def select(self, snaps: np.ndarray) -> tuple[pa.Table, np.ndarray, np.ndarray]:
         """Rows of the given unique global snapshots: (rows table, local snapshot per row,
