@@ -303,12 +303,11 @@ class _Driver:
     # -- the run
     def run(self, ex, extra_days=()) -> None:
         # great-expectations confirms each hour's data-quality evidence in a driver thread, while
-        # the cluster works on the next hours (jobs/quality.py, "deferred")
+        # the cluster works on the next hours (jobs/quality.py, "deferred"). It is imported in
+        # this thread, once the first tasks run (_run): importing it in the other thread while
+        # this one imports too raced (KeyError: 'pydantic.v1').
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-
-        from jobs import quality  # noqa: PLC0415
         self._gx = ThreadPoolExecutor(1, thread_name_prefix="netmon-quality")
-        self._gx.submit(quality.warm_up)  # GX's import (seconds) overlaps the first cells, not the commit
         try:
             self._run(ex, extra_days)
         finally:
@@ -365,8 +364,13 @@ class _Driver:
                 return True
             return h not in computed or (h in done_cells and len(done_cells[h]) == len(cells[h]))
 
+        from jobs import quality  # noqa: PLC0415
+        warmed = False
         while settled < len(todo) or waiting:
             submit_more()
+            if not warmed:  # the cluster has work now: GX's import (seconds) overlaps it
+                quality.warm_up()
+                warmed = True
             for f in ex.ready(list(cell_futs), 0):
                 c = cell_futs.pop(f)
                 done_cells[c.hour].append(ex.get(f))
