@@ -160,6 +160,52 @@ def reap(procs: dict[int, int], grace: float = REAP_GRACE) -> list[int]:
     return killed
 
 
+#: marks every process of the local Ray a job starts (environment variables are inherited)
+OWNER_ENV = "NETMON_RAY_OWNER"
+
+_WATCHDOG = r"""
+import os, signal, sys, time
+tag, fd = ("%s=" % sys.argv[1]).encode() + sys.argv[2].encode(), int(sys.argv[3])
+while os.read(fd, 1):
+    pass
+for _ in range(4):  # the job is gone: so is every process its local Ray started
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/environ" % pid, "rb") as f:
+                    mine = tag in f.read().split(b"\0")
+            except OSError:
+                continue
+            if mine:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+    time.sleep(0.5)
+"""
+
+
+def _start_watchdog() -> None:
+    """A kill -9 of the job runs none of its code, and Ray's agents notice their dead raylet
+    only when they get to it (seen: more than 30 s): so a small process (its own session, a
+    bare environment) waits for this one to die, read end of a pipe only this process writes,
+    then SIGKILLs every process that carries this job's mark (its local Ray, all of it)."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+    mark = uuid.uuid4().hex
+    os.environ[OWNER_ENV] = mark  # before Ray starts: every Ray process inherits it
+    r, w = os.pipe()              # not inheritable: only this process holds the write end
+    subprocess.Popen([sys.executable, "-c", _WATCHDOG, OWNER_ENV, mark, str(r)], pass_fds=(r,),
+                     env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(r)
+    _watchdog_pipe.append(w)      # open until this process ends, however it ends
+
+
+_watchdog_pipe: list[int] = []
+
+
 class RayExecutor:
     def __init__(self, address: str | None, num_cpus: int):
         if not address:
@@ -185,6 +231,8 @@ class RayExecutor:
             if address:
                 _check_reachable(address)
             before = _sigterm_handler()
+            if not address and not _watchdog_pipe:
+                _start_watchdog()
             try:
                 self._init(ray, address, num_cpus, kwargs)
             except BaseException:
