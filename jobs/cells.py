@@ -4,9 +4,13 @@ An hour of a large cluster holds tens of millions of flow rows, far more than on
 hold in memory, so it is cut into cells of about `max_rows` rows each. A cell's files are
 contiguous in (window_start, node) order: a cell covers a few windows of many nodes (or a
 few nodes of one window), so the inventory snapshots it selects stay few whatever the
-cluster's size. Nothing a cell computes depends on the other cells of its hour: orientation
-(§2 of docs/costing.md) needs only the hour's inventory, which every cell gets from the shared
-context (jobs/context.py), and tiers are settled by the driver from the cells' summaries.
+cluster's size. A cell needs of its hour only the shared context (jobs/context.py: inventory
+and DNS) and, for one rule, the other rows of its windows: the second hop of a relayed
+NodePort/LB connection (§2 of docs/costing.md) matches one node's row against another node's
+row of the same window. So a cell holds whole windows when they fit; a window larger than a
+cell is cut between its nodes' files, and each of its cells also gets the outside-client rows
+of the window's other cells (`tasks.relay_clients`, four narrow columns). Tiers are settled by
+the driver from the cells' summaries.
 
 Rows are estimated from file sizes with the bytes per row read from a few Parquet footers, so
 planning costs no more than a handful of small reads however many files an hour has.
@@ -25,6 +29,9 @@ DEFAULT_CELL_ROWS = 400_000
 #: ranges, the hour's shared context); tasks declare `memory=` from these so Ray schedules by it
 BYTES_PER_ROW = 900
 BASE_BYTES = 400 << 20
+#: bytes per raw row of a split window for the outside-client rows its cells receive (a
+#: fraction of the rows, four columns)
+CLIENT_BYTES_PER_ROW = 16
 
 
 @dataclass(frozen=True)
@@ -33,11 +40,15 @@ class Cell:
     index: int                 # position within the hour: names the cell's part
     files: tuple[str, ...]     # raw flow files, in (window_start, node) order
     rows: int                  # estimated raw rows
+    #: the window this cell holds part of, when the window is larger than a cell (its cells
+    #: exchange outside-client rows for the relay rule), and that window's estimated rows
+    window: dt.datetime | None = None
+    window_rows: int = 0
 
     @property
     def memory(self) -> int:
         """Bytes of worker memory the cell's task declares."""
-        return memory_for(self.rows)
+        return memory_for(self.rows) + CLIENT_BYTES_PER_ROW * self.window_rows
 
 
 def memory_for(rows: int) -> int:
@@ -63,10 +74,10 @@ def make_cells(hour_inputs: dict[dt.datetime, list[tuple[str, int]]], max_rows: 
         rows = 0
         index = 0
 
-        def flush():
+        def flush(window=None, window_rows=0):
             nonlocal cur, rows, index
             if cur:
-                out.append(Cell(hour, index, tuple(cur), rows))
+                out.append(Cell(hour, index, tuple(cur), rows, window, window_rows))
                 index += 1
                 cur, rows = [], 0
 
@@ -76,12 +87,16 @@ def make_cells(hour_inputs: dict[dt.datetime, list[tuple[str, int]]], max_rows: 
             w = sum(int(n) for _, n in window)
             if w > max_rows:  # a window larger than a cell is cut between its nodes' files
                 flush()
+                start = _order(window[0][0])[0]
+                first = len(out)
                 for rel, n in window:
                     if cur and rows + n > max_rows:
-                        flush()
+                        flush(start, w)
                     cur.append(rel)
                     rows += int(n)
-                flush()
+                flush(start, w)
+                if len(out) - first == 1:  # one file larger than a cell: the window is whole
+                    out[-1] = Cell(hour, out[-1].index, out[-1].files, out[-1].rows)
                 continue
             if cur and rows + w > max_rows:
                 flush()

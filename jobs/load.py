@@ -240,7 +240,18 @@ def load_files(lake: Lake, rels: list[str], table_name: str, validate: bool = Tr
     return pa.concat_tables(tables), bad
 
 
-def _quality_gate(lake: Lake, table_name: str, tables: list[pa.Table], names: list[str]):
+def usable_files(lake: Lake, rels: list[str], table_name: str) -> list[pa.Table]:
+    """The tables of those of `rels` that load_files would keep, without quarantining the
+    others: for a task that reads files another task owns (that one quarantines them)."""
+    results = _map(lake, lambda r: _try_read(lake, r), rels)
+    tables = [got for got in results if isinstance(got, pa.Table)]
+    if not tables:
+        return []
+    per_file = _critical_per_file(table_name, tables)
+    return [t for i, t in enumerate(tables) if i not in per_file]
+
+
+def _critical_per_file(table_name: str, tables: list[pa.Table]) -> dict[int, list]:
     from jobs import quality  # noqa: PLC0415 - great-expectations is heavy; import where used
 
     idx = pa.concat_arrays([pa.repeat(pa.scalar(i, pa.int32()), t.num_rows) for i, t in enumerate(tables)])
@@ -249,6 +260,11 @@ def _quality_gate(lake: Lake, table_name: str, tables: list[pa.Table], names: li
     per_file: dict[int, list] = {}
     for f in quality.critical(check(together, by="_file")):
         per_file.setdefault(int(f.file), []).append(f)
+    return per_file
+
+
+def _quality_gate(lake: Lake, table_name: str, tables: list[pa.Table], names: list[str]):
+    per_file = _critical_per_file(table_name, tables)
     bad = []
     for i, fails in sorted(per_file.items()):
         error = "; ".join(f.describe() for f in fails)

@@ -107,12 +107,15 @@ def _cards_for(config: JobConfig) -> RateCards:
     return _CARDS[key]
 
 
-def cost_flows(raw_flows: pa.Table, ctx: Context, stats: dict | None = None) -> pa.Table:
+def cost_flows(raw_flows: pa.Table, ctx: Context, stats: dict | None = None,
+               clients: pa.Table | None = None) -> pa.Table:
     """Raw flow rows (RAW_FLOWS; IP columns may be dictionary-encoded) -> COST_FLOWS rows,
     priced except for the tiered part of internet egress. With `stats`, records `kept_bytes`:
-    tx + rx of the rows kept after de-duplication, which the cost rows must add up to."""
+    tx + rx of the rows kept after de-duplication, which the cost rows must add up to.
+    `clients`: resolve.outside_clients of the same windows' rows held elsewhere (a cell that
+    has only some of a window's files)."""
     t = _resolve.encode(raw_flows)
-    t = _resolve.orient(t, ctx)
+    t = _resolve.orient(t, ctx, clients)
     if stats is not None:
         stats["kept_rows"] = t.num_rows
         stats["kept_bytes"] = int((pc.sum(t.column("tx_bytes")).as_py() or 0) + (pc.sum(t.column("rx_bytes")).as_py() or 0))

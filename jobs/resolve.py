@@ -328,22 +328,42 @@ def inventory(ctx, t: pa.Table, ipd: pa.Array, node_dict: pa.Array | None = None
 
 # ------------------------------------------------------------------ orient
 
-def orient(t: pa.Table, ctx) -> pa.Table:
-    """Keep outbound rows; drop inbound rows from cluster peers, except the second hop of a
-    load-balancer or NodePort connection relayed by another node (externalTrafficPolicy:
-    Cluster); turn the kept inbound rows around."""
-    direction = equals(t.column("direction"), "inbound")
-    if not direction.any():
-        return t
+#: columns of `outside_clients`: what the relay rule needs of another cell's rows
+CLIENT_COLS = ("window_start", "node", "dst_ip", "dst_port")
+
+
+def _inbound(t: pa.Table, ctx):
+    """The inbound rows' indices, the IP dictionary and codes, the inventory of their windows,
+    each source's node (if it is a node's own address) and whether it is in the cluster."""
     ipd, ids = shared_ip_dictionary(t)
-    inb_idx = np.flatnonzero(direction)
+    inb_idx = np.flatnonzero(equals(t.column("direction"), "inbound"))
     inv = inventory(ctx, t.select(["window_end"]).take(pa.array(inb_idx)), ipd)
     src = ids["src_ip"][inb_idx]
     owner = inv.node_by_ip(inv.nodes.snap, src)  # a node's own address (relays SNAT to it)
     cluster = (inv.pod_by_ip(inv.pods.snap, src) >= 0) | (inv.node_ip_owner(src) >= 0)
+    return inb_idx, ipd, ids, inv, owner, cluster
+
+
+def outside_clients(t: pa.Table, ctx) -> pa.Table:
+    """CLIENT_COLS of the inbound rows whose peer is outside the cluster (encoded rows in):
+    the connections a node may have relayed to a backend on another node. A cell holding only
+    part of a window's files gets these of the whole window (jobs/tasks.relay_clients)."""
+    inb_idx, _, _, _, _, cluster = _inbound(t, ctx)
+    return t.select(list(CLIENT_COLS)).take(pa.array(inb_idx[~cluster], pa.int64()))
+
+
+def orient(t: pa.Table, ctx, clients: pa.Table | None = None) -> pa.Table:
+    """Keep outbound rows; drop inbound rows from cluster peers, except the second hop of a
+    load-balancer or NodePort connection relayed by another node (externalTrafficPolicy:
+    Cluster); turn the kept inbound rows around. `clients`: outside_clients of the rows of the
+    same windows that are not in `t` (the relaying node's row may be in another cell)."""
+    direction = equals(t.column("direction"), "inbound")
+    if not direction.any():
+        return t
+    inb_idx, ipd, ids, inv, owner, cluster = _inbound(t, ctx)
     keep_in = np.zeros(t.num_rows, bool)
     keep_in[inb_idx[~cluster]] = True
-    relay = _relays(t, inb_idx, ids, owner, cluster, inv)
+    relay = _relays(t, inb_idx, ipd, ids, owner, cluster, inv, clients)
     keep_in[inb_idx[relay]] = True
     out = t.filter(pa.array(~direction))
     inb = t.filter(pa.array(keep_in))
@@ -356,16 +376,17 @@ def orient(t: pa.Table, ctx) -> pa.Table:
     return res
 
 
-def _relays(t: pa.Table, inb_idx: np.ndarray, ids: dict, owner: np.ndarray, cluster: np.ndarray,
-            inv: "Inventory") -> np.ndarray:
+def _relays(t: pa.Table, inb_idx: np.ndarray, ipd: pa.Array, ids: dict, owner: np.ndarray, cluster: np.ndarray,
+            inv: "Inventory", clients: pa.Table | None = None) -> np.ndarray:
     """Among the inbound rows: those whose originator is node A's own address while node A,
     in the same window, reported an outside client's connection to the same backend address
     and port. That is the node-to-node hop of a connection A relayed (NodePort or load
     balancer with externalTrafficPolicy: Cluster, SNAT to A): A's row carries the client's
-    traffic, this one the hop between the nodes, which is billed on its own."""
+    traffic, this one the hop between the nodes, which is billed on its own. A's row is
+    looked for among `t`'s rows and `clients` (outside_clients of other rows)."""
     relay = np.zeros(len(inb_idx), bool)
     cand = cluster & (owner >= 0)
-    if not cand.any() or cluster.all():
+    if not cand.any():
         return relay
     node_d, node_codes = dict_parts(t.column("node"))
     name_map = ids_in(node_d, inv.names)
@@ -374,23 +395,36 @@ def _relays(t: pa.Table, inb_idx: np.ndarray, ids: dict, owner: np.ndarray, clus
     port = pc.fill_null(t.column("dst_port"), -1).to_numpy().astype(np.int64)[inb_idx]
     dst = ids["dst_ip"][inb_idx]
     ext = ~cluster
-    # (window, node, backend ip, backend port) of A's client rows vs (window, source's node, ...)
+    # A's client rows: (window, reporting node, backend ip, backend port)
+    a_ws, a_node, a_dst, a_port = ws[ext], reporter[ext], dst[ext], port[ext]
+    if clients is not None and clients.num_rows:
+        c_ws = clients.column("window_start").cast(pa.int64()).to_numpy()
+        c_node = ids_in(clients.column("node").cast(pa.string()), inv.names)
+        c_dst = ids_in(clients.column("dst_ip").cast(pa.string()), ipd)
+        c_port = pc.fill_null(clients.column("dst_port"), -1).to_numpy().astype(np.int64)
+        use = (c_node >= 0) & (c_dst >= 0) & np.isin(c_ws, ws[cand])  # others can match no row here
+        a_ws, a_node = np.concatenate([a_ws, c_ws[use]]), np.concatenate([a_node, c_node[use]])
+        a_dst, a_port = np.concatenate([a_dst, c_dst[use]]), np.concatenate([a_port, c_port[use]])
+    if not len(a_ws):
+        return relay
+    # vs the candidates' (window, source's node, backend ip, backend port)
+    b = (ws[cand], owner[cand], dst[cand], port[cand])
     # one int64 key per row: (window rank, node, address, port), mixed-radix
-    wu, wr = np.unique(ws, return_inverse=True)
-    n_names, n_ip = len(inv.names) + 1, int(max(dst.max(initial=0), 0)) + 2
+    wu, wr = np.unique(np.concatenate([a_ws, b[0]]), return_inverse=True)
+    wr = wr.reshape(-1)
+    n_names, n_ip = len(inv.names) + 1, int(max(dst.max(initial=0), a_dst.max(initial=0), 0)) + 2
     if len(wu) * n_names * n_ip * 65537 >= (1 << 62):  # cannot pack: compare rows
-        a = np.stack([ws[ext], reporter[ext], dst[ext], port[ext]], axis=1)
-        b = np.stack([ws[cand], owner[cand], dst[cand], port[cand]], axis=1)
-        keys, inv_codes = np.unique(np.concatenate([a, b]), axis=0, return_inverse=True)
+        a = np.stack([a_ws, a_node, a_dst, a_port], axis=1)
+        bb = np.stack(b, axis=1)
+        keys, inv_codes = np.unique(np.concatenate([a, bb]), axis=0, return_inverse=True)
         inv_codes = inv_codes.reshape(-1)
         seen = np.zeros(len(keys), bool)
         seen[inv_codes[: len(a)]] = True
         relay[np.flatnonzero(cand)] = seen[inv_codes[len(a):]]
         return relay
     key = lambda w, nd, ip, pt: ((w * n_names + (nd + 1)) * n_ip + (ip + 1)) * 65537 + (pt + 1)  # noqa: E731
-    wr = wr.reshape(-1)
-    ka = key(wr[ext], reporter[ext], dst[ext], port[ext])
-    kb = key(wr[cand], owner[cand], dst[cand], port[cand])
+    ka = key(wr[: len(a_ws)], a_node, a_dst, a_port)
+    kb = key(wr[len(a_ws):], *b[1:])
     relay[np.flatnonzero(cand)] = np.isin(kb, ka)
     return relay
 

@@ -344,10 +344,15 @@ class _Driver:
                 self._ctx_evidence[h] = refs[6]
                 self._submit_rolls(h, refs[1], refs[4], roll_futs)
                 est = self._ledger(h).state_before(h)  # exact once the previous hour is settled
+                # a window larger than a cell: each of its cells gets the others' outside clients
+                clients = [(c, ex.submit(T.relay_clients, self.url, self.ep, c.files, ex.arg(refs[0]),
+                                         memory=CL.memory_for(c.rows)))
+                           for c in cells[h] if c.window is not None]
                 for c in cells[h]:
                     staged = C.staged(self.token, C.part_path(h, self.token, c.index))
+                    others = [ex.arg(f) for d, f in clients if d.window == c.window and d.index != c.index]
                     f = ex.submit(T.cost_cell, self.url, self.ep, c, ex.arg(refs[0]), self.ranges_dir, staged, est,
-                                  memory=c.memory)
+                                  *others, memory=c.memory)
                     cell_futs[f] = c
                 done_cells[h] = []
                 for old in [k for k in chain if k < h]:  # only the last hour's state is handed on

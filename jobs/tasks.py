@@ -4,6 +4,8 @@
   and the DNS state at the end of the hour, handed to the next hour's context
 - `cost_cell`: one cell (jobs/cells.py): read, check, quarantine, resolve, classify, price
   (tiered egress at a provisional rate), write its staged part, return a small summary
+- `relay_clients`: for a window larger than a cell, its outside clients' connections
+  (resolve.outside_clients of all its files), which each of its cells needs for the relay rule
 - `roll_dns`: a later, already committed hour after its previous hour's DNS state changed:
   its new state, and its parts re-named where a name changes (jobs/rename.py)
 - `retier_part`: swap a part's tier rates for the settled ones (only `cost_usd` changes)
@@ -272,27 +274,46 @@ def _volumes(code, nbytes, names, ws) -> list[tuple[str, int, int]]:
     return [(names[c], int(w), int(b)) for (c, w), b in zip(keys.T, exact)]
 
 
+def relay_clients(lake_url: str, endpoint: str | None, files: tuple[str, ...], ctx) -> pa.Table:
+    """resolve.outside_clients of a window's files: the rows a relaying node reported for its
+    outside clients (four narrow columns), for the cells that each hold part of the window.
+    Files are checked as their cells check them (a file its cell will quarantine contributes
+    nothing) but quarantined only by their own cell."""
+    from jobs import quality  # noqa: PLC0415
+    from jobs import resolve  # noqa: PLC0415
+    lake = _lake(lake_url, endpoint)
+    with quality.deferred():  # the cells' own evidence covers these files; no GX in workers
+        tables = load.usable_files(lake, list(files), "raw/flows")
+    if not tables:
+        return pa.table({c: pa.array([], S.RAW_FLOWS.field(c).type) for c in resolve.CLIENT_COLS})
+    t = resolve.encode(pa.concat_tables(tables).select(list(S.RAW_FLOWS.names)))
+    out = resolve.outside_clients(t, ctx)
+    return pa.table({c: out.column(c).cast(S.RAW_FLOWS.field(c).type) for c in resolve.CLIENT_COLS})
+
+
 def cost_cell(lake_url: str, endpoint: str | None, cell: Cell, ctx, ranges_dir: str | None,
-              staged: str, tier_state: dict) -> dict:
+              staged: str, tier_state: dict, *clients: pa.Table) -> dict:
     """Cost one cell and write its part to `staged`. Tiered egress is priced at the marginal
     rate of month-to-date `tier_state` (the driver's best estimate of the state before the
-    hour); the driver settles it from the returned volumes. Returns a small summary, with the
+    hour); the driver settles it from the returned volumes. `clients`: relay_clients of the
+    window's other cells, when the cell holds only part of a window. Returns a small summary, with the
     data-quality evidence the driver confirms before it commits the hour."""
     from jobs import quality  # noqa: PLC0415
     with quality.deferred() as evidence:
-        out = _cost_cell(lake_url, endpoint, cell, ctx, ranges_dir, staged, tier_state)
+        out = _cost_cell(lake_url, endpoint, cell, ctx, ranges_dir, staged, tier_state,
+                         pa.concat_tables(clients) if clients else None)
     return {**out, "quality": evidence}
 
 
 def _cost_cell(lake_url: str, endpoint: str | None, cell: Cell, ctx, ranges_dir: str | None,
-               staged: str, tier_state: dict) -> dict:
+               staged: str, tier_state: dict, clients: pa.Table | None) -> dict:
     from jobs import pipeline  # noqa: PLC0415
     lake = _lake(lake_url, endpoint)
     flows, bad = load.load_files(lake, list(cell.files), "raw/flows")
     ctx = dataclasses.replace(ctx, ranges=_ip_ranges(ranges_dir))
     stats: dict = {"kept_bytes": 0}
     if flows.num_rows:
-        costs = S.conform(pipeline.cost_flows(flows, ctx, stats), S.COST_FLOWS)
+        costs = S.conform(pipeline.cost_flows(flows, ctx, stats, clients), S.COST_FLOWS)
         _gate_costs(cell.hour, costs, stats["kept_bytes"])
     else:
         costs = S.COST_FLOWS.empty_table()

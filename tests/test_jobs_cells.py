@@ -83,6 +83,22 @@ def test_cells_hold_whole_windows_when_they_fit():
     small = C.make_cells({h: files}, 50)                             # windows larger than a cell
     assert [c.rows for c in small] == [30] * 12 and all(c.rows <= 50 for c in small)
     assert [c.index for c in small] == list(range(12))
+    # ... and its cells know it: they exchange outside-client rows and declare memory for them
+    assert all(c.window == S.parse_raw_file_name(c.files[0])[2] and c.window_rows == 90 for c in small)
+    assert small[0].memory == C.memory_for(30) + C.CLIENT_BYTES_PER_ROW * 90
+    assert all(c.window is None and c.window_rows == 0 for c in cells)
+    # a single file larger than a cell leaves its window whole
+    assert C.make_cells({h: [(files[0][0], 500)]}, 100)[0].window is None
+
+
+def test_files_another_cell_owns_are_checked_but_not_quarantined(lake):  # noqa: F811
+    from jobs import load
+    rels = [lake.rel(i.path) for i in lake.list_files("raw/flows")][:2]
+    bad = S.raw_file_path("raw/flows", "n9", H1 + dt.timedelta(minutes=7))
+    lake.write_bytes(bad, b"not parquet")
+    tables = load.usable_files(lake, rels + [bad], "raw/flows")
+    assert len(tables) == 2 and sum(t.num_rows for t in tables) >= 2
+    assert lake.exists(bad) and not lake.list_files(S.QUARANTINE_DIR)  # its own cell quarantines it
 
 
 def test_rows_are_estimated_from_footers(lake):  # noqa: F811
@@ -252,3 +268,31 @@ def test_settled_parts_are_not_rewritten_and_moved_ones_are(lake):  # noqa: F811
     assert class_cost(all_costs(lake), "internet_egress") == pytest.approx(egress_cost(160 * GB))
     ledger = st.EgressLedger.load(lake, "2026-03")
     assert ledger.state_before(H2)["aws/us-east-1/internet_egress"] == 130 * GB
+
+
+def test_a_window_cut_between_cells_keeps_every_relayed_hop(tmp_path, monkeypatch):
+    """A window larger than a cell is cut between its nodes' files; the second hop of a
+    relayed NodePort connection (one node's client row, another node's inbound hop) must still
+    be found, from the outside-client rows the window's other cells hand over."""
+    from jobs import tasks as T
+    from simulator.simulate import simulate
+    whole = open_lake(str(tmp_path / "whole"))
+    simulate(whole, nodes=3, hours=1, seed=11, regions=2)
+    for name in ("split", "blind"):
+        shutil.copytree(whole.root, tmp_path / name)
+    split, blind = open_lake(str(tmp_path / "split")), open_lake(str(tmp_path / "blind"))
+    a = run(whole)                       # every window fits a cell
+    b = run(split, cell_rows=1)          # every file its own cell: each window cut in three
+    assert b.cells == 3 * 60 * a.cells   # 3 nodes x 60 windows
+    ca, cb = all_costs(whole), all_costs(split)
+    key = [f.name for f in ca.schema if not pa.types.is_floating(f.type)]
+    ca, cb = (t.sort_by([(k, "ascending") for k in key]) for t in (ca, cb))
+    assert ca.num_rows == cb.num_rows
+    assert ca.drop_columns(["cost_usd"]).equals(cb.drop_columns(["cost_usd"]))
+    assert np.allclose(ca["cost_usd"].to_numpy(), cb["cost_usd"].to_numpy(), rtol=1e-12, atol=1e-12)
+    # the rule needs the other cells' rows: without them, relayed hops are lost
+    real = T.relay_clients
+    monkeypatch.setattr(T, "relay_clients", lambda *args: real(*args).slice(0, 0))
+    run(blind, cell_rows=1)
+    lost = ca.num_rows - all_costs(blind).num_rows
+    assert lost > 0, (a.cells, b.cells, lost)
