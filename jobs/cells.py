@@ -130,8 +130,6 @@ def _footer_rows(lake, rel: str) -> int:
 def rows_per_byte(lake, files: list[tuple[str, int]], sample: int = 4) -> float:
     """Rows per stored byte of raw flow files, from the footers of up to `sample` of them
     (the largest: small files are dominated by the footer itself)."""
-    import pyarrow.parquet as pq  # noqa: PLC0415
-
     picked = sorted(files, key=lambda f: -f[1])[:sample]
     rows = size = 0
     for rel, n_bytes in picked:

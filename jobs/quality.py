@@ -27,7 +27,7 @@ import contextlib
 import ipaddress
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa

@@ -438,7 +438,7 @@ def resolve(t: pa.Table, ctx) -> pa.Table:
     sid, did, oid = ids["src_ip"], ids["dst_ip"], ids["orig_dst_ip"]
     node_dict, node_codes = dict_parts(t.column("node"))
     inv = inventory(ctx, t, ipd, node_dict)
-    P, N, Sv, E = inv.pods.table, inv.nodes.table, inv.services.table, inv.endpoints.table
+    P, Sv, E = inv.pods.table, inv.services.table, inv.endpoints.table
     psnap, nsnap, ssnap, esnap = inv.pods.snap, inv.nodes.snap, inv.services.snap, inv.endpoints.snap
 
     # ---- source (§3)
