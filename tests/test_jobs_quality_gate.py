@@ -61,8 +61,8 @@ def test_a_file_breaking_a_rule_is_quarantined_with_its_expectations(small_lake)
 def test_a_cost_partition_that_fails_is_not_published(small_lake, monkeypatch):
     real = pipeline.cost_flows
 
-    def drops_a_row(raw, ctx, stats=None):
-        out = real(raw, ctx, stats)
+    def drops_a_row(raw, ctx, stats=None, clients=None):
+        out = real(raw, ctx, stats, clients)
         return out.slice(1)          # a stage that loses a row: bytes no longer reconcile
 
     monkeypatch.setattr(pipeline, "cost_flows", drops_a_row)

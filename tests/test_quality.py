@@ -147,3 +147,21 @@ def test_a_deferred_decision_great_expectations_does_not_confirm_is_refused():
     flows_ev.decided.clear()                       # a task that let a broken file through
     with pytest.raises(Q.QualityDisagreement, match=r"disagree on raw/flows \(tx_bytes:non_negative\)"):
         Q.confirm(evidence)
+
+
+def test_one_great_expectations_run_confirms_several_suites_row_by_row():
+    """confirm stacks every suite's profiles into one frame: failing rows of a later suite must
+    map back to that suite's own rows, and a wrong decision there is still caught."""
+    with Q.deferred() as evidence:
+        Q.check_raw_flows(flows())
+        Q.check_raw_flows(flows(tx_bytes=[100, 100, -7, 100]))
+        Q.check_costs(costs(traffic_class=["cross_zone", "teleport"], cost_usd=[-1.0, 0.25]),
+                      rollup(tx=31, usd=0.75), None, raw_bytes=34)
+    suites = {e.suite for e in evidence}
+    assert len(suites) >= 2 and any(e.decided for e in evidence if e.suite != evidence[0].suite)
+    Q.confirm(evidence)                            # one run, every suite agrees
+    late = next(e for e in reversed(evidence) if e.decided)
+    col = next(iter(late.decided))
+    late.decided[col] = [i + 1 for i in late.decided[col]]  # the right count, the wrong rows
+    with pytest.raises(Q.QualityDisagreement, match=rf"disagree on {late.suite} \("):
+        Q.confirm(evidence)
