@@ -113,17 +113,22 @@ def cores(n: int) -> list[int]:
 _SPIN = "import time; t = time.perf_counter(); sum(range({n})); print(time.perf_counter() - t)"
 
 
-def machine_ratio(n: int = 2 * 10 ** 8, repeat: int = 3) -> tuple[float, float, float]:
+def machine_ratio(n: int = 4 * 10 ** 8, repeat: int = 3) -> tuple[float, float, float]:
     """The cores' own 2-vs-1 throughput: one CPU-bound process alone on a core, then two at
-    once on two cores, best of `repeat` each (this machine's speed drifts over minutes).
-    Returns (ratio, seconds alone, seconds of the slower of the two)."""
+    once on two cores, alternately, `repeat` times; the median of each (this machine's speed
+    drifts over minutes). Returns (ratio, seconds alone, seconds of the slower of the two)."""
+    import statistics  # noqa: PLC0415
+
     def spin(core_sets):
         procs = [subprocess.Popen([sys.executable, "-c", _SPIN.format(n=n)], stdout=subprocess.PIPE, text=True,
                                   preexec_fn=lambda c=c: os.sched_setaffinity(0, c)) for c in core_sets]
         return [float(p.communicate()[0]) for p in procs]
     a, b = cores(2)
-    one = min(spin([{a}])[0] for _ in range(repeat))
-    two = min(max(spin([{a}, {b}])) for _ in range(repeat))
+    ones, twos = [], []
+    for _ in range(repeat):
+        ones.append(spin([{a}])[0])
+        twos.append(max(spin([{a}, {b}])))
+    one, two = statistics.median(ones), statistics.median(twos)
     return 2 * one / two, one, two
 
 
