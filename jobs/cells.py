@@ -85,18 +85,17 @@ def make_cells(hour_inputs: dict[dt.datetime, list[tuple[str, int]]], max_rows: 
         # NodePort/LB connection, jobs/resolve.py) matches rows of different nodes in one window.
         for window in _windows(files):
             w = sum(int(n) for _, n in window)
-            if w > max_rows:  # a window larger than a cell is cut between its nodes' files
+            # a window larger than a cell is cut between its nodes' files (one file larger
+            # than a cell is a whole window in a cell of its own, below)
+            if w > max_rows and len(window) > 1:
                 flush()
                 start = _order(window[0][0])[0]
-                first = len(out)
                 for rel, n in window:
                     if cur and rows + n > max_rows:
                         flush(start, w)
                     cur.append(rel)
                     rows += int(n)
                 flush(start, w)
-                if len(out) - first == 1:  # one file larger than a cell: the window is whole
-                    out[-1] = Cell(hour, out[-1].index, out[-1].files, out[-1].rows)
                 continue
             if cur and rows + w > max_rows:
                 flush()

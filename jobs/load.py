@@ -207,14 +207,17 @@ def _try_read(lake: Lake, rel: str):
         return exc
 
 
-def load_files(lake: Lake, rels: list[str], table_name: str, validate: bool = True) -> tuple[pa.Table, list[dict]]:
+def load_files(lake: Lake, rels: list[str], table_name: str, validate: bool = True,
+               move: bool = True) -> tuple[pa.Table, list[dict]]:
     """Read and check each file; quarantine the bad ones. Returns (concatenated table,
     [{path, reason, error}] for the files quarantined). Files that vanished are skipped.
 
     Two gates: the contract (read_checked: readable, schema, counters, windows), then, with
     `validate`, the data-quality rules of jobs/quality.py checked by great-expectations over
     all files at once; a file breaking a critical rule is quarantined with the failed
-    expectations recorded in its reason file."""
+    expectations recorded in its reason file. With `move` False the bad files are left where
+    they are (and still reported): for a task reading files another task owns, which
+    quarantines them."""
     tables, names, bad = [], [], []
     try:
         results = _map(lake, lambda r: _try_read(lake, r), rels)
@@ -224,7 +227,8 @@ def load_files(lake: Lake, rels: list[str], table_name: str, validate: bool = Tr
         if got is None:
             continue
         if isinstance(got, InvalidFile):
-            quarantine(lake, rel, got.reason, str(got))
+            if move:
+                quarantine(lake, rel, got.reason, str(got))
             bad.append({"path": rel, "reason": got.reason, "error": str(got)})
         else:
             tables.append(got)
@@ -233,25 +237,14 @@ def load_files(lake: Lake, rels: list[str], table_name: str, validate: bool = Tr
     if not tables:
         return schema.empty_table(), bad
     if validate:
-        tables, bad_values = _quality_gate(lake, table_name, tables, names)
+        tables, bad_values = _quality_gate(lake, table_name, tables, names, move)
         bad += bad_values
         if not tables:
             return schema.empty_table(), bad
     return pa.concat_tables(tables), bad
 
 
-def usable_files(lake: Lake, rels: list[str], table_name: str) -> list[pa.Table]:
-    """The tables of those of `rels` that load_files would keep, without quarantining the
-    others: for a task that reads files another task owns (that one quarantines them)."""
-    results = _map(lake, lambda r: _try_read(lake, r), rels)
-    tables = [got for got in results if isinstance(got, pa.Table)]
-    if not tables:
-        return []
-    per_file = _critical_per_file(table_name, tables)
-    return [t for i, t in enumerate(tables) if i not in per_file]
-
-
-def _critical_per_file(table_name: str, tables: list[pa.Table]) -> dict[int, list]:
+def _quality_gate(lake: Lake, table_name: str, tables: list[pa.Table], names: list[str], move: bool = True):
     from jobs import quality  # noqa: PLC0415 - great-expectations is heavy; import where used
 
     idx = pa.concat_arrays([pa.repeat(pa.scalar(i, pa.int32()), t.num_rows) for i, t in enumerate(tables)])
@@ -260,15 +253,11 @@ def _critical_per_file(table_name: str, tables: list[pa.Table]) -> dict[int, lis
     per_file: dict[int, list] = {}
     for f in quality.critical(check(together, by="_file")):
         per_file.setdefault(int(f.file), []).append(f)
-    return per_file
-
-
-def _quality_gate(lake: Lake, table_name: str, tables: list[pa.Table], names: list[str]):
-    per_file = _critical_per_file(table_name, tables)
     bad = []
     for i, fails in sorted(per_file.items()):
         error = "; ".join(f.describe() for f in fails)
-        quarantine(lake, names[i], "expectations", error, [f.as_dict() for f in fails])
+        if move:
+            quarantine(lake, names[i], "expectations", error, [f.as_dict() for f in fails])
         bad.append({"path": names[i], "reason": "expectations", "error": error})
     return [t for i, t in enumerate(tables) if i not in per_file], bad
 

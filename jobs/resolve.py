@@ -332,11 +332,12 @@ def inventory(ctx, t: pa.Table, ipd: pa.Array, node_dict: pa.Array | None = None
 CLIENT_COLS = ("window_start", "node", "dst_ip", "dst_port")
 
 
-def _inbound(t: pa.Table, ctx):
-    """The inbound rows' indices, the IP dictionary and codes, the inventory of their windows,
-    each source's node (if it is a node's own address) and whether it is in the cluster."""
+def _inbound(t: pa.Table, ctx, direction: np.ndarray):
+    """The inbound rows' (`direction`) indices, the IP dictionary and codes, the inventory of
+    their windows, each source's node (if it is a node's own address) and whether it is in the
+    cluster."""
     ipd, ids = shared_ip_dictionary(t)
-    inb_idx = np.flatnonzero(equals(t.column("direction"), "inbound"))
+    inb_idx = np.flatnonzero(direction)
     inv = inventory(ctx, t.select(["window_end"]).take(pa.array(inb_idx)), ipd)
     src = ids["src_ip"][inb_idx]
     owner = inv.node_by_ip(inv.nodes.snap, src)  # a node's own address (relays SNAT to it)
@@ -348,7 +349,7 @@ def outside_clients(t: pa.Table, ctx) -> pa.Table:
     """CLIENT_COLS of the inbound rows whose peer is outside the cluster (encoded rows in):
     the connections a node may have relayed to a backend on another node. A cell holding only
     part of a window's files gets these of the whole window (jobs/tasks.relay_clients)."""
-    inb_idx, _, _, _, _, cluster = _inbound(t, ctx)
+    inb_idx, _, _, _, _, cluster = _inbound(t, ctx, equals(t.column("direction"), "inbound"))
     return t.select(list(CLIENT_COLS)).take(pa.array(inb_idx[~cluster], pa.int64()))
 
 
@@ -360,7 +361,7 @@ def orient(t: pa.Table, ctx, clients: pa.Table | None = None) -> pa.Table:
     direction = equals(t.column("direction"), "inbound")
     if not direction.any():
         return t
-    inb_idx, ipd, ids, inv, owner, cluster = _inbound(t, ctx)
+    inb_idx, ipd, ids, inv, owner, cluster = _inbound(t, ctx, direction)
     keep_in = np.zeros(t.num_rows, bool)
     keep_in[inb_idx[~cluster]] = True
     relay = _relays(t, inb_idx, ipd, ids, owner, cluster, inv, clients)

@@ -283,12 +283,12 @@ def relay_clients(lake_url: str, endpoint: str | None, files: tuple[str, ...], c
     from jobs import resolve  # noqa: PLC0415
     lake = _lake(lake_url, endpoint)
     with quality.deferred():  # the cells' own evidence covers these files; no GX in workers
-        tables = load.usable_files(lake, list(files), "raw/flows")
-    if not tables:
-        return pa.table({c: pa.array([], S.RAW_FLOWS.field(c).type) for c in resolve.CLIENT_COLS})
-    t = resolve.encode(pa.concat_tables(tables).select(list(S.RAW_FLOWS.names)))
-    out = resolve.outside_clients(t, ctx)
-    return pa.table({c: out.column(c).cast(S.RAW_FLOWS.field(c).type) for c in resolve.CLIENT_COLS})
+        flows, _ = load.load_files(lake, list(files), "raw/flows", move=False)
+    # plain (not dictionary) columns: the cells concatenate the tables of several tasks
+    schema = pa.schema([S.RAW_FLOWS.field(c) for c in resolve.CLIENT_COLS])
+    if not flows.num_rows:
+        return schema.empty_table()
+    return resolve.outside_clients(resolve.encode(flows), ctx).cast(schema)
 
 
 def cost_cell(lake_url: str, endpoint: str | None, cell: Cell, ctx, ranges_dir: str | None,
